@@ -1,0 +1,5 @@
+"""Feature extractors, one module each, registered by name in `pipeline.registry.EXTRACTORS`."""
+from . import audio, logmel  # noqa: F401  (registers the extractors)
+from .base import Extractor, OutputSpec
+
+__all__ = ["Extractor", "OutputSpec"]

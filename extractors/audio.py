@@ -1,0 +1,38 @@
+"""`audio`: demux the soundtrack of each clip to a mono float32 waveform at a fixed sample rate."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from pipeline.media import decode_audio
+from pipeline.registry import register_extractor
+
+from .base import Extractor, OutputSpec
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int = 16000
+
+
+@register_extractor
+class AudioDemux(Extractor):
+    """Mono waveform per clip, decoded by ffmpeg at `sample_rate` (never stream-copied)."""
+
+    name = "audio"
+    VERSION = 1
+    Config = AudioConfig
+    produces = "waveform"
+
+    def output_spec(self, upstream: dict[str, Any] | None = None) -> OutputSpec:
+        sr = self.config.sample_rate
+        return OutputSpec("waveform", (), "float32", float(sr), {"sample_rate": sr})
+
+    def load(self, clip, upstream=None) -> np.ndarray:
+        duration = clip.end - clip.start if clip.start is not None and clip.end is not None else None
+        return decode_audio(clip.source("audio", "video"), self.config.sample_rate, start=clip.start, duration=duration)
+
+    def compute(self, inputs: Sequence[np.ndarray], upstream: dict[str, Any] | None = None) -> list[np.ndarray]:
+        return [np.asarray(x, dtype=np.float32) for x in inputs]

@@ -1,0 +1,54 @@
+"""The extractor contract: identity params in `Config`, an explicit VERSION, per-clip load, batched compute."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from pipeline.config import ExecutionParams
+    from pipeline.datasets import Clip
+    from pipeline.store import FeatureStore
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What one clip's output looks like: rows of shape `dims`, `frame_rate` rows per second."""
+
+    kind: str
+    dims: tuple[int, ...]
+    dtype: str
+    frame_rate: float | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Extractor:
+    """Base class: `load` runs per clip (decode or read upstream), `compute` runs on a batch of clips."""
+
+    name: ClassVar[str]
+    VERSION: ClassVar[int]
+    Config: ClassVar[type]
+    consumes: ClassVar[str | None] = None  # kind of upstream output read; None reads the clip's media
+    produces: ClassVar[str]
+
+    def __init__(self, config: Any, execution: "ExecutionParams | None" = None) -> None:
+        self.config = config if dataclasses.is_dataclass(config) else self.Config(**(config or {}))
+        self.execution = execution
+
+    def weights_digest(self) -> str | None:
+        """Digest of the weights this extractor computes with (None when it has none)."""
+        return None
+
+    def output_spec(self, upstream: dict[str, Any] | None = None) -> OutputSpec:
+        """Shape, dtype and rate of the output, given the upstream store's attrs."""
+        raise NotImplementedError
+
+    def load(self, clip: "Clip", upstream: "FeatureStore | None") -> np.ndarray:
+        """One clip's input; raise pipeline.media.MediaError for a clip that cannot be used."""
+        raise NotImplementedError
+
+    def compute(self, inputs: Sequence[np.ndarray], upstream: dict[str, Any] | None = None) -> list[np.ndarray]:
+        """Outputs for a batch of clip inputs, one array `[rows, *dims]` per clip."""
+        raise NotImplementedError

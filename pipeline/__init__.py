@@ -1,0 +1,33 @@
+"""Audio-visual feature and embedding pipeline: `open_store`, `run`, and the registries."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .registry import DATASETS, EXTRACTORS, STORE_BACKENDS, TRAINERS
+from .store import FeatureStore
+
+__all__ = ["open_store", "run", "FeatureStore", "DATASETS", "EXTRACTORS", "TRAINERS", "STORE_BACKENDS"]
+
+
+def open_store(path: str | os.PathLike | None = None, *, dataset: str | None = None, stage: str | None = None,
+               config: str | os.PathLike = "stages.yaml", cache: str | os.PathLike | None = None) -> FeatureStore:
+    """Open a feature store by path, or by dataset + stage name as stages.yaml currently defines them."""
+    if path is not None:
+        return FeatureStore(path)
+    if stage is None:
+        raise ValueError("open_store needs a path, or stage= (and optionally dataset=)")
+    from .config import load_config
+    from .runner import resolve
+
+    ctx = resolve(load_config(config, cache=cache), dataset)
+    if stage not in ctx.stages:
+        raise KeyError(f"no extract stage '{stage}' in {config}; stages: {', '.join(ctx.stages)}")
+    return FeatureStore(ctx.stages[stage].store_path, clip_keys=ctx.clip_keys)
+
+
+def run(group: str = "extract", **kwargs: Any) -> Any:
+    """Run a stage group for a dataset (see `pipeline.runner.run`)."""
+    from .runner import run as _run
+
+    return _run(group, **kwargs)

@@ -1,0 +1,72 @@
+"""Cache keys: canonical hashes of what determines a result; file digests memoized by size+mtime."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+_DIGEST_BLOCK = 1 << 20
+
+
+def canonical(obj: Any) -> str:
+    """A canonical JSON text for `obj`: sorted keys, no whitespace, tuples as lists."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=True)
+
+
+def hash_key(obj: Any, length: int = 16) -> str:
+    """A short stable hex key for `obj`."""
+    return hashlib.sha256(canonical(obj).encode()).hexdigest()[:length]
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(_DIGEST_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+class DigestMemo:
+    """Content digests of files, recomputed only when a file's size or mtime changes.
+
+    Backed by SQLite so that concurrent runs on one cache share it safely.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._conn() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS files "
+                      "(path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, digest TEXT)")
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=60)
+            conn.execute("PRAGMA journal_mode=WAL")
+            self._local.conn = conn
+        return conn
+
+    def digest(self, path: str | os.PathLike) -> str:
+        """Digest of the file's content, or a marker for a missing or unreadable file."""
+        p = Path(path).absolute()
+        try:
+            st = p.stat()
+        except OSError:
+            return f"missing:{p}"
+        conn = self._conn()
+        row = conn.execute("SELECT size, mtime_ns, digest FROM files WHERE path=?", (str(p),)).fetchone()
+        if row and row[0] == st.st_size and row[1] == st.st_mtime_ns:
+            return row[2]
+        try:
+            d = _hash_file(p)
+        except OSError as e:
+            return f"unreadable:{p}:{e.errno}"
+        with conn:
+            conn.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?)", (str(p), st.st_size, st.st_mtime_ns, d))
+        return d

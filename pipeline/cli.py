@@ -1,0 +1,203 @@
+"""The `pipeline` command: run, status, ls, gc, datasets."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import click
+
+from .config import ConfigError
+
+log = logging.getLogger("pipeline")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _fail(msg: str) -> None:
+    click.secho(f"error: {msg}", fg="red", err=True)
+    sys.exit(2)
+
+
+_common = [
+    click.option("--config", "config_path", default="stages.yaml", show_default=True, help="the DAG file"),
+    click.option("--cache", default=None, help="cache root (overrides stages.yaml and $PIPELINE_CACHE)"),
+]
+
+
+def common(fn: Any) -> Any:
+    for opt in reversed(_common):
+        fn = opt(fn)
+    return fn
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
+def main(verbose: int) -> None:
+    """Audio-visual feature and embedding pipeline."""
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command("run")
+@click.argument("group")
+@click.option("--stage", default=None, help="run only this stage (and what it needs)")
+@click.option("--dataset", default=None, help="dataset from stages.yaml (default: default_dataset)")
+@click.option("--set", "overrides", multiple=True, metavar="STAGE.PARAM=VALUE", help="override an identity param")
+@click.option("--strict", is_flag=True, help="any failed clip makes the run fail (exit 1)")
+@click.option("--workers", type=int, default=None, help="worker processes (or dask workers)")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default=None, help="local processes or dask")
+@click.option("--scheduler", default=None, help="dask.distributed scheduler address, e.g. tcp://host:8786")
+@click.option("--shard-size", type=int, default=None, help="clips per shard (the unit of work and of resume)")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 or auto")
+@click.option("--batch-size", type=int, default=None, help="clips per model batch")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+@common
+def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple[str, ...], strict: bool,
+            workers: int | None, executor: str | None, scheduler: str | None, shard_size: int | None,
+            device: str | None, batch_size: int | None, no_progress: bool, config_path: str,
+            cache: str | None) -> None:
+    """Run every stage of GROUP (e.g. extract) and whatever upstream stage is missing."""
+    from tqdm import tqdm
+
+    from .config import load_config
+    from .datasets import DatasetError
+    from .media import MediaError
+    from .runner import PipelineError, run
+    from .store import StoreError
+
+    bar: dict[str, Any] = {}
+
+    def on_plan(report: Any, todo: int) -> None:
+        if todo == 0:
+            click.echo(f"{report.name}: up to date, {report.reused} clips reused ({report.shards_reused} shards); "
+                       "nothing to compute")
+            return
+        click.echo(f"{report.name}: {todo} of {report.total} clips to compute; reusing {report.reused} clips "
+                   f"from {report.shards_reused} committed shards")
+        bar["bar"] = tqdm(total=todo, unit="clip", desc=report.name, disable=no_progress, dynamic_ncols=True)
+
+    def on_progress(n: int) -> None:
+        if "bar" in bar:
+            bar["bar"].update(n)
+
+    t0 = time.perf_counter()
+    try:
+        cfg = load_config(config_path, overrides, cache)
+        reports = run(group, dataset=dataset, stage=stage, config=cfg, strict=False, on_plan=on_plan,
+                      on_progress=on_progress, on_wait=lambda m: click.echo(m, err=True),
+                      workers=workers, executor=executor, scheduler=scheduler, shard_size=shard_size,
+                      device=device, batch_size=batch_size, progress=not no_progress)
+    except (ConfigError, DatasetError, PipelineError, StoreError, MediaError, KeyError) as e:
+        _fail(str(e))
+    finally:
+        if "bar" in bar:
+            bar["bar"].close()
+    failed = 0
+    for r in reports:
+        if r.computed or r.failed:
+            click.echo(f"{r.name}: computed {r.computed} clips in {r.shards_computed} shards, reused {r.reused} "
+                       f"({r.shards_reused} shards), {r.failed} failed, {r.seconds:.1f} s")
+        if r.failures:
+            click.secho(f"{r.name}: {len(r.failures)} clip(s) failed (log: {r.store_path / 'failures.jsonl'}):",
+                        fg="yellow")
+            for f in r.failures[:20]:
+                click.echo(f"  {f['id']}: {f['reason']}")
+            if len(r.failures) > 20:
+                click.echo(f"  ... and {len(r.failures) - 20} more")
+        failed += r.failed
+    for r in reports:
+        click.echo(f"{r.name}: {r.store_path}")
+    click.echo(f"done in {time.perf_counter() - t0:.1f} s")
+    if strict and failed:
+        click.secho(f"error: {failed} clip(s) failed and --strict is set", fg="red", err=True)
+        sys.exit(1)
+
+
+@main.command("status")
+@click.option("--dataset", default=None)
+@common
+def status_cmd(dataset: str | None, config_path: str, cache: str | None) -> None:
+    """Per stage: up to date, missing, partial N of M clips, or stale."""
+    from .config import load_config
+    from .datasets import DatasetError
+    from .runner import status
+
+    try:
+        rows = status(load_config(config_path, cache=cache), dataset)
+    except (ConfigError, DatasetError) as e:
+        _fail(str(e))
+    width = max(len(r["stage"]) for r in rows) if rows else 5
+    for r in rows:
+        extra = f" ({r['failed']} failed)" if r["failed"] else ""
+        click.echo(f"{r['stage']:<{width}}  {r['state']}{extra}")
+
+
+@main.command("ls")
+@common
+def ls_cmd(config_path: str, cache: str | None) -> None:
+    """Stores and runs in the cache, with sizes."""
+    from .config import load_config
+    from .runner import list_cache
+
+    try:
+        cfg = load_config(config_path, cache=cache)
+    except ConfigError as e:
+        _fail(str(e))
+    items = list_cache(cfg)
+    if not items:
+        click.echo(f"cache {cfg.cache} is empty")
+        return
+    total = 0
+    for it in items:
+        total += it["bytes"]
+        if it["kind"] == "store":
+            click.echo(f"{_human(it['bytes']):>10}  {it['clips']:>6} clips  {it['dataset']}/{it['stage']}  "
+                       f"{it['extractor']} {it['params']}  {it['path']}")
+        else:
+            click.echo(f"{_human(it['bytes']):>10}  run  {it['path']}")
+    click.echo(f"{_human(total):>10}  total in {cfg.cache}")
+
+
+@main.command("gc")
+@click.option("--dry-run", is_flag=True, help="list what would be removed")
+@common
+def gc_cmd(dry_run: bool, config_path: str, cache: str | None) -> None:
+    """Remove stores that no current key in stages.yaml references."""
+    from .config import load_config
+    from .runner import collect_garbage
+
+    try:
+        removed, skipped = collect_garbage(load_config(config_path, cache=cache), dry_run=dry_run)
+    except ConfigError as e:
+        _fail(str(e))
+    verb = "would remove" if dry_run else "removed"
+    for path, size in removed:
+        click.echo(f"{verb} {path} ({_human(size)})")
+    for s in skipped:
+        click.echo(f"kept: {s}")
+    click.echo(f"{verb} {len(removed)} store(s), {_human(sum(s for _, s in removed))}")
+
+
+@main.command("datasets")
+def datasets_cmd() -> None:
+    """The dataset adapters and the root layout each expects."""
+    from . import datasets  # noqa: F401
+    from .registry import DATASETS
+
+    for name in DATASETS.names():
+        cls = DATASETS.get(name)
+        click.echo(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+        for line in cls.layout.splitlines():
+            click.echo(f"    {line}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

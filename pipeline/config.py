@@ -1,0 +1,341 @@
+"""stages.yaml: datasets, stages and execution defaults, validated into a DAG.
+
+Every error names the file, the stage (or dataset) and the field, and says what was expected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .registry import DATASETS, EXTRACTORS, TRAINERS, RegistryError
+
+
+class ConfigError(ValueError):
+    """stages.yaml (or a --set override) is invalid; the message names stage and field."""
+
+
+@dataclass
+class ExecutionParams:
+    """How to run, never what to compute: none of these go into a cache key."""
+
+    workers: int = 2
+    executor: Literal["local", "dask"] = "local"
+    scheduler: str | None = None
+    shard_size: int = 8
+    decode_threads: int = 4
+    batch_size: int = 32
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    adapter: str
+    root: Path
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageSpec:
+    name: str
+    group: str
+    implementation: str
+    upstream: list[str]
+    params: dict[str, Any]
+    execution: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineConfig:
+    path: Path
+    cache: Path
+    backend: str
+    default_dataset: str | None
+    datasets: dict[str, DatasetSpec]
+    stages: dict[str, StageSpec]
+    execution: ExecutionParams
+
+    def order(self, names: list[str] | None = None) -> list[str]:
+        """Topological order of `names` plus everything upstream of them (all stages by default)."""
+        wanted = set(self.closure(names if names is not None else list(self.stages)))
+        out: list[str] = []
+        seen: set[str] = set()
+
+        def visit(n: str) -> None:
+            if n in seen:
+                return
+            seen.add(n)
+            for u in self.stages[n].upstream:
+                visit(u)
+            out.append(n)
+
+        for n in self.stages:
+            if n in wanted:
+                visit(n)
+        return out
+
+    def closure(self, names: list[str]) -> list[str]:
+        """`names` and all their upstream stages."""
+        out, todo = [], list(names)
+        while todo:
+            n = todo.pop()
+            if n in out:
+                continue
+            out.append(n)
+            todo.extend(self.stages[n].upstream)
+        return out
+
+    def group(self, group: str) -> list[str]:
+        """Stages of a group, or fail listing the groups there are."""
+        names = [n for n, s in self.stages.items() if s.group == group]
+        if not names:
+            groups = sorted({s.group for s in self.stages.values()})
+            raise ConfigError(f"{self.path}: no stage in group '{group}'; groups: {', '.join(groups)}")
+        return names
+
+    def dataset(self, name: str | None) -> DatasetSpec:
+        """The named dataset, or the default one."""
+        name = name or self.default_dataset
+        if name is None:
+            raise ConfigError(f"{self.path}: no --dataset given and no default_dataset set")
+        if name not in self.datasets:
+            raise ConfigError(f"{self.path}: unknown dataset '{name}'; "
+                              f"known: {', '.join(sorted(self.datasets))}")
+        return self.datasets[name]
+
+    def execution_for(self, stage: str, **overrides: Any) -> ExecutionParams:
+        """Execution params for one stage: defaults, then the stage's own, then CLI overrides."""
+        merged = {**dataclasses.asdict(self.execution), **self.stages[stage].execution,
+                  **{k: v for k, v in overrides.items() if v is not None}}
+        return ExecutionParams(**coerce_params(ExecutionParams, merged, f"{self.path}: stage '{stage}': execution"))
+
+
+def implementation(name: str) -> type:
+    """Look an implementation up in the extractor, then the trainer registry."""
+    for reg in (EXTRACTORS, TRAINERS):
+        if name in reg:
+            return reg.get(name)
+    known = EXTRACTORS.names() + TRAINERS.names()
+    raise RegistryError(f"unknown implementation '{name}'; known: {', '.join(sorted(known))}")
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        names = " or ".join(_type_name(a) if a is not type(None) else "null" for a in typing.get_args(tp))
+        raise ConfigError(f"{where}: expected {names}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            (arg, *_) = typing.get_args(tp) or (Any,)
+            return [_coerce(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def coerce_params(cls: type, params: dict[str, Any] | None, where: str) -> dict[str, Any]:
+    """Check `params` against the dataclass `cls` (names and types); return them with defaults filled."""
+    params = params or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}: expected a mapping of params, got {type(params).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown param '{unknown[0]}'; known: {', '.join(fields) or '(none)'}")
+    out = {}
+    for name, f in fields.items():
+        if name in params:
+            out[name] = _coerce(params[name], hints[name], f"{where}.{name}")
+        elif f.default is not dataclasses.MISSING:
+            out[name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            out[name] = f.default_factory()  # type: ignore[misc]
+        else:
+            raise ConfigError(f"{where}: required param '{name}' is missing")
+    return out
+
+
+def _expect(mapping: Any, where: str) -> dict:
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(mapping).__name__}")
+    return mapping
+
+
+_TOP = {"cache", "backend", "default_dataset", "execution", "datasets", "stages"}
+_STAGE_FIELDS = {"group", "implementation", "upstream", "params", "execution"}
+_DATASET_FIELDS = {"adapter", "root", "params"}
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'stage.param=value' -> (stage, param, value parsed as a YAML scalar)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set '{text}': expected STAGE.PARAM=VALUE, e.g. logmel.preset=davenet")
+    lhs, raw = text.split("=", 1)
+    stage, param = lhs.split(".", 1)
+    return stage.strip(), param.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | os.PathLike = "stages.yaml", overrides: list[str] | tuple[str, ...] = (),
+                cache: str | os.PathLike | None = None) -> PipelineConfig:
+    """Read and validate stages.yaml; apply `--set` overrides; resolve the cache root."""
+    import extractors  # noqa: F401  (fills the registries)
+    import models  # noqa: F401
+    from . import datasets  # noqa: F401
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path} not found; run from the repository root or pass --config PATH")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = _expect(raw, str(path))
+    unknown = sorted(set(raw) - _TOP)
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level field '{unknown[0]}'; known: {', '.join(sorted(_TOP))}")
+    base = path.parent.absolute()
+
+    datasets: dict[str, DatasetSpec] = {}
+    for name, d in _expect(raw.get("datasets") or {}, f"{path}: datasets").items():
+        where = f"{path}: dataset '{name}'"
+        d = _expect(d, where)
+        bad = sorted(set(d) - _DATASET_FIELDS)
+        if bad:
+            raise ConfigError(f"{where}: unknown field '{bad[0]}'; known: {', '.join(sorted(_DATASET_FIELDS))}")
+        for req in ("adapter", "root"):
+            if req not in d:
+                raise ConfigError(f"{where}: missing field '{req}'")
+        try:
+            adapter = DATASETS.get(d["adapter"])
+        except RegistryError as e:
+            raise ConfigError(f"{where}: adapter: {e}") from None
+        params = coerce_params(adapter.Config, d.get("params"), f"{where}: params")
+        root = Path(os.path.expanduser(str(d["root"])))
+        datasets[name] = DatasetSpec(name, d["adapter"], root if root.is_absolute() else base / root, params)
+
+    stages: dict[str, StageSpec] = {}
+    for name, s in _expect(raw.get("stages") or {}, f"{path}: stages").items():
+        where = f"{path}: stage '{name}'"
+        s = _expect(s, where)
+        bad = sorted(set(s) - _STAGE_FIELDS)
+        if bad:
+            raise ConfigError(f"{where}: unknown field '{bad[0]}'; known: {', '.join(sorted(_STAGE_FIELDS))}")
+        for req in ("group", "implementation"):
+            if req not in s:
+                raise ConfigError(f"{where}: missing field '{req}'")
+        if not isinstance(s["group"], str):
+            raise ConfigError(f"{where}: group: expected str, got {s['group']!r}")
+        try:
+            impl = implementation(s["implementation"])
+        except RegistryError as e:
+            raise ConfigError(f"{where}: implementation: {e}") from None
+        upstream = s.get("upstream") or []
+        if isinstance(upstream, str):
+            upstream = [upstream]
+        if not isinstance(upstream, list) or not all(isinstance(u, str) for u in upstream):
+            raise ConfigError(f"{where}: upstream: expected a list of stage names, got {upstream!r}")
+        stages[name] = StageSpec(name, s["group"], s["implementation"], upstream,
+                                 dict(_expect(s.get("params") or {}, f"{where}: params")),
+                                 dict(_expect(s.get("execution") or {}, f"{where}: execution")))
+
+    for text in overrides:
+        stage, param, value = parse_override(text)
+        if stage not in stages:
+            raise ConfigError(f"--set {text}: unknown stage '{stage}'; known: {', '.join(stages)}")
+        stages[stage].params[param] = value
+
+    for name, s in stages.items():
+        impl = implementation(s.implementation)
+        s.params = coerce_params(impl.Config, s.params, f"{path}: stage '{name}': params")
+        ExecutionParams(**coerce_params(ExecutionParams, {**s.execution}, f"{path}: stage '{name}': execution"))
+        for u in s.upstream:
+            if u not in stages:
+                raise ConfigError(f"{path}: stage '{name}': upstream: no stage named '{u}'; "
+                                  f"known: {', '.join(stages)}")
+        consumes = getattr(impl, "consumes", None)
+        if consumes:
+            producers = [u for u in s.upstream if getattr(implementation(stages[u].implementation),
+                                                          "produces", None) == consumes]
+            if len(producers) != 1:
+                raise ConfigError(f"{path}: stage '{name}': upstream: '{s.implementation}' needs exactly one "
+                                  f"upstream stage producing '{consumes}', found {producers or 'none'}")
+    _check_acyclic(stages, path)
+
+    execution = ExecutionParams(**coerce_params(ExecutionParams, raw.get("execution"), f"{path}: execution"))
+    default_dataset = raw.get("default_dataset")
+    if default_dataset is not None and default_dataset not in datasets:
+        raise ConfigError(f"{path}: default_dataset: no dataset named '{default_dataset}'")
+    backend = raw.get("backend", "zarr")
+    from .registry import STORE_BACKENDS
+    from . import store  # noqa: F401  (registers backends)
+
+    if backend not in STORE_BACKENDS:
+        raise ConfigError(f"{path}: backend: unknown '{backend}'; known: {', '.join(STORE_BACKENDS.names())}")
+    cache_root = Path(cache or os.environ.get("PIPELINE_CACHE") or raw.get("cache") or ".pipeline-cache")
+    cache_root = Path(os.path.expanduser(str(cache_root)))
+    if not cache_root.is_absolute():
+        cache_root = (Path.cwd() if (cache or os.environ.get("PIPELINE_CACHE")) else base) / cache_root
+    return PipelineConfig(path, cache_root, backend, default_dataset, datasets, stages, execution)
+
+
+def _check_acyclic(stages: dict[str, StageSpec], path: Path) -> None:
+    state: dict[str, int] = {}
+
+    def visit(n: str, trail: list[str]) -> None:
+        if state.get(n) == 2:
+            return
+        if state.get(n) == 1:
+            cycle = trail[trail.index(n):] + [n]
+            raise ConfigError(f"{path}: stage '{n}': upstream: cycle {' -> '.join(cycle)}")
+        state[n] = 1
+        for u in stages[n].upstream:
+            visit(u, trail + [n])
+        state[n] = 2
+
+    for n in stages:
+        visit(n, [])

@@ -1,0 +1,143 @@
+"""`synthetic`: K classes of real mp4 clips (H.264 + AAC) generated with ffmpeg's lavfi sources.
+
+Each class has its own picture (test pattern + hue) and its own sound (tone frequency + noise
+colour); every clip jitters both, so the task is learnable but not trivial.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..registry import register_dataset
+from .base import Clip, DatasetAdapter, DatasetError, Manifest, class_balanced_folds
+
+log = logging.getLogger(__name__)
+
+_PATTERNS = ["testsrc2", "smptebars", "rgbtestsrc", "pal75bars", "yuvtestsrc"]
+_NOISES = ["white", "pink", "brown"]
+_MARKER = "synthetic.json"
+
+
+@dataclass
+class SyntheticConfig:
+    n_classes: int = 4
+    clips_per_class: int = 5
+    duration: float = 2.0
+    size: int = 96
+    fps: int = 10
+    sample_rate: int = 16000
+    n_folds: int = 5
+    seed: int = 0
+
+
+def _clip_spec(k: int, i: int, cfg: SyntheticConfig) -> dict:
+    rng = np.random.default_rng([cfg.seed, k, i])
+    return {
+        "pattern": _PATTERNS[k % len(_PATTERNS)],
+        "hue": float((k * 360.0 / max(cfg.n_classes, 1) + rng.uniform(-8, 8)) % 360),
+        "freq": float(220.0 * 2 ** (k * 4 / 12) * rng.uniform(0.97, 1.03)),
+        "noise": _NOISES[k % len(_NOISES)],
+        "noise_amp": float(rng.uniform(0.02, 0.08)),
+        "noise_seed": int(rng.integers(0, 2**31 - 1)),
+    }
+
+
+def _render(path: Path, spec: dict, cfg: SyntheticConfig) -> None:
+    import ffmpeg
+
+    d, n = cfg.duration, cfg.sample_rate
+    video = (ffmpeg.input(f"{spec['pattern']}=size={cfg.size}x{cfg.size}:rate={cfg.fps}:duration={d}", f="lavfi")
+             .filter("hue", h=round(spec["hue"], 3)))
+    tone = ffmpeg.input(f"sine=frequency={spec['freq']:.3f}:sample_rate={n}:duration={d}", f="lavfi")
+    noise = ffmpeg.input(f"anoisesrc=color={spec['noise']}:amplitude={spec['noise_amp']:.4f}"
+                         f":sample_rate={n}:duration={d}:seed={spec['noise_seed']}", f="lavfi")
+    audio = ffmpeg.filter([tone, noise], "amix", inputs=2, duration="shortest", normalize=0)
+    (ffmpeg.output(video, audio, "file:" + str(path.absolute()), vcodec="libx264", pix_fmt="yuv420p",
+                   preset="ultrafast", acodec="aac", ar=n, movflags="+faststart", t=d)
+     .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1")
+     .overwrite_output().run(capture_stdout=True, capture_stderr=True))
+
+
+@register_dataset
+class SyntheticDataset(DatasetAdapter):
+    """Generates its clips on first use under `root` (atomically), then reads them back."""
+
+    name = "synthetic"
+    Config = SyntheticConfig
+    layout = (f"ROOT/{_MARKER} (the generator's params), ROOT/manifest.csv (clip_id,path,label,fold),\n"
+              "ROOT/clips/<class>/<clip>.mp4; written by the generator, not by hand")
+
+    def _classes(self) -> list[str]:
+        return [f"class{k:02d}" for k in range(self.config.n_classes)]
+
+    def prepare(self) -> None:
+        """Generate the clips unless `root` already holds this exact configuration."""
+        from filelock import FileLock
+
+        cfg = self.config
+        if cfg.n_classes < 2 or cfg.clips_per_class < 1 or cfg.duration <= 0:
+            raise DatasetError(f"dataset '{self.dataset_name}': need n_classes >= 2, clips_per_class >= 1 "
+                               f"and duration > 0 (got {asdict(cfg)})")
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root) + ".lock"):
+            marker = self.root / _MARKER
+            if marker.exists():
+                found = json.loads(marker.read_text())
+                if found != asdict(cfg):
+                    raise DatasetError(
+                        f"dataset '{self.dataset_name}': {self.root} holds a synthetic set generated with "
+                        f"{found}, not {asdict(cfg)}; delete that folder or point `root` elsewhere")
+                return
+            if self.root.exists() and any(self.root.iterdir()):
+                raise DatasetError(f"dataset '{self.dataset_name}': {self.root} exists and is not a synthetic "
+                                   "set (no synthetic.json); point `root` at a new folder")
+            self._generate()
+
+    def _generate(self) -> None:
+        cfg = self.config
+        tmp = self.root.with_name(f".tmp-{self.root.name}-{uuid.uuid4().hex[:8]}")
+        jobs = []
+        for k, cls in enumerate(self._classes()):
+            (tmp / "clips" / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(cfg.clips_per_class):
+                jobs.append((f"{cls}/{cls}_{i:03d}", tmp / "clips" / cls / f"{cls}_{i:03d}.mp4", cls,
+                             _clip_spec(k, i, cfg)))
+        log.info("generating %d synthetic clips under %s", len(jobs), self.root)
+        try:
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                list(pool.map(lambda j: _render(j[1], j[3], cfg), jobs))
+            folds = class_balanced_folds([j[0] for j in jobs], [j[2] for j in jobs], cfg.n_folds, cfg.seed)
+            with open(tmp / "manifest.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["clip_id", "path", "label", "fold"])
+                for (cid, path, cls, _), fold in zip(jobs, folds):
+                    w.writerow([cid, path.relative_to(tmp).as_posix(), cls, fold])
+            (tmp / _MARKER).write_text(json.dumps(asdict(cfg)))
+            if self.root.exists():
+                self.root.rmdir()
+            tmp.rename(self.root)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def manifest(self) -> Manifest:
+        path = self.root / "manifest.csv"
+        if not (self.root / _MARKER).exists():
+            raise DatasetError(f"dataset '{self.dataset_name}': not generated yet under {self.root}; "
+                               f"`pipeline run extract --dataset {self.dataset_name}` generates it")
+        if not path.exists():
+            raise DatasetError(f"dataset '{self.dataset_name}': {path} is missing; delete {self.root} to regenerate")
+        clips = []
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                clips.append(Clip(clip_id=row["clip_id"], media={"video": (self.root / row["path"]).absolute()},
+                                  label=row["label"], fold=int(row["fold"])))
+        return Manifest(self.dataset_name, self.root, clips, self._classes())

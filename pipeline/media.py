@@ -1,0 +1,186 @@
+"""ffmpeg through ffmpeg-python: probe, decode mono audio, sample RGB frames while decoding.
+
+Paths reach ffmpeg as `file:<absolute path>` list arguments (no shell), so spaces, quotes,
+a leading dash, colons and non-ASCII names are all taken literally.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_TRUNCATION_TOLERANCE = 0.9  # decoded/declared duration below this means the file was cut short
+
+
+class MediaError(Exception):
+    """A clip's media cannot be used; `reason` is what the failures log records."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What ffprobe says about a file."""
+
+    path: Path
+    duration: float | None
+    has_audio: bool
+    has_video: bool
+    sample_rate: int | None
+    channels: int | None
+    fps: float | None
+    width: int | None
+    height: int | None
+
+
+def _ffmpeg_path(path: Path) -> str:
+    return "file:" + str(Path(path).absolute())
+
+
+def _stderr_tail(err: bytes | None, n: int = 200) -> str:
+    text = (err or b"").decode("utf-8", "replace").strip().replace("\n", " | ")
+    return text[-n:] if text else "no message"
+
+
+def _has_mp4_header(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(12)
+    return len(head) >= 8 and head[4:8] == b"ftyp"
+
+
+def _check_readable(path: Path) -> None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        why = "is a broken symlink" if os.path.lexists(path) else "does not exist"
+        raise MediaError(f"missing file: {path} {why}") from None
+    except OSError as e:
+        raise MediaError(f"unreadable file: {e.strerror or e} ({path})") from None
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise MediaError(f"unreadable file: {e.strerror or e} ({path})") from None
+    if st.st_size == 0:
+        raise MediaError(f"corrupt container: {path} is empty (0 bytes)")
+
+
+def probe(path: str | os.PathLike) -> MediaInfo:
+    """Probe a media file; raise MediaError with a specific reason when it is unusable."""
+    import ffmpeg
+
+    path = Path(path)
+    _check_readable(path)
+    try:
+        info = ffmpeg.probe(_ffmpeg_path(path))
+    except ffmpeg.Error as e:
+        msg = _stderr_tail(e.stderr)
+        if "moov atom not found" in msg and _has_mp4_header(path):
+            raise MediaError("truncated file: the container starts correctly but its index "
+                             "(moov atom) is missing, so the file was cut short") from None
+        raise MediaError(f"corrupt container: ffprobe cannot parse it ({msg})") from None
+    streams = info.get("streams", [])
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    video = next((s for s in streams if s.get("codec_type") == "video"
+                  and not s.get("disposition", {}).get("attached_pic")), None)
+    durations = [float(x) for x in [info.get("format", {}).get("duration")]
+                 + [s.get("duration") for s in streams] if x not in (None, "N/A")]
+    fps = None
+    if video is not None and video.get("avg_frame_rate", "0/0") not in ("0/0", "0/1"):
+        num, den = video["avg_frame_rate"].split("/")
+        fps = float(num) / float(den) if float(den) else None
+    return MediaInfo(
+        path=path,
+        duration=max(durations) if durations else None,
+        has_audio=audio is not None,
+        has_video=video is not None,
+        sample_rate=int(audio["sample_rate"]) if audio and audio.get("sample_rate") else None,
+        channels=int(audio["channels"]) if audio and audio.get("channels") else None,
+        fps=fps,
+        width=int(video["width"]) if video else None,
+        height=int(video["height"]) if video else None,
+    )
+
+
+def _run(stream, what: str, path: Path) -> tuple[bytes, bytes]:
+    import ffmpeg
+
+    try:
+        return stream.global_args("-nostdin", "-hide_banner", "-loglevel", "error").run(
+            capture_stdout=True, capture_stderr=True)
+    except ffmpeg.Error as e:
+        raise MediaError(f"decode error: ffmpeg could not decode the {what} ({_stderr_tail(e.stderr)})") from None
+
+
+def _check_complete(decoded_s: float, info: MediaInfo, err: bytes, what: str) -> None:
+    if decoded_s <= 0:
+        raise MediaError(f"zero duration: no {what} could be decoded")
+    declared = info.duration
+    if declared and decoded_s < _TRUNCATION_TOLERANCE * declared:
+        raise MediaError(f"truncated file: decoded {decoded_s:.2f} s of {what} out of the "
+                         f"{declared:.2f} s the container declares ({_stderr_tail(err, 120)})")
+
+
+def decode_audio(path: str | os.PathLike, sample_rate: int, start: float | None = None,
+                 duration: float | None = None, info: MediaInfo | None = None) -> np.ndarray:
+    """Decode the first audio stream to mono float32 in [-1, 1] at `sample_rate` (probes first)."""
+    import ffmpeg
+
+    path = Path(path)
+    info = info or probe(path)
+    if not info.has_audio:
+        raise MediaError("no audio stream: the file has no audio track")
+    if info.duration is not None and info.duration <= 0:
+        raise MediaError("zero duration: the container declares 0 s")
+    in_kw = {}
+    if start is not None:
+        in_kw["ss"] = start
+    if duration is not None:
+        in_kw["t"] = duration
+    stream = ffmpeg.input(_ffmpeg_path(path), **in_kw).output(
+        "pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=int(sample_rate), map="0:a:0")
+    out, err = _run(stream, "audio", path)
+    wave = np.frombuffer(out, dtype="<f4").astype(np.float32, copy=True)
+    expected = MediaInfo(**{**info.__dict__, "duration": _segment(info.duration, start, duration)})
+    _check_complete(wave.size / sample_rate, expected, err, "audio")
+    return wave
+
+
+def _segment(total: float | None, start: float | None, duration: float | None) -> float | None:
+    if total is None:
+        return duration
+    remaining = total - (start or 0.0)
+    return min(remaining, duration) if duration is not None else remaining
+
+
+def decode_frames(path: str | os.PathLike, fps: float, size: int | tuple[int, int],
+                  start: float | None = None, duration: float | None = None,
+                  info: MediaInfo | None = None) -> np.ndarray:
+    """Sample frames at `fps` while decoding, resized to `size` (w, h); uint8 RGB `[T, H, W, 3]`."""
+    import ffmpeg
+
+    path = Path(path)
+    info = info or probe(path)
+    if not info.has_video:
+        raise MediaError("no video stream: the file has no video track")
+    width, height = (size, size) if isinstance(size, int) else size
+    in_kw = {}
+    if start is not None:
+        in_kw["ss"] = start
+    if duration is not None:
+        in_kw["t"] = duration
+    stream = (ffmpeg.input(_ffmpeg_path(path), **in_kw)
+              .video.filter("fps", fps=fps).filter("scale", width, height)
+              .output("pipe:", format="rawvideo", pix_fmt="rgb24"))
+    out, err = _run(stream, "video", path)
+    frame_bytes = width * height * 3
+    n = len(out) // frame_bytes
+    frames = np.frombuffer(out[: n * frame_bytes], dtype=np.uint8).reshape(n, height, width, 3).copy()
+    expected = MediaInfo(**{**info.__dict__, "duration": _segment(info.duration, start, duration)})
+    # fps sampling rounds to whole frames: allow one frame of slack before calling it truncated
+    _check_complete((n + 1) / fps if n else 0.0, expected, err, "video")
+    return frames

@@ -1,0 +1,412 @@
+"""Run stages of the DAG for a dataset: resolve keys, reuse what is committed, compute the rest in shards."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .cache import DigestMemo, hash_key
+from .config import ConfigError, ExecutionParams, PipelineConfig, implementation, load_config
+from .datasets import Clip, DatasetAdapter, Manifest
+from .registry import DATASETS
+from .store import ClipResult, FeatureStore, StoreWriter, read_commits, write_failures_log
+
+log = logging.getLogger(__name__)
+
+_EXTRACTOR_CACHE: dict[str, Any] = {}  # one model per worker process, keyed by stage key
+
+
+class PipelineError(RuntimeError):
+    """A run could not complete; the message says what to do."""
+
+
+@dataclass
+class StageKeys:
+    """Everything that identifies one stage's result for one dataset."""
+
+    name: str
+    implementation: str
+    params: dict[str, Any]
+    store_key: str
+    store_path: Path
+    upstream: list[str]
+    attrs: dict[str, Any]
+
+
+@dataclass
+class StageReport:
+    name: str
+    store_path: Path
+    total: int
+    reused: int = 0
+    computed: int = 0
+    failed: int = 0
+    shards_reused: int = 0
+    shards_computed: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class Context:
+    """A config resolved against one dataset: its manifest, clip keys and every stage's keys."""
+
+    config: PipelineConfig
+    dataset: str
+    adapter: DatasetAdapter
+    manifest: Manifest | None
+    clip_keys: dict[str, str]
+    stages: dict[str, StageKeys]
+
+    def manifest_digest(self) -> str:
+        return hash_key(list(self.clip_keys.items()))
+
+
+def cache_paths(cache: Path) -> dict[str, Path]:
+    """The cache's fixed sub-folders."""
+    return {"stores": cache / "stores", "index": cache / "index", "runs": cache / "runs",
+            "digests": cache / "digests.sqlite"}
+
+
+def make_adapter(config: PipelineConfig, dataset: str | None) -> DatasetAdapter:
+    """Instantiate the dataset adapter named in stages.yaml."""
+    spec = config.dataset(dataset)
+    cls = DATASETS.get(spec.adapter)
+    return cls(spec.name, spec.root, cls.Config(**spec.params))
+
+
+def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
+            need_manifest: bool = True) -> Context:
+    """Compute every stage's store key for `dataset` (and the manifest's clip keys when needed)."""
+    adapter = make_adapter(config, dataset)
+    manifest, clip_keys = None, {}
+    if need_manifest:
+        if prepare:
+            adapter.prepare()
+        manifest = adapter.manifest()
+        clip_keys = manifest.clip_keys(DigestMemo(cache_paths(config.cache)["digests"]))
+    stages: dict[str, StageKeys] = {}
+    for name in config.order():
+        spec = config.stages[name]
+        impl = implementation(spec.implementation)
+        if not hasattr(impl, "output_spec"):
+            continue  # trainers resolve their own keys
+        ex = impl(impl.Config(**spec.params))
+        up_attrs = _producer_attrs(config, stages, name)
+        out = ex.output_spec(up_attrs)
+        weights = ex.weights_digest()
+        store_key = hash_key({
+            "implementation": spec.implementation, "version": impl.VERSION, "params": spec.params,
+            "weights": weights, "upstream": [stages[u].store_key for u in spec.upstream],
+            "dataset": adapter.dataset_name})
+        attrs = {
+            "key": store_key, "stage": name, "dataset": adapter.dataset_name,
+            "extractor": spec.implementation, "version": impl.VERSION, "params": spec.params,
+            "weights": weights, "upstream": {u: stages[u].store_key for u in spec.upstream},
+            "kind": out.kind, "dims": list(out.dims), "dtype": out.dtype, "frame_rate": out.frame_rate,
+            **out.extra,
+            "how_to_read": "CSR: each clip is rows [start:stop) of its shard's `data`; "
+                           "rows are frames at `frame_rate` per second; pipeline.open_store(path)[clip_id]",
+        }
+        stages[name] = StageKeys(name, spec.implementation, spec.params, store_key,
+                                 cache_paths(config.cache)["stores"] / adapter.dataset_name / f"{name}-{store_key}",
+                                 list(spec.upstream), attrs)
+    return Context(config, adapter.dataset_name, adapter, manifest, clip_keys, stages)
+
+
+def _producer_attrs(config: PipelineConfig, stages: dict[str, StageKeys], name: str) -> dict[str, Any] | None:
+    producer = _producer(config, name)
+    return stages[producer].attrs if producer else None
+
+
+def _producer(config: PipelineConfig, name: str) -> str | None:
+    spec = config.stages[name]
+    consumes = getattr(implementation(spec.implementation), "consumes", None)
+    for u in spec.upstream:
+        if consumes and getattr(implementation(config.stages[u].implementation), "produces", None) == consumes:
+            return u
+    return None
+
+
+@dataclass
+class ShardTask:
+    """A unit of work: compute and commit one shard of clips into one store."""
+
+    shard_id: str
+    store_path: str
+    implementation: str
+    params: dict[str, Any]
+    execution: dict[str, Any]
+    cache_key: str
+    clips: list[Clip]
+    clip_keys: list[str]
+    upstream: FeatureStore | None
+    upstream_attrs: dict[str, Any] | None
+
+
+def _extractor(task: ShardTask) -> Any:
+    ex = _EXTRACTOR_CACHE.get(task.cache_key)
+    if ex is None:
+        impl = implementation(task.implementation)
+        ex = impl(impl.Config(**task.params), ExecutionParams(**task.execution))
+        _EXTRACTOR_CACHE[task.cache_key] = ex
+    return ex
+
+
+def run_shard(task: ShardTask) -> dict[str, Any]:
+    """Decode (threads), compute (batched), write and commit one shard; return its summary."""
+    import extractors  # noqa: F401  (registers extractors in a fresh worker)
+    from .media import MediaError
+
+    ex = _extractor(task)
+
+    def load(clip: Clip) -> tuple[Any, str | None]:
+        try:
+            return ex.load(clip, task.upstream), None
+        except MediaError as e:
+            return None, e.reason
+
+    threads = max(1, min(task.execution.get("decode_threads", 4), len(task.clips)))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        loaded = list(pool.map(load, task.clips))
+    ok = [i for i, (x, _) in enumerate(loaded) if x is not None]
+    outputs: dict[int, Any] = {}
+    batch = max(1, task.execution.get("batch_size", 32))
+    for b in range(0, len(ok), batch):
+        idx = ok[b:b + batch]
+        for i, out in zip(idx, ex.compute([loaded[i][0] for i in idx], task.upstream_attrs)):
+            outputs[i] = out
+    results = [ClipResult(c.clip_id, k, outputs.get(i), None if i in outputs else loaded[i][1])
+               for i, (c, k) in enumerate(zip(task.clips, task.clip_keys))]
+    record = StoreWriter(task.store_path).write_shard(task.shard_id, results)
+    return {"shard": task.shard_id, "ok": len(record["clips"]), "failed": record["failed"]}
+
+
+def _committed(store_path: Path, clip_keys: dict[str, str]) -> tuple[set[str], int]:
+    """Clip ids whose current key is committed (ok or failed), and how many shards hold them."""
+    done: set[str] = set()
+    shards = 0
+    if not (store_path / "commits").is_dir():
+        return done, 0
+    for rec in read_commits(store_path):
+        hit = False
+        for entry in rec["clips"] + rec["failed"]:
+            if clip_keys.get(entry["id"]) == entry["key"]:
+                done.add(entry["id"])
+                hit = True
+        shards += hit
+    return done, shards
+
+
+def _write_index(ctx: Context, sk: StageKeys, report: StageReport) -> None:
+    index = cache_paths(ctx.config.cache)["index"] / ctx.dataset
+    index.mkdir(parents=True, exist_ok=True)
+    tmp = index / f".tmp-{sk.name}-{os.getpid()}.json"
+    tmp.write_text(json.dumps({"stage": sk.name, "store_key": sk.store_key, "store": str(sk.store_path),
+                               "manifest": ctx.manifest_digest(), "clips": report.total,
+                               "failed": report.failed, "completed": time.time()}, indent=2))
+    os.replace(tmp, index / f"{sk.name}.json")
+
+
+def _acquire(lock: Any, what: str, on_wait: Callable[[str], None] | None) -> None:
+    from filelock import Timeout
+
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        msg = f"{what}: another run holds {lock.lock_file}; waiting for it to finish"
+        log.info(msg)
+        if on_wait:
+            on_wait(msg)
+        lock.acquire()
+
+
+def run_stage(ctx: Context, name: str, execution: ExecutionParams,
+              on_progress: Callable[[int], None] | None = None,
+              on_wait: Callable[[str], None] | None = None,
+              on_plan: Callable[[StageReport, int], None] | None = None) -> StageReport:
+    """Bring one stage's store up to date for every clip of the manifest."""
+    from filelock import FileLock
+
+    sk = ctx.stages[name]
+    assert ctx.manifest is not None
+    t0 = time.perf_counter()
+    sk.store_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(sk.store_path) + ".lock")
+    _acquire(lock, f"stage '{name}'", on_wait)
+    try:
+        writer = StoreWriter(sk.store_path, sk.attrs, ctx.config.backend)
+        writer.clean_temporaries()
+        done, shards_reused = _committed(sk.store_path, ctx.clip_keys)
+        todo = [c for c in ctx.manifest.clips if c.clip_id not in done]
+        report = StageReport(name, sk.store_path, total=len(ctx.manifest.clips), reused=len(done),
+                             shards_reused=shards_reused)
+        producer = _producer(ctx.config, name)
+        upstream = None
+        if producer:
+            upstream = FeatureStore(ctx.stages[producer].store_path, clip_keys=ctx.clip_keys)
+        size = max(1, execution.shard_size)
+        tasks = []
+        for s in range(0, len(todo), size):
+            chunk = todo[s:s + size]
+            keys = [ctx.clip_keys[c.clip_id] for c in chunk]
+            tasks.append(ShardTask(
+                shard_id=hash_key([sk.store_key, keys]), store_path=str(sk.store_path),
+                implementation=sk.implementation, params=sk.params, execution=dataclasses.asdict(execution),
+                cache_key=sk.store_key, clips=chunk, clip_keys=keys,
+                upstream=upstream.subset(c.clip_id for c in chunk) if upstream else None,
+                upstream_attrs=upstream.attrs if upstream else None))
+        if on_plan:
+            on_plan(report, len(todo))
+
+        def collect(result: dict[str, Any]) -> None:
+            report.computed += result["ok"]
+            report.failed += len(result["failed"])
+            report.shards_computed += 1
+            if on_progress:
+                on_progress(result["ok"] + len(result["failed"]))
+
+        from .executors import run_tasks
+
+        run_tasks(run_shard, tasks, execution, collect)
+        failures = write_failures_log(sk.store_path)
+        current = {f["id"] for f in failures if ctx.clip_keys.get(f["id"]) == f["key"]}
+        report.failures = [f for f in failures if f["id"] in current]
+        report.failed = len(report.failures)
+        _write_index(ctx, sk, report)
+    finally:
+        lock.release()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def select_stages(config: PipelineConfig, group: str | None, stage: str | None) -> list[str]:
+    """Stages to run, in order: a group (or one stage) and everything upstream of it."""
+    if stage:
+        if stage not in config.stages:
+            raise ConfigError(f"{config.path}: unknown stage '{stage}'; known: {', '.join(config.stages)}")
+        if group and config.stages[stage].group != group:
+            raise ConfigError(f"stage '{stage}' is in group '{config.stages[stage].group}', not '{group}'")
+        return config.order([stage])
+    return config.order(config.group(group or "extract"))
+
+
+def status(config: PipelineConfig, dataset: str | None) -> list[dict[str, Any]]:
+    """Per stage: up to date / missing / partial N of M clips / stale, like `dvc status`."""
+    ctx = resolve(config, dataset)
+    rows = []
+    assert ctx.manifest is not None
+    index = cache_paths(config.cache)["index"] / ctx.dataset
+    for name, sk in ctx.stages.items():
+        done, _ = _committed(sk.store_path, ctx.clip_keys)
+        total = len(ctx.manifest.clips)
+        failed = 0
+        if sk.store_path.exists():
+            failed = sum(1 for rec in read_commits(sk.store_path) for f in rec["failed"]
+                         if ctx.clip_keys.get(f["id"]) == f["key"])
+        pointer = index / f"{name}.json"
+        last = json.loads(pointer.read_text()) if pointer.exists() else None
+        if len(done) == total:
+            state = "up to date"
+        elif last and last["store_key"] != sk.store_key and not done:
+            state = "stale (params, code or upstream changed since the last run)"
+        elif done:
+            state = f"partial {len(done)} of {total} clips"
+        else:
+            state = "missing"
+        rows.append({"stage": name, "state": state, "done": len(done), "total": total, "failed": failed,
+                     "store": str(sk.store_path)})
+    return rows
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def list_cache(config: PipelineConfig) -> list[dict[str, Any]]:
+    """Every store (and run) in the cache with its size, clip count and what produced it."""
+    out = []
+    stores = cache_paths(config.cache)["stores"]
+    for attrs_path in sorted(stores.glob("*/*/attrs.json")):
+        path = attrs_path.parent
+        attrs = json.loads(attrs_path.read_text())
+        n = sum(len(r["clips"]) for r in read_commits(path))
+        out.append({"kind": "store", "path": str(path), "dataset": attrs.get("dataset"),
+                    "stage": attrs.get("stage"), "extractor": attrs.get("extractor"),
+                    "params": attrs.get("params"), "clips": n, "bytes": _size(path)})
+    runs = cache_paths(config.cache)["runs"]
+    for params_path in sorted(runs.glob("*/*/params.yaml")):
+        out.append({"kind": "run", "path": str(params_path.parent), "bytes": _size(params_path.parent)})
+    return out
+
+
+def garbage(config: PipelineConfig) -> tuple[list[Path], list[str]]:
+    """Stores that no current key of any dataset in stages.yaml references, and datasets left alone."""
+    keep: set[Path] = set()
+    skipped: list[str] = []
+    for name in config.datasets:
+        try:
+            ctx = resolve(config, name, need_manifest=False)
+        except Exception as e:  # a dataset we cannot resolve keeps all its stores
+            skipped.append(f"{name}: {e}")
+            keep.update(p.parent for p in (cache_paths(config.cache)["stores"] / name).glob("*/attrs.json"))
+            continue
+        keep.update(sk.store_path for sk in ctx.stages.values())
+    stores = cache_paths(config.cache)["stores"]
+    unused = [p for p in sorted(stores.glob("*/*")) if p.is_dir() and p not in keep]
+    return unused, skipped
+
+
+def collect_garbage(config: PipelineConfig, dry_run: bool = False) -> tuple[list[tuple[Path, int]], list[str]]:
+    """Remove (or with dry_run only list) unreferenced stores; returns (path, bytes) of each."""
+    from filelock import FileLock, Timeout
+
+    unused, skipped = garbage(config)
+    removed = []
+    for p in unused:
+        size = _size(p)
+        if not dry_run:
+            lock = FileLock(str(p) + ".lock")
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                skipped.append(f"{p}: in use by a running stage")
+                continue
+            try:
+                shutil.rmtree(p)
+            finally:
+                lock.release()
+            Path(str(p) + ".lock").unlink(missing_ok=True)
+        removed.append((p, size))
+    return removed, skipped
+
+
+def run(group: str | None = "extract", dataset: str | None = None, stage: str | None = None,
+        overrides: list[str] | tuple[str, ...] = (), config: str | os.PathLike | PipelineConfig = "stages.yaml",
+        cache: str | os.PathLike | None = None, strict: bool = False,
+        on_progress: Callable[[int], None] | None = None, on_wait: Callable[[str], None] | None = None,
+        on_plan: Callable[[StageReport, int], None] | None = None,
+        **execution: Any) -> list[StageReport]:
+    """Run a group (or one stage) and everything upstream for a dataset; return a report per stage."""
+    cfg = config if isinstance(config, PipelineConfig) else load_config(config, overrides, cache)
+    names = select_stages(cfg, group, stage)
+    ctx = resolve(cfg, dataset, prepare=True)
+    reports = []
+    for name in names:
+        if name not in ctx.stages:
+            raise PipelineError(f"stage '{name}' is not an extract stage; its group runs with `pipeline run`")
+        rep = run_stage(ctx, name, cfg.execution_for(name, **execution), on_progress, on_wait, on_plan)
+        reports.append(rep)
+        if strict and rep.failed:
+            raise PipelineError(f"stage '{name}': {rep.failed} clip(s) failed and --strict is set; "
+                                f"see {rep.store_path / 'failures.jsonl'}")
+    return reports
