@@ -76,6 +76,8 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
     bar: dict[str, Any] = {}
 
     def on_plan(report: Any, todo: int) -> None:
+        if "bar" in bar:
+            bar.pop("bar").close()
         if todo == 0:
             click.echo(f"{report.name}: up to date, {report.reused} clips reused ({report.shards_reused} shards); "
                        "nothing to compute")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from typing import Any, Callable, Sequence
 
@@ -12,12 +13,9 @@ log = logging.getLogger(__name__)
 
 
 def _init_worker(threads: int) -> None:
-    try:
-        import torch
-
-        torch.set_num_threads(max(1, threads))
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
+    # set before any numeric library loads in this fresh process, so workers do not oversubscribe cores
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, str(max(1, threads)))
 
 
 def run_tasks(fn: Callable[[Any], Any], tasks: Sequence[Any], execution: ExecutionParams,
