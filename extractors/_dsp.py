@@ -5,20 +5,13 @@ from functools import lru_cache
 
 import numpy as np
 
-# resampy's 'kaiser_best' filter, which the AudioSet VGGish reference resamples with
-_KAISER_BEST = dict(lowpass_filter_width=64, rolloff=0.9475937167399596,
-                    resampling_method="sinc_interp_kaiser", beta=14.769656459379492)
-
-
 def resample(wave: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    """Band-limited resampling with resampy's kaiser_best parameters (via torchaudio)."""
+    """Band-limited resampling with resampy's kaiser_best filter, as the VGGish reference does."""
     if sr_in == sr_out:
         return wave
-    import torch
-    import torchaudio.functional as AF
+    import resampy
 
-    out = AF.resample(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float64)), sr_in, sr_out, **_KAISER_BEST)
-    return out.numpy()
+    return resampy.resample(np.ascontiguousarray(wave, dtype=np.float64), sr_in, sr_out, filter="kaiser_best")
 
 
 def frame(data: np.ndarray, window: int, hop: int) -> np.ndarray:

@@ -2,8 +2,8 @@
 
 Same contract and numbers as the reference `vggish_input.waveform_to_examples`: 16 kHz,
 25 ms periodic Hann window, 10 ms hop, 512-point FFT magnitude, 64 HTK-mel bands 125-7500 Hz,
-log(mel + 0.01), non-overlapping 0.96 s examples. Resampling uses resampy's kaiser_best filter
-parameters (through torchaudio), so resampled input matches the reference closely, not bit for bit.
+log(mel + 0.01), non-overlapping 0.96 s examples; other rates are resampled with resampy's
+kaiser_best filter, like the reference.
 """
 from __future__ import annotations
 

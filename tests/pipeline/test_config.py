@@ -1,0 +1,72 @@
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, load_config
+
+from ..conftest import TINY, write_config
+
+
+def _cfg(tmp_path, stages=None, datasets=None, **top):
+    ds = datasets or {"tiny": {"adapter": "synthetic", "root": str(tmp_path / "d"), "params": TINY}}
+    return write_config(tmp_path / "stages.yaml", tmp_path / "cache", ds, stages, **top)
+
+
+AUDIO = {"group": "extract", "implementation": "audio"}
+
+
+def test_default_stages_yaml_loads_and_orders():
+    cfg = load_config("stages.yaml")
+    assert cfg.order(["logmel"]) == ["audio", "logmel"]
+    assert cfg.stages["logmel"].params == {"preset": "vggish"}
+
+
+@pytest.mark.parametrize("stages, message", [
+    ({"a": {"group": "extract", "implementation": "nope"}}, "stage 'a': implementation: unknown implementation 'nope'"),
+    ({"a": {**AUDIO, "params": {"rate": 1}}}, "stage 'a': params: unknown param 'rate'"),
+    ({"a": {**AUDIO, "params": {"sample_rate": "fast"}}}, "stage 'a': params.sample_rate: expected int"),
+    ({"a": {**AUDIO, "upstream": ["ghost"]}}, "stage 'a': upstream: no stage named 'ghost'"),
+    ({"a": {**AUDIO, "upstream": ["b"]}, "b": {**AUDIO, "upstream": ["a"]}}, "cycle a -> b -> a"),
+    ({"a": {"implementation": "audio"}}, "stage 'a': missing field 'group'"),
+    ({"a": {**AUDIO, "colour": 1}}, "stage 'a': unknown field 'colour'"),
+    ({"m": {"group": "extract", "implementation": "logmel"}}, "stage 'm': upstream: 'logmel' needs exactly one"),
+    ({"m": {"group": "extract", "implementation": "logmel", "params": {"preset": "mfcc"}}},
+     "params.preset: expected one of 'vggish', 'davenet', 'vgs'"),
+    ({"a": {**AUDIO, "execution": {"workers": "two"}}}, "stage 'a': execution.workers: expected int"),
+])
+def test_invalid_stage_names_stage_and_field(tmp_path, stages, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(_cfg(tmp_path, stages))
+
+
+def test_set_overrides_are_validated(tmp_path):
+    path = _cfg(tmp_path, {"a": AUDIO})
+    assert load_config(path, ["a.sample_rate=8000"]).stages["a"].params["sample_rate"] == 8000
+    with pytest.raises(ConfigError, match="unknown stage 'b'"):
+        load_config(path, ["b.sample_rate=8000"])
+    with pytest.raises(ConfigError, match="unknown param 'rate'"):
+        load_config(path, ["a.rate=8000"])
+    with pytest.raises(ConfigError, match="expected STAGE.PARAM=VALUE"):
+        load_config(path, ["sample_rate"])
+
+
+def test_dataset_errors_and_cache_precedence(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="dataset 'x': adapter: unknown dataset adapter 'zip'"):
+        load_config(_cfg(tmp_path, {"a": AUDIO}, {"x": {"adapter": "zip", "root": "r"}}))
+    with pytest.raises(ConfigError, match="dataset 'x': params.n_classes: expected int"):
+        load_config(_cfg(tmp_path, {"a": AUDIO}, {"x": {"adapter": "synthetic", "root": "r",
+                                                           "params": {"n_classes": 2.5}}}))
+    path = _cfg(tmp_path, {"a": AUDIO})
+    assert load_config(path).cache == tmp_path / "cache"
+    monkeypatch.setenv("PIPELINE_CACHE", str(tmp_path / "env"))
+    assert load_config(path).cache == tmp_path / "env"
+    assert load_config(path, cache=tmp_path / "flag").cache == tmp_path / "flag"
+
+
+def test_yaml_is_parsed_safely(tmp_path):
+    p = tmp_path / "stages.yaml"
+    p.write_text("stages: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    p.write_text(yaml.safe_dump({"stagez": {}}))
+    with pytest.raises(ConfigError, match="unknown top-level field 'stagez'"):
+        load_config(p)

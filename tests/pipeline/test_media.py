@@ -1,0 +1,60 @@
+import os
+
+import numpy as np
+import pytest
+
+from pipeline.media import MediaError, decode_audio, decode_frames, probe
+
+
+def test_probe_and_decode_real_clip(tmp_path, clip_factory):
+    p = clip_factory(tmp_path / "a.mp4", seconds=2.0, freq=1000)
+    info = probe(p)
+    assert info.has_audio and info.has_video and abs(info.duration - 2.0) < 0.1
+    wave = decode_audio(p, 16000)
+    assert wave.dtype == np.float32 and wave.ndim == 1 and abs(wave.size - 32000) < 1600
+    segment = wave[4000:20000]
+    peak_hz = np.argmax(np.abs(np.fft.rfft(segment))) * 16000 / segment.size
+    assert abs(peak_hz - 1000) < 5  # the 1 kHz tone survives decoding
+    frames = decode_frames(p, fps=2, size=(24, 16))
+    assert frames.dtype == np.uint8 and frames.shape == (4, 16, 24, 3)
+
+
+def test_segment_decoding(tmp_path, clip_factory):
+    p = clip_factory(tmp_path / "a.mp4", seconds=2.0)
+    assert abs(decode_audio(p, 8000, start=0.5, duration=1.0).size - 8000) < 400
+
+
+@pytest.mark.parametrize("name", ["with space.mp4", "quote'\"s.mp4", "-leading-dash.mp4", "ünïcødé 音.mp4",
+                                  "colon:name.mp4"])
+def test_awkward_file_names(tmp_path, clip_factory, name):
+    p = clip_factory(tmp_path / name)
+    assert decode_audio(p, 16000).size > 8000
+
+
+def _reason(path, what="audio"):
+    with pytest.raises(MediaError) as e:
+        decode_audio(path, 16000) if what == "audio" else decode_frames(path, 2, 8)
+    return e.value.reason
+
+
+def test_each_bad_media_kind_has_its_own_reason(tmp_path, clip_factory):
+    ok = clip_factory(tmp_path / "ok.mp4", seconds=2.0)
+    assert _reason(tmp_path / "missing.mp4").startswith("missing file")
+    (tmp_path / "garbage.mp4").write_bytes(os.urandom(2000))
+    assert _reason(tmp_path / "garbage.mp4").startswith("corrupt container")
+    (tmp_path / "cut.mp4").write_bytes(ok.read_bytes()[: ok.stat().st_size // 3])
+    assert _reason(tmp_path / "cut.mp4").startswith("truncated file")
+    nofast = clip_factory(tmp_path / "nofast.mp4", seconds=2.0, faststart=False)
+    (tmp_path / "cut2.mp4").write_bytes(nofast.read_bytes()[:3000])
+    assert _reason(tmp_path / "cut2.mp4").startswith("truncated file")
+    assert _reason(clip_factory(tmp_path / "silent.mp4", audio=False)).startswith("no audio stream")
+    assert _reason(clip_factory(tmp_path / "blind.wav", video=False), "video").startswith("no video stream")
+    zero = clip_factory(tmp_path / "zero.wav", seconds=0, video=False)
+    assert _reason(zero).startswith("zero duration")
+    loop = tmp_path / "loop.mp4"
+    loop.symlink_to(loop)
+    assert _reason(loop).startswith("unreadable file")
+    if os.geteuid() != 0:  # root reads mode-000 files anyway
+        locked = clip_factory(tmp_path / "locked.mp4")
+        locked.chmod(0)
+        assert _reason(locked).startswith("unreadable file")
