@@ -72,7 +72,16 @@ class Context:
 def cache_paths(cache: Path) -> dict[str, Path]:
     """The cache's fixed sub-folders."""
     return {"stores": cache / "stores", "index": cache / "index", "runs": cache / "runs",
-            "digests": cache / "digests.sqlite"}
+            "locks": cache / "locks", "digests": cache / "digests.sqlite"}
+
+
+def store_lock(cache: Path, store_path: Path) -> Any:
+    """The inter-process lock that guards one store (released by the OS if its holder dies)."""
+    from filelock import FileLock
+
+    path = cache_paths(cache)["locks"] / store_path.parent.name / f"{store_path.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path))
 
 
 def make_adapter(config: PipelineConfig, dataset: str | None) -> DatasetAdapter:
@@ -233,13 +242,11 @@ def run_stage(ctx: Context, name: str, execution: ExecutionParams,
               on_wait: Callable[[str], None] | None = None,
               on_plan: Callable[[StageReport, int], None] | None = None) -> StageReport:
     """Bring one stage's store up to date for every clip of the manifest."""
-    from filelock import FileLock
-
     sk = ctx.stages[name]
     assert ctx.manifest is not None
     t0 = time.perf_counter()
     sk.store_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(sk.store_path) + ".lock")
+    lock = store_lock(ctx.config.cache, sk.store_path)
     _acquire(lock, f"stage '{name}'", on_wait)
     try:
         writer = StoreWriter(sk.store_path, sk.attrs, ctx.config.backend)
@@ -368,14 +375,14 @@ def garbage(config: PipelineConfig) -> tuple[list[Path], list[str]]:
 
 def collect_garbage(config: PipelineConfig, dry_run: bool = False) -> tuple[list[tuple[Path, int]], list[str]]:
     """Remove (or with dry_run only list) unreferenced stores; returns (path, bytes) of each."""
-    from filelock import FileLock, Timeout
+    from filelock import Timeout
 
     unused, skipped = garbage(config)
     removed = []
     for p in unused:
         size = _size(p)
         if not dry_run:
-            lock = FileLock(str(p) + ".lock")
+            lock = store_lock(config.cache, p)
             try:
                 lock.acquire(timeout=0)
             except Timeout:
@@ -385,7 +392,7 @@ def collect_garbage(config: PipelineConfig, dry_run: bool = False) -> tuple[list
                 shutil.rmtree(p)
             finally:
                 lock.release()
-            Path(str(p) + ".lock").unlink(missing_ok=True)
+            Path(lock.lock_file).unlink(missing_ok=True)
         removed.append((p, size))
     return removed, skipped
 

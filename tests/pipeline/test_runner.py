@@ -1,0 +1,189 @@
+"""End to end: extract on a tiny synthetic set, reuse, overrides, resume, concurrency, failures."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import pipeline
+from pipeline.runner import PipelineError, collect_garbage, run, status
+
+from ..conftest import TINY, cli, write_config
+
+
+def _stores(cache, stage):
+    return sorted((cache / "stores").glob(f"*/{stage}-*"))
+
+
+def test_extract_end_to_end_then_reuse(project, tmp_path):
+    reports = run("extract", config=project)
+    assert [r.name for r in reports] == ["audio", "logmel"]
+    assert all(r.computed == 6 and r.failed == 0 for r in reports)
+    store = pipeline.open_store(dataset="tiny", stage="logmel", config=project)
+    assert len(store) == 6 and store.attrs["params"] == {"preset": "vggish"}
+    x = store["class00/class00_000"]
+    assert x.shape == (1, 96, 64) and x.dtype == np.float32 and np.isfinite(x).all()
+    assert store.to_dask().shape == (6, 96, 64)
+    assert store.attrs["frame_rate"] == pytest.approx(1 / 0.96)
+    audio = pipeline.open_store(_stores(tmp_path / "cache", "audio")[0])
+    assert audio.attrs["sample_rate"] == 16000 and abs(audio["class01/class01_002"].size - 16000) <= 1024  # AAC frames
+
+    again = run("extract", config=project)
+    assert all(r.computed == 0 and r.reused == 6 for r in again)
+    assert [s["state"] for s in status(pipeline.config.load_config(project), None)] == ["up to date"] * 2
+
+
+def test_features_separate_the_classes(project):
+    run("extract", config=project)
+    store = pipeline.open_store(dataset="tiny", stage="logmel", config=project)
+    peak = {cid: int(np.argmax(store[cid].mean(axis=(0, 1)))) for cid in store.clip_ids}
+    by_class = {}
+    for cid, band in peak.items():
+        by_class.setdefault(cid.split("/")[0], set()).add(band)
+    # each class's tone lands in one mel band for all its clips, and classes differ
+    assert all(len(bands) == 1 for bands in by_class.values()), by_class
+    assert len({b for bands in by_class.values() for b in bands}) == len(by_class)
+
+
+def test_override_makes_new_store_and_switching_back_reuses(project, tmp_path):
+    run("extract", config=project)
+    first = _stores(tmp_path / "cache", "logmel")
+    rep = run("extract", config=project, overrides=["logmel.preset=davenet"])
+    assert rep[0].computed == 0 and rep[1].computed == 6  # audio reused, new logmel store
+    assert len(_stores(tmp_path / "cache", "logmel")) == 2
+    d = pipeline.open_store(dataset="tiny", stage="logmel", config=project)
+    assert d.attrs["params"]["preset"] == "vggish"  # stages.yaml itself is unchanged
+    back = run("extract", config=project)
+    assert back[1].computed == 0 and back[1].store_path == first[0]
+    cfg = pipeline.config.load_config(project, ["logmel.preset=vgs"])
+    assert status(cfg, None)[1]["state"].startswith("stale")
+
+
+def test_folder_dataset_computes_only_new_clips(tmp_path, clip_factory):
+    root = tmp_path / "vegas"
+    for cls, f in [("dog", 300), ("drum", 900)]:
+        for i in range(2):
+            clip_factory(root / cls / f"{cls} {i}.mp4", freq=f + 10 * i)
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                       {"v": {"adapter": "folder", "root": str(root), "params": {"n_folds": 2}}})
+    assert run("extract", config=cfg)[1].computed == 4
+    clip_factory(root / "dog" / "dog 9.mp4", freq=333)
+    clip_factory(root / "chainsaw" / "saw.mp4", freq=1500)
+    rows = status(pipeline.config.load_config(cfg), None)
+    assert rows[0]["state"] == "partial 4 of 6 clips"
+    reps = run("extract", config=cfg)
+    assert [(r.computed, r.reused) for r in reps] == [(2, 4), (2, 4)]
+    # a changed file gets a new content key: only it is recomputed
+    clip_factory(root / "dog" / "dog 0.mp4", freq=1234, seconds=1.5)
+    assert [r.computed for r in run("extract", config=cfg)] == [1, 1]
+    assert abs(pipeline.open_store(dataset="v", stage="audio", config=cfg)["dog/dog 0"].size - 24000) <= 1024
+
+
+def test_bad_media_recorded_and_run_completes(tmp_path, clip_factory):
+    root = tmp_path / "v"
+    good = clip_factory(root / "ok" / "good.mp4", seconds=2.0)
+    clip_factory(root / "bad" / "silent.mp4", audio=False)
+    (root / "bad" / "garbage.mp4").write_bytes(os.urandom(3000))
+    (root / "bad" / "cut.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    (root / "bad" / "gone.mp4").symlink_to(root / "nowhere.mp4")
+    (root / "bad" / "loop.mp4").symlink_to(root / "bad" / "loop.mp4")
+    clip_factory(root / "bad" / "empty.wav", seconds=0, video=False)
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                       {"v": {"adapter": "folder", "root": str(root)}})
+    reps = run("extract", config=cfg)
+    reasons = {f["id"]: f["reason"].split(":")[0] for f in reps[0].failures}
+    assert reasons == {"bad/silent": "no audio stream", "bad/garbage": "corrupt container",
+                       "bad/cut": "truncated file", "bad/gone": "missing file", "bad/loop": "unreadable file",
+                       "bad/empty": "zero duration"}
+    assert reps[0].computed == 1 and reps[1].computed == 1
+    assert {f["id"] for f in reps[1].failures} == set(reasons)
+    assert all(f["reason"].startswith("upstream failed") for f in reps[1].failures)
+    log = [json.loads(line) for line in (reps[0].store_path / "failures.jsonl").read_text().splitlines()]
+    assert {x["id"] for x in log} == set(reasons)
+    with pytest.raises(PipelineError, match="--strict"):
+        run("extract", config=cfg, strict=True)
+    proc = cli("run", "extract", "--config", str(cfg), "--strict", check=False)
+    assert proc.returncode == 1 and "bad/garbage: corrupt container" in proc.stdout
+
+
+def _big_config(tmp_path, cache):
+    params = {**TINY, "n_classes": 4, "clips_per_class": 5}
+    return write_config(tmp_path / "stages.yaml", cache,
+                        {"big": {"adapter": "synthetic", "root": str(tmp_path / "big"), "params": params}},
+                        stages={"audio": {"group": "extract", "implementation": "audio",
+                                          "execution": {"shard_size": 1}}})
+
+
+def _wait_for_commits(store_glob, n, proc, timeout=60.0):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        found = [p for s in store_glob() for p in (s / "commits").glob("*.json")]
+        if len(found) >= n:
+            return len(found)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError("no commits appeared")
+
+
+def test_sigkill_then_resume_recomputes_only_uncommitted(tmp_path):
+    cfg = _big_config(tmp_path, tmp_path / "cache")
+    run("extract", config=cfg, workers=1)  # generates the data; this is also the clean reference
+    clean = pipeline.open_store(dataset="big", stage="audio", config=cfg)
+    reference = {cid: clean[cid] for cid in clean.clip_ids}
+    shutil.rmtree(tmp_path / "cache")
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "extract", "--config", str(cfg),
+                             "--workers", "1", "--no-progress"], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    committed = _wait_for_commits(lambda: _stores(tmp_path / "cache", "audio"), 3, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert committed < 20
+    store_dir = _stores(tmp_path / "cache", "audio")[0]
+    n_commits = len(list((store_dir / "commits").glob("*.json")))
+    out = cli("run", "extract", "--config", str(cfg), "--workers", "1", "--no-progress").stdout
+    assert f"reusing {n_commits} clips from {n_commits} committed shards" in out
+    assert f"computed {20 - n_commits} clips" in out
+    resumed = pipeline.open_store(dataset="big", stage="audio", config=cfg)
+    assert resumed.clip_ids == list(reference)
+    for cid, arr in reference.items():
+        np.testing.assert_array_equal(resumed[cid], arr)
+    assert not list(store_dir.glob("shards/.tmp-*"))
+
+
+def test_two_runs_at_once_on_one_cache(tmp_path):
+    cfg = _big_config(tmp_path, tmp_path / "cache")
+    pipeline.runner.make_adapter(pipeline.config.load_config(cfg), None).prepare()
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "extract", "--config", str(cfg), "--workers", "1",
+           "--no-progress"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    store = pipeline.open_store(dataset="big", stage="audio", config=cfg)
+    assert len(store) == 20 and not store.failures
+    records = [json.loads(p.read_text()) for p in (store.path / "commits").glob("*.json")]
+    assert sorted(c["id"] for r in records for c in r["clips"]) == sorted(store.clip_ids)  # each clip once
+    assert all(abs(store[c].size - 16000) <= 1024 for c in store.clip_ids)
+
+
+def test_dask_executor_gives_same_store(project):
+    ref = run("extract", config=project, stage="audio")[0]
+    shutil.rmtree(ref.store_path)
+    rep = run("extract", config=project, stage="audio", executor="dask", workers=2)[0]
+    assert rep.computed == 6 and len(pipeline.open_store(rep.store_path)) == 6
+
+
+def test_gc_removes_only_unreferenced(project, tmp_path):
+    run("extract", config=project)
+    run("extract", config=project, overrides=["logmel.preset=vgs"])
+    cfg = pipeline.config.load_config(project)
+    removed, _ = collect_garbage(cfg, dry_run=True)
+    assert len(removed) == 1 and "logmel" in removed[0][0].name and removed[0][0].exists()
+    collect_garbage(cfg)
+    assert not removed[0][0].exists()
+    assert all(r.computed == 0 for r in run("extract", config=project))
