@@ -18,53 +18,78 @@ def _init_worker(threads: int) -> None:
         os.environ.setdefault(var, str(max(1, threads)))
 
 
-def run_tasks(fn: Callable[[Any], Any], tasks: Sequence[Any], execution: ExecutionParams,
-              on_result: Callable[[Any], None]) -> None:
-    """Run `fn(task)` for every task, calling `on_result` in this process as each one finishes."""
-    if not tasks:
-        return
-    if execution.executor == "dask" or execution.scheduler:
-        _run_dask(fn, tasks, execution, on_result)
-    elif execution.workers <= 1 or len(tasks) == 1:
-        for t in tasks:
-            on_result(fn(t))
-    else:
-        _run_processes(fn, tasks, execution, on_result)
+class Executor:
+    """Runs shard tasks; keeps its process pool or dask client alive across the stages of one run."""
 
+    def __init__(self) -> None:
+        self._pools: dict[int, ProcessPoolExecutor] = {}
+        self._clients: dict[tuple[str | None, int], Any] = {}
+        self._clusters: list[Any] = []
 
-def _run_processes(fn: Callable[[Any], Any], tasks: Sequence[Any], execution: ExecutionParams,
-                   on_result: Callable[[Any], None]) -> None:
-    n = min(execution.workers, len(tasks))
-    threads = max(1, (multiprocessing.cpu_count() or 1) // n)
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(threads,))
-    try:
-        pending = {pool.submit(fn, t) for t in tasks}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for fut in done:
-                on_result(fut.result())  # re-raises a worker's exception here
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    def __enter__(self) -> "Executor":
+        return self
 
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
-def _run_dask(fn: Callable[[Any], Any], tasks: Sequence[Any], execution: ExecutionParams,
-              on_result: Callable[[Any], None]) -> None:
-    from dask.distributed import Client, LocalCluster, as_completed
-
-    cluster = None
-    if execution.scheduler:
-        log.info("connecting to dask scheduler %s", execution.scheduler)
-        client = Client(execution.scheduler)
-    else:
-        cluster = LocalCluster(n_workers=max(1, execution.workers), threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        client = Client(cluster)
-    try:
-        futures = client.map(fn, tasks, pure=False)
-        for fut in as_completed(futures):
-            on_result(fut.result())
-    finally:
-        client.close()
-        if cluster is not None:
+    def close(self) -> None:
+        """Shut down every pool, client and cluster this executor started."""
+        for pool in self._pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+        for client in self._clients.values():
+            client.close()
+        for cluster in self._clusters:
             cluster.close()
+        self._pools, self._clients, self._clusters = {}, {}, []
+
+    def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any], execution: ExecutionParams,
+            on_result: Callable[[Any], None]) -> None:
+        """Run `fn(task)` for every task, calling `on_result` in this process as each one finishes."""
+        if not tasks:
+            return
+        if execution.executor == "dask" or execution.scheduler:
+            self._run_dask(fn, tasks, execution, on_result)
+        elif execution.workers <= 1 or len(tasks) == 1:
+            for t in tasks:
+                on_result(fn(t))
+        else:
+            self._run_processes(fn, tasks, execution, on_result)
+
+    def _run_processes(self, fn: Callable[[Any], Any], tasks: Sequence[Any], execution: ExecutionParams,
+                       on_result: Callable[[Any], None]) -> None:
+        n = execution.workers
+        if n not in self._pools:
+            threads = max(1, (multiprocessing.cpu_count() or 1) // n)
+            self._pools[n] = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_init_worker, initargs=(threads,))
+        pending = {self._pools[n].submit(fn, t) for t in tasks}
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    on_result(fut.result())  # re-raises a worker's exception here
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+    def _run_dask(self, fn: Callable[[Any], Any], tasks: Sequence[Any], execution: ExecutionParams,
+                  on_result: Callable[[Any], None]) -> None:
+        from dask.distributed import Client, LocalCluster, as_completed
+
+        key = (execution.scheduler, max(1, execution.workers))
+        if key not in self._clients:
+            if execution.scheduler:
+                log.info("connecting to dask scheduler %s", execution.scheduler)
+                self._clients[key] = Client(execution.scheduler)
+            else:
+                cluster = LocalCluster(n_workers=key[1], threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
+                self._clusters.append(cluster)
+                self._clients[key] = Client(cluster)
+        futures = self._clients[key].map(fn, tasks, pure=False)
+        try:
+            for fut in as_completed(futures):
+                on_result(fut.result())
+        finally:
+            for fut in futures:
+                fut.cancel()

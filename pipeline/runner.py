@@ -240,7 +240,8 @@ def _acquire(lock: Any, what: str, on_wait: Callable[[str], None] | None) -> Non
 def run_stage(ctx: Context, name: str, execution: ExecutionParams,
               on_progress: Callable[[int], None] | None = None,
               on_wait: Callable[[str], None] | None = None,
-              on_plan: Callable[[StageReport, int], None] | None = None) -> StageReport:
+              on_plan: Callable[[StageReport, int], None] | None = None,
+              executor: Any = None) -> StageReport:
     """Bring one stage's store up to date for every clip of the manifest."""
     sk = ctx.stages[name]
     assert ctx.manifest is not None
@@ -280,9 +281,13 @@ def run_stage(ctx: Context, name: str, execution: ExecutionParams,
             if on_progress:
                 on_progress(result["ok"] + len(result["failed"]))
 
-        from .executors import run_tasks
+        from .executors import Executor
 
-        run_tasks(run_shard, tasks, execution, collect)
+        if executor is None:
+            with Executor() as own:
+                own.run(run_shard, tasks, execution, collect)
+        else:
+            executor.run(run_shard, tasks, execution, collect)
         failures = write_failures_log(sk.store_path)
         current = {f["id"] for f in failures if ctx.clip_keys.get(f["id"]) == f["key"]}
         report.failures = [f for f in failures if f["id"] in current]
@@ -407,13 +412,17 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
     cfg = config if isinstance(config, PipelineConfig) else load_config(config, overrides, cache)
     names = select_stages(cfg, group, stage)
     ctx = resolve(cfg, dataset, prepare=True)
+    from .executors import Executor
+
     reports = []
-    for name in names:
-        if name not in ctx.stages:
-            raise PipelineError(f"stage '{name}' is not an extract stage; its group runs with `pipeline run`")
-        rep = run_stage(ctx, name, cfg.execution_for(name, **execution), on_progress, on_wait, on_plan)
-        reports.append(rep)
-        if strict and rep.failed:
-            raise PipelineError(f"stage '{name}': {rep.failed} clip(s) failed and --strict is set; "
-                                f"see {rep.store_path / 'failures.jsonl'}")
+    with Executor() as executor:
+        for name in names:
+            if name not in ctx.stages:
+                raise PipelineError(f"stage '{name}' is not an extract stage; its group runs with `pipeline run`")
+            rep = run_stage(ctx, name, cfg.execution_for(name, **execution), on_progress, on_wait, on_plan,
+                            executor)
+            reports.append(rep)
+            if strict and rep.failed:
+                raise PipelineError(f"stage '{name}': {rep.failed} clip(s) failed and --strict is set; "
+                                    f"see {rep.store_path / 'failures.jsonl'}")
     return reports

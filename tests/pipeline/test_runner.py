@@ -187,3 +187,22 @@ def test_gc_removes_only_unreferenced(project, tmp_path):
     collect_garbage(cfg)
     assert not removed[0][0].exists()
     assert all(r.computed == 0 for r in run("extract", config=project))
+
+
+def test_hdf5_backend_end_to_end(project, tmp_path):
+    cfg = pipeline.config.load_config(project)
+    cfg.backend = "hdf5"
+    reports = run("extract", config=cfg)
+    assert all(r.computed == 6 for r in reports)
+    assert list((reports[1].store_path / "shards").glob("*.h5"))
+    store = pipeline.open_store(reports[1].store_path)
+    assert store.attrs["backend"] == "hdf5" and store.to_dask().shape == (6, 96, 64)
+    assert store["class01/class01_001"].shape == (1, 96, 64)
+
+
+def test_dask_scheduler_address(project):
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        rep = run("extract", config=project, stage="audio", scheduler=cluster.scheduler_address)[0]
+    assert rep.computed == 6 and rep.failed == 0
