@@ -206,6 +206,17 @@ def _expect(mapping: Any, where: str) -> dict:
     return mapping
 
 
+def _fields(section: Any, where: str, allowed: set[str], required: tuple[str, ...]) -> dict:
+    section = _expect(section, where)
+    bad = sorted(set(section) - allowed)
+    if bad:
+        raise ConfigError(f"{where}: unknown field '{bad[0]}'; known: {', '.join(sorted(allowed))}")
+    for req in required:
+        if req not in section:
+            raise ConfigError(f"{where}: missing field '{req}'")
+    return section
+
+
 _TOP = {"cache", "backend", "default_dataset", "execution", "datasets", "stages"}
 _STAGE_FIELDS = {"group", "implementation", "upstream", "params", "execution"}
 _DATASET_FIELDS = {"adapter", "root", "params"}
@@ -243,13 +254,7 @@ def load_config(path: str | os.PathLike = "stages.yaml", overrides: list[str] | 
     datasets: dict[str, DatasetSpec] = {}
     for name, d in _expect(raw.get("datasets") or {}, f"{path}: datasets").items():
         where = f"{path}: dataset '{name}'"
-        d = _expect(d, where)
-        bad = sorted(set(d) - _DATASET_FIELDS)
-        if bad:
-            raise ConfigError(f"{where}: unknown field '{bad[0]}'; known: {', '.join(sorted(_DATASET_FIELDS))}")
-        for req in ("adapter", "root"):
-            if req not in d:
-                raise ConfigError(f"{where}: missing field '{req}'")
+        d = _fields(d, where, _DATASET_FIELDS, ("adapter", "root"))
         try:
             adapter = DATASETS.get(d["adapter"])
         except RegistryError as e:
@@ -261,13 +266,7 @@ def load_config(path: str | os.PathLike = "stages.yaml", overrides: list[str] | 
     stages: dict[str, StageSpec] = {}
     for name, s in _expect(raw.get("stages") or {}, f"{path}: stages").items():
         where = f"{path}: stage '{name}'"
-        s = _expect(s, where)
-        bad = sorted(set(s) - _STAGE_FIELDS)
-        if bad:
-            raise ConfigError(f"{where}: unknown field '{bad[0]}'; known: {', '.join(sorted(_STAGE_FIELDS))}")
-        for req in ("group", "implementation"):
-            if req not in s:
-                raise ConfigError(f"{where}: missing field '{req}'")
+        s = _fields(s, where, _STAGE_FIELDS, ("group", "implementation"))
         if not isinstance(s["group"], str):
             raise ConfigError(f"{where}: group: expected str, got {s['group']!r}")
         try:
