@@ -16,6 +16,10 @@ from .base import Extractor, OutputSpec
 class AudioConfig:
     sample_rate: int = 16000
 
+    def __post_init__(self) -> None:
+        if not 1000 <= self.sample_rate <= 384000:
+            raise ValueError(f"sample_rate must be between 1000 and 384000 Hz, got {self.sample_rate}")
+
 
 @register_extractor
 class AudioDemux(Extractor):

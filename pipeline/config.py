@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,6 +34,11 @@ class ExecutionParams:
     batch_size: int = 32
     device: str = "auto"
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "shard_size", "decode_threads", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -197,6 +203,10 @@ def coerce_params(cls: type, params: dict[str, Any] | None, where: str) -> dict[
             out[name] = f.default_factory()  # type: ignore[misc]
         else:
             raise ConfigError(f"{where}: required param '{name}' is missing")
+    try:
+        cls(**out)  # a Config's __post_init__ checks ranges
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where}: {e}") from None
     return out
 
 
@@ -228,7 +238,28 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         raise ConfigError(f"--set '{text}': expected STAGE.PARAM=VALUE, e.g. logmel.preset=davenet")
     lhs, raw = text.split("=", 1)
     stage, param = lhs.split(".", 1)
-    return stage.strip(), param.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"--set '{text}': the value is not valid YAML; quote it, e.g. "
+                          f"{lhs}='\"{raw}\"'") from None
+    return stage.strip(), param.strip(), value
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def _name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"{where}: name {name!r} must be letters, digits, '_' or '-' "
+                          "(it becomes part of cache paths)")
+    return name
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+    return value
 
 
 def load_config(path: str | os.PathLike = "stages.yaml", overrides: list[str] | tuple[str, ...] = (),
@@ -239,8 +270,8 @@ def load_config(path: str | os.PathLike = "stages.yaml", overrides: list[str] | 
     from . import datasets  # noqa: F401
 
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path} not found; run from the repository root or pass --config PATH")
+    if not path.is_file():
+        raise ConfigError(f"{path} is not a file; run from the repository root or pass --config PATH")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -254,23 +285,24 @@ def load_config(path: str | os.PathLike = "stages.yaml", overrides: list[str] | 
     datasets: dict[str, DatasetSpec] = {}
     for name, d in _expect(raw.get("datasets") or {}, f"{path}: datasets").items():
         where = f"{path}: dataset '{name}'"
+        _name(name, where)
         d = _fields(d, where, _DATASET_FIELDS, ("adapter", "root"))
         try:
-            adapter = DATASETS.get(d["adapter"])
+            adapter = DATASETS.get(_string(d["adapter"], f"{where}: adapter"))
         except RegistryError as e:
             raise ConfigError(f"{where}: adapter: {e}") from None
         params = coerce_params(adapter.Config, d.get("params"), f"{where}: params")
-        root = Path(os.path.expanduser(str(d["root"])))
+        root = Path(os.path.expanduser(_string(d["root"], f"{where}: root")))
         datasets[name] = DatasetSpec(name, d["adapter"], root if root.is_absolute() else base / root, params)
 
     stages: dict[str, StageSpec] = {}
     for name, s in _expect(raw.get("stages") or {}, f"{path}: stages").items():
         where = f"{path}: stage '{name}'"
+        _name(name, where)
         s = _fields(s, where, _STAGE_FIELDS, ("group", "implementation"))
-        if not isinstance(s["group"], str):
-            raise ConfigError(f"{where}: group: expected str, got {s['group']!r}")
+        _string(s["group"], f"{where}: group")
         try:
-            impl = implementation(s["implementation"])
+            impl = implementation(_string(s["implementation"], f"{where}: implementation"))
         except RegistryError as e:
             raise ConfigError(f"{where}: implementation: {e}") from None
         upstream = s.get("upstream") or []
@@ -307,18 +339,22 @@ def load_config(path: str | os.PathLike = "stages.yaml", overrides: list[str] | 
 
     execution = ExecutionParams(**coerce_params(ExecutionParams, raw.get("execution"), f"{path}: execution"))
     default_dataset = raw.get("default_dataset")
-    if default_dataset is not None and default_dataset not in datasets:
+    if default_dataset is not None and _string(default_dataset, f"{path}: default_dataset") not in datasets:
         raise ConfigError(f"{path}: default_dataset: no dataset named '{default_dataset}'")
-    backend = raw.get("backend", "zarr")
+    backend = _string(raw.get("backend", "zarr"), f"{path}: backend")
     from .registry import STORE_BACKENDS
     from . import store  # noqa: F401  (registers backends)
 
     if backend not in STORE_BACKENDS:
         raise ConfigError(f"{path}: backend: unknown '{backend}'; known: {', '.join(STORE_BACKENDS.names())}")
+    if "cache" in raw:
+        _string(raw["cache"], f"{path}: cache")
     cache_root = Path(cache or os.environ.get("PIPELINE_CACHE") or raw.get("cache") or ".pipeline-cache")
     cache_root = Path(os.path.expanduser(str(cache_root)))
     if not cache_root.is_absolute():
         cache_root = (Path.cwd() if (cache or os.environ.get("PIPELINE_CACHE")) else base) / cache_root
+    if cache_root.exists() and not cache_root.is_dir():
+        raise ConfigError(f"cache root {cache_root} exists and is not a directory; pass --cache DIR")
     return PipelineConfig(path, cache_root, backend, default_dataset, datasets, stages, execution)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from typing import Any, Callable, Sequence
 
@@ -12,7 +13,25 @@ from .config import ExecutionParams
 log = logging.getLogger(__name__)
 
 
-def _init_worker(threads: int) -> None:
+class ExecutorError(RuntimeError):
+    """The execution backend itself failed (e.g. an unreachable scheduler)."""
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker when its parent dies, so no orphan writes without the store lock."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
     # set before any numeric library loads in this fresh process, so workers do not oversubscribe cores
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, str(max(1, threads)))
@@ -61,7 +80,7 @@ class Executor:
         if n not in self._pools:
             threads = max(1, (multiprocessing.cpu_count() or 1) // n)
             self._pools[n] = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_init_worker, initargs=(threads,))
+                                                 initializer=_init_worker, initargs=(threads, os.getpid()))
         pending = {self._pools[n].submit(fn, t) for t in tasks}
         try:
             while pending:
@@ -69,8 +88,11 @@ class Executor:
                 for fut in done:
                     on_result(fut.result())  # re-raises a worker's exception here
         finally:
+            # on error or interrupt: drop what has not started, and let running shards finish (they
+            # commit or leave only temporaries) before the caller releases the store lock
             for fut in pending:
                 fut.cancel()
+            wait(pending)
 
     def _run_dask(self, fn: Callable[[Any], Any], tasks: Sequence[Any], execution: ExecutionParams,
                   on_result: Callable[[Any], None]) -> None:
@@ -80,16 +102,26 @@ class Executor:
         if key not in self._clients:
             if execution.scheduler:
                 log.info("connecting to dask scheduler %s", execution.scheduler)
-                self._clients[key] = Client(execution.scheduler)
+                try:
+                    self._clients[key] = Client(execution.scheduler, timeout="10s")
+                except OSError as e:
+                    raise ExecutorError(f"cannot reach the dask scheduler at {execution.scheduler} ({e}); "
+                                        "start one with `dask scheduler` or drop --scheduler") from None
             else:
                 cluster = LocalCluster(n_workers=key[1], threads_per_worker=1, processes=True,
                                        dashboard_address=None)
                 self._clusters.append(cluster)
                 self._clients[key] = Client(cluster)
-        futures = self._clients[key].map(fn, tasks, pure=False)
+        client = self._clients[key]
+        futures = client.map(fn, tasks, pure=False)
+        finished = False
         try:
             for fut in as_completed(futures):
                 on_result(fut.result())
+            finished = True
         finally:
-            for fut in futures:
-                fut.cancel()
+            if not finished:
+                from dask.distributed import wait as dask_wait
+
+                client.cancel([f for f in futures if f.status == "pending"])
+                dask_wait(futures)  # running shards finish before the store lock is released

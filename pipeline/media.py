@@ -28,6 +28,8 @@ class MediaInfo:
 
     path: Path
     duration: float | None
+    audio_duration: float | None
+    video_duration: float | None
     has_audio: bool
     has_video: bool
     sample_rate: int | None
@@ -87,8 +89,11 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
     video = next((s for s in streams if s.get("codec_type") == "video"
                   and not s.get("disposition", {}).get("attached_pic")), None)
-    durations = [float(x) for x in [info.get("format", {}).get("duration")]
-                 + [s.get("duration") for s in streams] if x not in (None, "N/A")]
+    def seconds(value: object) -> float | None:
+        return float(value) if value not in (None, "N/A") else None
+
+    durations = [d for d in [seconds(info.get("format", {}).get("duration"))]
+                 + [seconds(s.get("duration")) for s in streams] if d is not None]
     fps = None
     if video is not None and video.get("avg_frame_rate", "0/0") not in ("0/0", "0/1"):
         num, den = video["avg_frame_rate"].split("/")
@@ -96,6 +101,8 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     return MediaInfo(
         path=path,
         duration=max(durations) if durations else None,
+        audio_duration=seconds(audio.get("duration")) if audio else None,
+        video_duration=seconds(video.get("duration")) if video else None,
         has_audio=audio is not None,
         has_video=video is not None,
         sample_rate=int(audio["sample_rate"]) if audio and audio.get("sample_rate") else None,
@@ -116,10 +123,9 @@ def _run(stream, what: str, path: Path) -> tuple[bytes, bytes]:
         raise MediaError(f"decode error: ffmpeg could not decode the {what} ({_stderr_tail(e.stderr)})") from None
 
 
-def _check_complete(decoded_s: float, info: MediaInfo, err: bytes, what: str) -> None:
+def _check_complete(decoded_s: float, declared: float | None, err: bytes, what: str) -> None:
     if decoded_s <= 0:
         raise MediaError(f"zero duration: no {what} could be decoded")
-    declared = info.duration
     if declared and decoded_s < _TRUNCATION_TOLERANCE * declared:
         raise MediaError(f"truncated file: decoded {decoded_s:.2f} s of {what} out of the "
                          f"{declared:.2f} s the container declares ({_stderr_tail(err, 120)})")
@@ -145,8 +151,8 @@ def decode_audio(path: str | os.PathLike, sample_rate: int, start: float | None 
         "pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=int(sample_rate), map="0:a:0")
     out, err = _run(stream, "audio", path)
     wave = np.frombuffer(out, dtype="<f4").astype(np.float32, copy=True)
-    expected = MediaInfo(**{**info.__dict__, "duration": _segment(info.duration, start, duration)})
-    _check_complete(wave.size / sample_rate, expected, err, "audio")
+    stream_s = info.audio_duration or info.duration  # the audio track may be shorter than the video
+    _check_complete(wave.size / sample_rate, _segment(stream_s, start, duration), err, "audio")
     return wave
 
 
@@ -180,7 +186,7 @@ def decode_frames(path: str | os.PathLike, fps: float, size: int | tuple[int, in
     frame_bytes = width * height * 3
     n = len(out) // frame_bytes
     frames = np.frombuffer(out[: n * frame_bytes], dtype=np.uint8).reshape(n, height, width, 3).copy()
-    expected = MediaInfo(**{**info.__dict__, "duration": _segment(info.duration, start, duration)})
+    stream_s = info.video_duration or info.duration
     # fps sampling rounds to whole frames: allow one frame of slack before calling it truncated
-    _check_complete((n + 1) / fps if n else 0.0, expected, err, "video")
+    _check_complete((n + 1) / fps if n else 0.0, _segment(stream_s, start, duration), err, "video")
     return frames

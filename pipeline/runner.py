@@ -1,6 +1,7 @@
 """Run stages of the DAG for a dataset: resolve keys, reuse what is committed, compute the rest in shards."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -10,7 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .cache import DigestMemo, hash_key
 from .config import ConfigError, ExecutionParams, PipelineConfig, implementation, load_config
@@ -75,13 +76,30 @@ def cache_paths(cache: Path) -> dict[str, Path]:
             "locks": cache / "locks", "digests": cache / "digests.sqlite"}
 
 
-def store_lock(cache: Path, store_path: Path) -> Any:
-    """The inter-process lock that guards one store (released by the OS if its holder dies)."""
-    from filelock import FileLock
-
+def _lock_path(cache: Path, store_path: Path) -> Path:
     path = cache_paths(cache)["locks"] / store_path.parent.name / f"{store_path.name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(path))
+    return path
+
+
+def store_lock(cache: Path, store_path: Path) -> Any:
+    """The exclusive inter-process lock of one store's writer (released by the OS if its holder dies)."""
+    from filelock import FileLock
+
+    return FileLock(str(_lock_path(cache, store_path)))
+
+
+@contextlib.contextmanager
+def reading(cache: Path, store_path: Path) -> Iterator[None]:
+    """Hold a shared lock on a store while reading it, so that `gc` cannot remove it underneath."""
+    import fcntl
+
+    with open(_lock_path(cache, store_path), "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def make_adapter(config: PipelineConfig, dataset: str | None) -> DatasetAdapter:
@@ -114,7 +132,7 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
         store_key = hash_key({
             "implementation": spec.implementation, "version": impl.VERSION, "params": spec.params,
             "weights": weights, "upstream": [stages[u].store_key for u in spec.upstream],
-            "dataset": adapter.dataset_name})
+            "dataset": adapter.dataset_name, "backend": config.backend})
         attrs = {
             "key": store_key, "stage": name, "dataset": adapter.dataset_name,
             "extractor": spec.implementation, "version": impl.VERSION, "params": spec.params,
@@ -248,15 +266,18 @@ def run_stage(ctx: Context, name: str, execution: ExecutionParams,
     t0 = time.perf_counter()
     sk.store_path.parent.mkdir(parents=True, exist_ok=True)
     lock = store_lock(ctx.config.cache, sk.store_path)
-    _acquire(lock, f"stage '{name}'", on_wait)
-    try:
+    producer = _producer(ctx.config, name)
+    with contextlib.ExitStack() as held:
+        _acquire(lock, f"stage '{name}'", on_wait)
+        held.callback(lock.release)
+        if producer:
+            held.enter_context(reading(ctx.config.cache, ctx.stages[producer].store_path))
         writer = StoreWriter(sk.store_path, sk.attrs, ctx.config.backend)
         writer.clean_temporaries()
         done, shards_reused = _committed(sk.store_path, ctx.clip_keys)
         todo = [c for c in ctx.manifest.clips if c.clip_id not in done]
         report = StageReport(name, sk.store_path, total=len(ctx.manifest.clips), reused=len(done),
                              shards_reused=shards_reused)
-        producer = _producer(ctx.config, name)
         upstream = None
         if producer:
             upstream = FeatureStore(ctx.stages[producer].store_path, clip_keys=ctx.clip_keys)
@@ -269,8 +290,8 @@ def run_stage(ctx: Context, name: str, execution: ExecutionParams,
                 shard_id=hash_key([sk.store_key, keys]), store_path=str(sk.store_path),
                 implementation=sk.implementation, params=sk.params, execution=dataclasses.asdict(execution),
                 cache_key=sk.store_key, clips=chunk, clip_keys=keys,
-                upstream=upstream.subset(c.clip_id for c in chunk) if upstream else None,
-                upstream_attrs=upstream.attrs if upstream else None))
+                upstream=upstream.subset(c.clip_id for c in chunk) if upstream is not None else None,
+                upstream_attrs=upstream.attrs if upstream is not None else None))
         if on_plan:
             on_plan(report, len(todo))
 
@@ -293,8 +314,6 @@ def run_stage(ctx: Context, name: str, execution: ExecutionParams,
         report.failures = [f for f in failures if f["id"] in current]
         report.failed = len(report.failures)
         _write_index(ctx, sk, report)
-    finally:
-        lock.release()
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -411,6 +430,10 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
     """Run a group (or one stage) and everything upstream for a dataset; return a report per stage."""
     cfg = config if isinstance(config, PipelineConfig) else load_config(config, overrides, cache)
     names = select_stages(cfg, group, stage)
+    missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
+    if missing:
+        raise PipelineError(f"{' and '.join(missing)} not found on PATH; install Debian's ffmpeg "
+                            "(apt-get install ffmpeg) or run `bash .ci/setup`")
     ctx = resolve(cfg, dataset, prepare=True)
     from .executors import Executor
 

@@ -12,6 +12,10 @@ class FolderConfig:
     n_folds: int = 5
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.n_folds < 1:
+            raise ValueError(f"n_folds must be >= 1, got {self.n_folds}")
+
 
 @register_dataset
 class FolderDataset(DatasetAdapter):

@@ -37,6 +37,18 @@ class SyntheticConfig:
     n_folds: int = 5
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        checks = [(self.n_classes >= 2, "n_classes must be >= 2"),
+                  (self.clips_per_class >= 1, "clips_per_class must be >= 1"),
+                  (self.duration > 0, "duration must be > 0"),
+                  (self.size >= 16 and self.size % 2 == 0, "size must be an even number >= 16 (H.264 4:2:0)"),
+                  (self.fps >= 1, "fps must be >= 1"),
+                  (self.sample_rate >= 8000, "sample_rate must be >= 8000"),
+                  (self.n_folds >= 1, "n_folds must be >= 1")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"{msg} (got {asdict(self)})")
+
 
 def _clip_spec(k: int, i: int, cfg: SyntheticConfig) -> dict:
     rng = np.random.default_rng([cfg.seed, k, i])
@@ -60,10 +72,14 @@ def _render(path: Path, spec: dict, cfg: SyntheticConfig) -> None:
     noise = ffmpeg.input(f"anoisesrc=color={spec['noise']}:amplitude={spec['noise_amp']:.4f}"
                          f":sample_rate={n}:duration={d}:seed={spec['noise_seed']}", f="lavfi")
     audio = ffmpeg.filter([tone, noise], "amix", inputs=2, duration="shortest", normalize=0)
-    (ffmpeg.output(video, audio, "file:" + str(path.absolute()), vcodec="libx264", pix_fmt="yuv420p",
-                   preset="ultrafast", acodec="aac", ar=n, movflags="+faststart", t=d)
-     .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1")
-     .overwrite_output().run(capture_stdout=True, capture_stderr=True))
+    out = (ffmpeg.output(video, audio, "file:" + str(path.absolute()), vcodec="libx264", pix_fmt="yuv420p",
+                         preset="ultrafast", acodec="aac", ar=n, movflags="+faststart", t=d)
+           .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1").overwrite_output())
+    try:
+        out.run(capture_stdout=True, capture_stderr=True)
+    except ffmpeg.Error as e:
+        msg = (e.stderr or b"").decode("utf-8", "replace").strip()[-300:]
+        raise DatasetError(f"ffmpeg could not generate {path.name}: {msg}") from None
 
 
 @register_dataset
@@ -83,9 +99,6 @@ class SyntheticDataset(DatasetAdapter):
         from filelock import FileLock
 
         cfg = self.config
-        if cfg.n_classes < 2 or cfg.clips_per_class < 1 or cfg.duration <= 0:
-            raise DatasetError(f"dataset '{self.dataset_name}': need n_classes >= 2, clips_per_class >= 1 "
-                               f"and duration > 0 (got {asdict(cfg)})")
         self.root.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.root) + ".lock"):
             marker = self.root / _MARKER

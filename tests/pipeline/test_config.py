@@ -70,3 +70,31 @@ def test_yaml_is_parsed_safely(tmp_path):
     p.write_text(yaml.safe_dump({"stagez": {}}))
     with pytest.raises(ConfigError, match="unknown top-level field 'stagez'"):
         load_config(p)
+
+
+@pytest.mark.parametrize("stages, message", [
+    ({"feat/audio": AUDIO}, "stage 'feat/audio': name 'feat/audio' must be letters"),
+    ({"a": {"group": "extract", "implementation": ["audio"]}}, "stage 'a': implementation: expected a string"),
+    ({"a": {**AUDIO, "params": {"sample_rate": 0}}}, "sample_rate must be between 1000 and 384000"),
+    ({"a": {**AUDIO, "execution": {"shard_size": 0}}}, "shard_size must be >= 1"),
+])
+def test_review_holes_are_config_errors(tmp_path, stages, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(_cfg(tmp_path, stages))
+
+
+def test_more_config_holes(tmp_path):
+    p = _cfg(tmp_path, {"a": AUDIO})
+    p.write_text(p.read_text().replace(f"cache: {tmp_path / 'cache'}", "cache: 5"))
+    with pytest.raises(ConfigError, match="cache: expected a string"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="size must be an even number"):
+        load_config(_cfg(tmp_path, {"a": AUDIO}, {"x": {"adapter": "synthetic", "root": "r",
+                                                           "params": {"size": 95}}}))
+    with pytest.raises(ConfigError, match="not valid YAML; quote it"):
+        load_config(_cfg(tmp_path, {"a": AUDIO}), ["a.sample_rate=[1"])
+    with pytest.raises(ConfigError, match="is not a file"):
+        load_config(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="exists and is not a directory"):
+        load_config(_cfg(tmp_path, {"a": AUDIO}), cache=tmp_path / "afile")

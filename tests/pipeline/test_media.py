@@ -58,3 +58,15 @@ def test_each_bad_media_kind_has_its_own_reason(tmp_path, clip_factory):
         locked = clip_factory(tmp_path / "locked.mp4")
         locked.chmod(0)
         assert _reason(locked).startswith("unreadable file")
+
+
+def test_short_soundtrack_is_not_truncation(tmp_path):
+    import subprocess
+
+    p = tmp_path / "short_audio.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
+                    "testsrc2=size=32x32:rate=5:duration=4", "-f", "lavfi", "-i",
+                    "sine=frequency=440:sample_rate=16000:duration=1", "-c:v", "libx264", "-preset", "ultrafast",
+                    "-pix_fmt", "yuv420p", "-c:a", "aac", "file:" + str(p)], check=True)
+    assert abs(decode_audio(p, 16000).size - 16000) <= 1024
+    assert decode_frames(p, fps=1, size=8).shape[0] == 4

@@ -206,3 +206,54 @@ def test_dask_scheduler_address(project):
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         rep = run("extract", config=project, stage="audio", scheduler=cluster.scheduler_address)[0]
     assert rep.computed == 6 and rep.failed == 0
+
+
+def test_gc_never_removes_a_store_being_read(project, tmp_path):
+    from pipeline.runner import reading, resolve
+
+    run("extract", config=project, overrides=["audio.sample_rate=8000"])
+    cfg = pipeline.config.load_config(project)
+    old_audio = [p for p in _stores(tmp_path / "cache", "audio")]
+    assert len(old_audio) == 1
+    with reading(cfg.cache, old_audio[0]):  # e.g. a logmel run reading its upstream
+        removed, skipped = collect_garbage(cfg)
+        assert old_audio[0].exists() and any("in use" in s for s in skipped)
+    removed, _ = collect_garbage(cfg)
+    assert not old_audio[0].exists()
+    assert resolve(cfg, None).stages["audio"].store_path != old_audio[0]
+
+
+def test_upstream_with_no_successful_clip(tmp_path, clip_factory):
+    for i in range(2):
+        clip_factory(tmp_path / "v" / "mute" / f"{i}.mp4", audio=False)
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                       {"v": {"adapter": "folder", "root": str(tmp_path / "v")}})
+    reps = run("extract", config=cfg)
+    assert [(r.computed, r.failed) for r in reps] == [(0, 2), (0, 2)]
+    assert "no audio stream" in reps[1].failures[0]["reason"]
+
+
+def test_backend_is_part_of_the_store_identity(project):
+    cfg = pipeline.config.load_config(project)
+    zarr_path = run("extract", config=cfg)[1].store_path
+    cfg.backend = "hdf5"
+    rep = run("extract", config=cfg)[1]
+    assert rep.store_path != zarr_path and rep.computed == 6 and pipeline.open_store(rep.store_path).attrs["backend"] == "hdf5"
+
+
+def test_workers_die_with_a_killed_parent(tmp_path):
+    import psutil
+
+    cfg = _big_config(tmp_path, tmp_path / "cache")
+    pipeline.runner.make_adapter(pipeline.config.load_config(cfg), None).prepare()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "extract", "--config", str(cfg),
+                             "--workers", "2", "--no-progress"], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for_commits(lambda: _stores(tmp_path / "cache", "audio"), 1, proc)
+    workers = [c for c in psutil.Process(proc.pid).children() if "python" in c.name()]
+    assert workers
+    proc.kill()  # the main process only, not its group
+    proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
+    os.killpg(proc.pid, signal.SIGKILL) if alive else None
