@@ -1,0 +1,85 @@
+"""Shared machinery of the visual extractors: sample frames at `fps`, batch frames across clips
+through a torchvision CNN with the preprocessing bound to its weights, optionally pool per clip."""
+from __future__ import annotations
+
+import functools
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from pipeline.media import MediaError, decode_frames, probe
+
+from . import _torch
+from .base import Extractor, OutputSpec
+from .weights import PretrainedWeights, ResolvedWeights, announce_random, resolve_weights
+
+
+class FrameExtractor(Extractor):
+    """Config needs `weights`, `fps` and `pool`; subclasses give the network and its output dims."""
+
+    produces = "visual"
+    arch: ClassVar[str]
+    resize_size: ClassVar[int]
+    crop_size: ClassVar[int]
+
+    @classmethod
+    def pretrained(cls) -> dict[str, PretrainedWeights]:
+        raise NotImplementedError
+
+    def build(self, weights: ResolvedWeights) -> Any:
+        """The torch module mapping a normalised [B, 3, crop, crop] batch to [B, *frame_dims]."""
+        raise NotImplementedError
+
+    def frame_dims(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @functools.cached_property
+    def weights(self) -> ResolvedWeights:
+        return resolve_weights(self.config.weights, self.arch, self.pretrained())
+
+    def weights_digest(self) -> str | None:
+        return self.weights.digest
+
+    def output_spec(self, upstream: dict[str, Any] | None = None) -> OutputSpec:
+        pooled = self.config.pool != "none"
+        return OutputSpec("visual", self.frame_dims(), "float32", None if pooled else float(self.config.fps),
+                          {"fps": self.config.fps, "pool": self.config.pool, "weights": self.config.weights,
+                           "random_weights": self.weights.is_random, "arch": self.arch,
+                           "input_size": self.crop_size})
+
+    def load(self, clip: Any, upstream: Any = None) -> np.ndarray:
+        path = clip.source("video", "image")
+        info = probe(path)
+        if not info.has_video or not info.width or not info.height:
+            raise MediaError("no video stream: the file has no picture to sample")
+        short = self.resize_size  # decode straight to the weights' resize size (shorter side)
+        w, h = info.width, info.height
+        size = (short, max(2, round(h * short / w / 2) * 2)) if w <= h else (max(2, round(w * short / h / 2) * 2), short)
+        duration = clip.end - clip.start if clip.start is not None and clip.end is not None else None
+        return decode_frames(path, self.config.fps, size, start=clip.start, duration=duration, info=info)
+
+    @functools.cached_property
+    def _runtime(self) -> tuple[Any, Any, Any]:
+        import torch
+
+        announce_random(self.arch, self.weights)
+        device = _torch.pick_device(self.execution.device if self.execution else "auto")
+        if self.weights.is_random:
+            torch.manual_seed(self.weights.seed)
+        model = _torch.prepare_model(self.build(self.weights), device, image=True)
+        transform = self.pretrained()["imagenet"].transforms()
+        return model, transform, device
+
+    def compute(self, inputs: Sequence[np.ndarray], upstream: dict[str, Any] | None = None) -> list[np.ndarray]:
+        model, transform, device = self._runtime
+        frames = np.concatenate(inputs, axis=0) if inputs else np.zeros((0, 1, 1, 3), np.uint8)
+        batch = self.execution.batch_size if self.execution else 32
+        out = _torch.run_batched(model, frames, batch, device, prepare=lambda t: transform(t.permute(0, 3, 1, 2)),
+                                 image=True)
+        bounds = np.cumsum([0] + [x.shape[0] for x in inputs])
+        per_clip = [out[a:b].reshape(b - a, *self.frame_dims()).astype(np.float32) for a, b in zip(bounds[:-1], bounds[1:])]
+        if self.config.pool == "mean":
+            return [x.mean(axis=0, keepdims=True) for x in per_clip]
+        if self.config.pool == "max":
+            return [x.max(axis=0, keepdims=True) for x in per_clip]
+        return per_clip

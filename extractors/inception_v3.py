@@ -1,0 +1,56 @@
+"""`inception_v3`: torchvision Inception-V3 pool features (2048 per frame) at 299 x 299, with the
+preprocessing bound to the weights (resize 342, centre crop 299, ImageNet normalisation)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pipeline.registry import register_extractor
+
+from ._frames import FrameExtractor
+from .weights import PretrainedWeights, ResolvedWeights, WeightsFile, load_state_dict
+
+
+@dataclass
+class InceptionV3Config:
+    weights: str = "imagenet"
+    fps: float = 1.0
+    pool: Literal["none", "mean", "max"] = "none"
+
+    def __post_init__(self) -> None:
+        if self.fps <= 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}")
+
+
+@register_extractor
+class InceptionV3(FrameExtractor):
+    """ImageNet Inception-V3 global-average-pool features of frames sampled at `fps`."""
+
+    name = "inception_v3"
+    VERSION = 1
+    Config = InceptionV3Config
+    arch = "inception_v3"
+    resize_size = 342
+    crop_size = 299
+
+    @classmethod
+    def pretrained(cls) -> dict[str, PretrainedWeights]:
+        from torchvision.models import Inception_V3_Weights
+
+        w = Inception_V3_Weights.IMAGENET1K_V1
+        return {"imagenet": PretrainedWeights("imagenet", {"model": WeightsFile(w.url)}, dict(w.meta),
+                                              w.transforms)}
+
+    def frame_dims(self) -> tuple[int, ...]:
+        return (2048,)
+
+    def build(self, weights: ResolvedWeights) -> Any:
+        import torch
+        from torchvision.models import inception_v3
+
+        # transform_input=True is how torchvision's ImageNet weights expect their input
+        net = inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=weights.is_random)
+        if not weights.is_random:
+            net.load_state_dict(load_state_dict(weights.paths["model"], f"inception_v3 weights '{weights.spec}'"))
+        net.fc = torch.nn.Identity()
+        return net

@@ -1,0 +1,70 @@
+"""`vgg16`: torchvision VGG16 per sampled frame: `fc7` (4096, after its ReLU) or `block5_conv3`
+(a 14 x 14 x 512 map after its ReLU, for attention models), ImageNet preprocessing bound to the weights."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pipeline.registry import register_extractor
+
+from ._frames import FrameExtractor
+from .weights import PretrainedWeights, ResolvedWeights, WeightsFile, load_state_dict
+
+
+@dataclass
+class VGG16Config:
+    weights: str = "imagenet"
+    fps: float = 1.0
+    layer: Literal["fc7", "block5_conv3"] = "fc7"
+    pool: Literal["none", "mean", "max"] = "none"
+
+    def __post_init__(self) -> None:
+        if self.fps <= 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}")
+
+
+@register_extractor
+class VGG16(FrameExtractor):
+    """ImageNet VGG16 features of frames sampled at `fps`."""
+
+    name = "vgg16"
+    VERSION = 1
+    Config = VGG16Config
+    arch = "vgg16"
+    resize_size = 256
+    crop_size = 224
+
+    @classmethod
+    def pretrained(cls) -> dict[str, PretrainedWeights]:
+        from torchvision.models import VGG16_Weights
+
+        w = VGG16_Weights.IMAGENET1K_V1
+        return {"imagenet": PretrainedWeights("imagenet", {"model": WeightsFile(w.url)}, dict(w.meta),
+                                              w.transforms)}
+
+    def frame_dims(self) -> tuple[int, ...]:
+        return (4096,) if self.config.layer == "fc7" else (14, 14, 512)
+
+    def build(self, weights: ResolvedWeights) -> Any:
+        import torch
+        from torchvision.models import vgg16
+
+        net = vgg16(weights=None)
+        if not weights.is_random:
+            net.load_state_dict(load_state_dict(weights.paths["model"], f"vgg16 weights '{weights.spec}'"))
+        if self.config.layer == "fc7":
+            return torch.nn.Sequential(net.features, net.avgpool, torch.nn.Flatten(1), *net.classifier[:5])
+        return torch.nn.Sequential(*net.features[:30], _ChannelsLast())
+
+
+class _ChannelsLast:
+    """[B, C, H, W] -> [B, H, W, C], the Keras layout the seeds' attention models read."""
+
+    def __new__(cls) -> Any:
+        import torch
+
+        class Permute(torch.nn.Module):
+            def forward(self, x: Any) -> Any:
+                return x.permute(0, 2, 3, 1)
+
+        return Permute()

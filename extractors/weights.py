@@ -1,0 +1,154 @@
+"""Weights: a named pretrained set (file with its hash in the name, URL, preprocessing, metadata),
+an explicit file, or `random:SEED`; resolved to local files with a content digest for cache keys.
+
+A name resolves to the cache directory (`$TORCH_HOME/hub/checkpoints`, torch's convention), then to
+a download; offline with no file, the error names the file and where to put it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.cache import DigestMemo, hash_key
+
+log = logging.getLogger(__name__)
+
+
+class WeightsError(RuntimeError):
+    """Weights could not be found, downloaded or loaded; the message says where to put them."""
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """One published file: its URL, whose basename carries a prefix of its sha256."""
+
+    url: str
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def hash_prefix(self) -> str | None:
+        stem = self.filename.rsplit(".", 1)[0]
+        tail = stem.rsplit("-", 1)[-1]
+        return tail if len(tail) >= 6 and all(c in "0123456789abcdef" for c in tail) else None
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """A named weights set: its files, the preprocessing it expects, and metadata."""
+
+    name: str
+    files: dict[str, WeightsFile]
+    meta: dict[str, Any] = field(default_factory=dict)
+    transforms: Callable[[], Any] | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Weights made concrete: local paths (role -> path) or a seed, and a digest for cache keys."""
+
+    spec: str
+    kind: str  # "pretrained", "file" or "random"
+    digest: str
+    paths: dict[str, Path] = field(default_factory=dict)
+    seed: int | None = None
+
+    @property
+    def is_random(self) -> bool:
+        return self.kind == "random"
+
+
+def cache_dir() -> Path:
+    """Where named weights live: `$TORCH_HOME/hub/checkpoints` (default ~/.cache/torch/hub/checkpoints)."""
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch")
+    return Path(torch_home) / "hub" / "checkpoints"
+
+
+def _memo() -> DigestMemo:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "avpipeline"
+    return DigestMemo(root / "weights-digests.sqlite")
+
+
+def _download(f: WeightsFile, dest: Path, what: str) -> Path:
+    import torch.hub
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s to %s", f.url, dest)
+    try:
+        torch.hub.download_url_to_file(f.url, str(dest), hash_prefix=f.hash_prefix, progress=False)
+    except Exception as e:  # any network, HTTP or hash failure ends in the same advice
+        raise WeightsError(
+            f"{what}: {f.filename} is not in {dest.parent} and could not be downloaded ({type(e).__name__}: {e}). "
+            f"Download {f.url} and place it at {dest}, or set `weights:` to a local file path, "
+            "or use `weights: random:0` for a smoke run (not pretrained)") from None
+    return dest
+
+
+def resolve_weights(spec: str, arch: str, pretrained: dict[str, PretrainedWeights],
+                    download: bool = True) -> ResolvedWeights:
+    """`random:SEED`, a pretrained name (cache dir, then download) or a path to a local file."""
+    what = f"{arch} weights '{spec}'"
+    if spec.startswith("random:"):
+        try:
+            seed = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise WeightsError(f"{what}: expected random:SEED with an integer seed, e.g. random:0") from None
+        return ResolvedWeights(spec, "random", hash_key(["random", arch, seed]), seed=seed)
+    if spec in pretrained:
+        paths = {}
+        for role, f in pretrained[spec].files.items():
+            path = cache_dir() / f.filename
+            if not path.is_file():
+                if not download:
+                    raise WeightsError(f"{what}: {f.filename} is not in {cache_dir()}; download {f.url} "
+                                       f"and place it at {path}")
+                _download(f, path, what)
+            paths[role] = path
+    else:
+        path = Path(os.path.expanduser(spec))
+        if not path.exists():
+            names = ", ".join(sorted(pretrained)) or "(none)"
+            raise WeightsError(f"{what}: no such file, and not a known name ({names}) nor random:SEED; "
+                               "pass an existing weights file path")
+        paths = {"model": path.absolute()}
+    memo = _memo()
+    digest = hash_key({role: _digest(memo, p) for role, p in sorted(paths.items())})
+    return ResolvedWeights(spec, "pretrained" if spec in pretrained else "file", digest, paths)
+
+
+def _digest(memo: DigestMemo, path: Path) -> str:
+    if path.is_dir():  # a SavedModel directory: every file in it
+        return hash_key(sorted((str(p.relative_to(path)), memo.digest(p)) for p in path.rglob("*") if p.is_file()))
+    return memo.digest(path)
+
+
+def load_state_dict(path: Path, what: str) -> dict[str, Any]:
+    """torch.load with weights_only=True; numpy arrays (as in the published VGGish PCA file) allowed."""
+    import numpy as np
+    import torch
+
+    try:
+        safe = [np.core.multiarray._reconstruct, np.ndarray, np.dtype] if hasattr(np, "core") else []
+        safe += [type(np.dtype("float32")), type(np.dtype("float64"))]
+        with torch.serialization.safe_globals(safe):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"{what}: cannot load {path} as a state dict ({type(e).__name__}: {e})") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{what}: {path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def announce_random(arch: str, weights: ResolvedWeights) -> None:
+    """Say loudly that results come from a randomly initialised network."""
+    if weights.is_random:
+        log.warning("%s: RANDOM WEIGHTS (%s) - features are not pretrained; use only for smoke tests",
+                    arch, weights.spec)
