@@ -132,7 +132,7 @@ class VGGish(Extractor):
     def output_spec(self, upstream: dict[str, Any] | None = None) -> OutputSpec:
         return OutputSpec("audio_embedding", (128,), "uint8" if self.config.postprocess else "float32",
                           1 / vggish_input.EXAMPLE_SECONDS,
-                          {"backend": self.config.backend, "postprocess": self.config.postprocess,
+                          {"vggish_backend": self.config.backend, "postprocess": self.config.postprocess,
                            "weights": self.config.weights if self.config.backend == "torch" else self.config.hub_handle,
                            "random_weights": self.weights.is_random, "example_seconds": vggish_input.EXAMPLE_SECONDS})
 

@@ -134,8 +134,9 @@ def load_state_dict(path: Path, what: str) -> dict[str, Any]:
     import torch
 
     try:
-        safe = [np.core.multiarray._reconstruct, np.ndarray, np.dtype] if hasattr(np, "core") else []
-        safe += [type(np.dtype("float32")), type(np.dtype("float64"))]
+        core = getattr(np, "_core", None) or np.core
+        safe = [core.multiarray._reconstruct, np.ndarray, np.dtype,
+                type(np.dtype("float32")), type(np.dtype("float64"))]
         with torch.serialization.safe_globals(safe):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

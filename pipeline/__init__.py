@@ -20,9 +20,12 @@ def open_store(path: str | os.PathLike | None = None, *, dataset: str | None = N
     from .config import load_config
     from .runner import resolve
 
-    ctx = resolve(load_config(config, cache=cache), dataset)
+    cfg = load_config(config, cache=cache)
+    if stage not in cfg.stages:
+        raise KeyError(f"no stage '{stage}' in {config}; stages: {', '.join(cfg.stages)}")
+    ctx = resolve(cfg, dataset, only=[stage])
     if stage not in ctx.stages:
-        raise KeyError(f"no extract stage '{stage}' in {config}; stages: {', '.join(ctx.stages)}")
+        raise KeyError(f"stage '{stage}' writes no feature store (it is not an extract stage)")
     return FeatureStore(ctx.stages[stage].store_path, clip_keys=ctx.clip_keys)
 
 

@@ -1,6 +1,7 @@
 """The `pipeline` command: run, status, ls, gc, datasets."""
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -120,6 +121,11 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
         failed += r.failed
     for r in reports:
         click.echo(f"{r.name}: {r.store_path}")
+    for r in reports:
+        attrs = json.loads((r.store_path / "attrs.json").read_text())
+        if attrs.get("random_weights"):
+            click.secho(f"{r.name}: computed with RANDOM weights ({attrs['params'].get('weights')}): "
+                        "not pretrained features, for smoke tests only", fg="yellow", bold=True)
     click.echo(f"done in {time.perf_counter() - t0:.1f} s")
     if strict and failed:
         click.secho(f"error: {failed} clip(s) failed and --strict is set", fg="red", err=True)

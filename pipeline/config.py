@@ -47,6 +47,7 @@ class DatasetSpec:
     adapter: str
     root: Path
     params: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> params, for this dataset
 
 
 @dataclass
@@ -57,6 +58,7 @@ class StageSpec:
     upstream: list[str]
     params: dict[str, Any]
     execution: dict[str, Any] = field(default_factory=dict)
+    pinned: set[str] = field(default_factory=set)  # params set by --set: a dataset's `set` does not change them
 
 
 @dataclass
@@ -116,6 +118,16 @@ class PipelineConfig:
             raise ConfigError(f"{self.path}: unknown dataset '{name}'; "
                               f"known: {', '.join(sorted(self.datasets))}")
         return self.datasets[name]
+
+    def params_for(self, stage: str, dataset: str) -> dict[str, Any]:
+        """A stage's identity params for one dataset: stages.yaml, the dataset's `set`, then --set."""
+        spec = self.stages[stage]
+        extra = {k: v for k, v in self.datasets[dataset].overrides.get(stage, {}).items() if k not in spec.pinned}
+        if not extra:
+            return spec.params
+        impl = implementation(spec.implementation)
+        return coerce_params(impl.Config, {**spec.params, **extra},
+                             f"{self.path}: dataset '{dataset}': set: stage '{stage}'")
 
     def execution_for(self, stage: str, **overrides: Any) -> ExecutionParams:
         """Execution params for one stage: defaults, then the stage's own, then CLI overrides."""
@@ -229,7 +241,7 @@ def _fields(section: Any, where: str, allowed: set[str], required: tuple[str, ..
 
 _TOP = {"cache", "backend", "default_dataset", "execution", "datasets", "stages"}
 _STAGE_FIELDS = {"group", "implementation", "upstream", "params", "execution"}
-_DATASET_FIELDS = {"adapter", "root", "params"}
+_DATASET_FIELDS = {"adapter", "root", "params", "set"}
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -293,7 +305,12 @@ def load_config(path: str | os.PathLike = "stages.yaml", overrides: list[str] | 
             raise ConfigError(f"{where}: adapter: {e}") from None
         params = coerce_params(adapter.Config, d.get("params"), f"{where}: params")
         root = Path(os.path.expanduser(_string(d["root"], f"{where}: root")))
-        datasets[name] = DatasetSpec(name, d["adapter"], root if root.is_absolute() else base / root, params)
+        bound: dict[str, dict[str, Any]] = {}
+        for key, value in _expect(d.get("set") or {}, f"{where}: set").items():
+            stage, param, _ = parse_override(f"{key}=")
+            bound.setdefault(stage, {})[param] = value
+        datasets[name] = DatasetSpec(name, d["adapter"], root if root.is_absolute() else base / root, params,
+                                     bound)
 
     stages: dict[str, StageSpec] = {}
     for name, s in _expect(raw.get("stages") or {}, f"{path}: stages").items():
@@ -319,6 +336,7 @@ def load_config(path: str | os.PathLike = "stages.yaml", overrides: list[str] | 
         if stage not in stages:
             raise ConfigError(f"--set {text}: unknown stage '{stage}'; known: {', '.join(stages)}")
         stages[stage].params[param] = value
+        stages[stage].pinned.add(param)
 
     for name, s in stages.items():
         impl = implementation(s.implementation)
@@ -336,6 +354,14 @@ def load_config(path: str | os.PathLike = "stages.yaml", overrides: list[str] | 
                 raise ConfigError(f"{path}: stage '{name}': upstream: '{s.implementation}' needs exactly one "
                                   f"upstream stage producing '{consumes}', found {producers or 'none'}")
     _check_acyclic(stages, path)
+    for ds in datasets.values():
+        for stage, params in ds.overrides.items():
+            if stage not in stages:
+                raise ConfigError(f"{path}: dataset '{ds.name}': set: unknown stage '{stage}'; "
+                                  f"known: {', '.join(stages)}")
+            impl = implementation(stages[stage].implementation)
+            coerce_params(impl.Config, {**stages[stage].params, **params},
+                          f"{path}: dataset '{ds.name}': set: stage '{stage}'")
 
     execution = ExecutionParams(**coerce_params(ExecutionParams, raw.get("execution"), f"{path}: execution"))
     default_dataset = raw.get("default_dataset")

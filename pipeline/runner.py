@@ -110,8 +110,11 @@ def make_adapter(config: PipelineConfig, dataset: str | None) -> DatasetAdapter:
 
 
 def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
-            need_manifest: bool = True) -> Context:
-    """Compute every stage's store key for `dataset` (and the manifest's clip keys when needed)."""
+            need_manifest: bool = True, only: list[str] | None = None,
+            errors: dict[str, str] | None = None) -> Context:
+    """Compute store keys for `dataset` (the `only` stages and their upstream, else all) and the
+    manifest's clip keys. With `errors`, a stage whose key cannot be computed (e.g. its weights are
+    missing) is recorded there, with everything downstream of it, instead of raising."""
     adapter = make_adapter(config, dataset)
     manifest, clip_keys = None, {}
     if need_manifest:
@@ -120,29 +123,41 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
         manifest = adapter.manifest()
         clip_keys = manifest.clip_keys(DigestMemo(cache_paths(config.cache)["digests"]))
     stages: dict[str, StageKeys] = {}
-    for name in config.order():
+    from extractors.weights import WeightsError
+
+    for name in config.order(only):
         spec = config.stages[name]
         impl = implementation(spec.implementation)
         if not hasattr(impl, "output_spec"):
             continue  # trainers resolve their own keys
-        ex = impl(impl.Config(**spec.params))
+        if errors is not None and any(u in errors for u in spec.upstream):
+            errors[name] = "an upstream stage cannot be resolved"
+            continue
+        params = config.params_for(name, adapter.dataset_name)
+        ex = impl(impl.Config(**params))
         up_attrs = _producer_attrs(config, stages, name)
-        out = ex.output_spec(up_attrs)
-        weights = ex.weights_digest()
+        try:
+            out = ex.output_spec(up_attrs)
+            weights = ex.weights_digest()
+        except WeightsError as e:
+            if errors is None:
+                raise
+            errors[name] = str(e)
+            continue
         store_key = hash_key({
-            "implementation": spec.implementation, "version": impl.VERSION, "params": spec.params,
+            "implementation": spec.implementation, "version": impl.VERSION, "params": params,
             "weights": weights, "upstream": [stages[u].store_key for u in spec.upstream],
             "dataset": adapter.dataset_name, "backend": config.backend})
         attrs = {
+            **out.extra,  # the extractor's own metadata first: the reserved keys below win
             "key": store_key, "stage": name, "dataset": adapter.dataset_name,
-            "extractor": spec.implementation, "version": impl.VERSION, "params": spec.params,
+            "extractor": spec.implementation, "version": impl.VERSION, "params": params,
             "weights": weights, "upstream": {u: stages[u].store_key for u in spec.upstream},
             "kind": out.kind, "dims": list(out.dims), "dtype": out.dtype, "frame_rate": out.frame_rate,
-            **out.extra,
             "how_to_read": "CSR: each clip is rows [start:stop) of its shard's `data`; "
                            "rows are frames at `frame_rate` per second; pipeline.open_store(path)[clip_id]",
         }
-        stages[name] = StageKeys(name, spec.implementation, spec.params, store_key,
+        stages[name] = StageKeys(name, spec.implementation, params, store_key,
                                  cache_paths(config.cache)["stores"] / adapter.dataset_name / f"{name}-{store_key}",
                                  list(spec.upstream), attrs)
     return Context(config, adapter.dataset_name, adapter, manifest, clip_keys, stages)
@@ -331,8 +346,10 @@ def select_stages(config: PipelineConfig, group: str | None, stage: str | None) 
 
 def status(config: PipelineConfig, dataset: str | None) -> list[dict[str, Any]]:
     """Per stage: up to date / missing / partial N of M clips / stale, like `dvc status`."""
-    ctx = resolve(config, dataset)
-    rows = []
+    errors: dict[str, str] = {}
+    ctx = resolve(config, dataset, errors=errors)
+    rows = [{"stage": name, "state": f"cannot resolve: {why}", "done": 0, "total": 0, "failed": 0, "store": None}
+            for name, why in errors.items()]
     assert ctx.manifest is not None
     index = cache_paths(config.cache)["index"] / ctx.dataset
     for name, sk in ctx.stages.items():
@@ -385,13 +402,16 @@ def garbage(config: PipelineConfig) -> tuple[list[Path], list[str]]:
     keep: set[Path] = set()
     skipped: list[str] = []
     for name in config.datasets:
+        unresolved: dict[str, str] = {}
         try:
-            ctx = resolve(config, name, need_manifest=False)
+            ctx = resolve(config, name, need_manifest=False, errors=unresolved)
         except Exception as e:  # a dataset we cannot resolve keeps all its stores
             skipped.append(f"{name}: {e}")
             keep.update(p.parent for p in (cache_paths(config.cache)["stores"] / name).glob("*/attrs.json"))
             continue
         keep.update(sk.store_path for sk in ctx.stages.values())
+        for stage in unresolved:  # unknown current key: keep every store of that stage
+            keep.update(p for p in (cache_paths(config.cache)["stores"] / name).glob(f"{stage}-*"))
     stores = cache_paths(config.cache)["stores"]
     unused = [p for p in sorted(stores.glob("*/*")) if p.is_dir() and p not in keep]
     return unused, skipped
@@ -434,7 +454,7 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
     if missing:
         raise PipelineError(f"{' and '.join(missing)} not found on PATH; install Debian's ffmpeg "
                             "(apt-get install ffmpeg) or run `bash .ci/setup`")
-    ctx = resolve(cfg, dataset, prepare=True)
+    ctx = resolve(cfg, dataset, prepare=True, only=names)
     from .executors import Executor
 
     reports = []

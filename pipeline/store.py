@@ -157,8 +157,8 @@ class StoreWriter:
         else:
             if attrs is None:
                 raise StoreError(f"no store at {self.path}; pass attrs to create one")
-            self.attrs = {"format_version": FORMAT_VERSION, "layout": "csr", "backend": backend,
-                          "created": time.time(), **attrs}
+            self.attrs = {**attrs, "format_version": FORMAT_VERSION, "layout": "csr", "backend": backend,
+                          "created": time.time()}
             _atomic_write_text(attrs_path, json.dumps(self.attrs, indent=2, sort_keys=True))
         self.backend = get_backend(self.attrs["backend"])
 

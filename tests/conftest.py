@@ -1,4 +1,7 @@
 """Shared fixtures: tiny real media made with ffmpeg, and a project (stages.yaml + cache) in tmp."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow start-up chatter
 from __future__ import annotations
 
 import subprocess

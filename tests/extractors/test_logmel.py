@@ -75,12 +75,17 @@ def test_vgs_matches_librosa(speechlike):
 
 @pytest.mark.parametrize("name", EXTRACTORS.names())
 def test_every_extractor_declares_its_output(name):
+    import dataclasses
+
     cls = EXTRACTORS.get(name)
     assert issubclass(cls, Extractor) and cls.VERSION >= 1 and cls.produces
-    ex = cls(cls.Config())
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    ex = cls(cls.Config(**({"weights": "random:0"} if "weights" in fields else {})))
     spec = ex.output_spec({"sample_rate": 16000})
     assert spec.dtype and spec.frame_rate and spec.frame_rate > 0
     assert all(d > 0 for d in spec.dims)
+    if "weights" in fields:  # random weights are stated in the store metadata
+        assert spec.extra["random_weights"] is True and ex.weights_digest()
 
 
 @pytest.mark.parametrize("preset", ["vggish", "davenet", "vgs"])

@@ -98,3 +98,17 @@ def test_more_config_holes(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ConfigError, match="exists and is not a directory"):
         load_config(_cfg(tmp_path, {"a": AUDIO}), cache=tmp_path / "afile")
+
+
+def test_dataset_set_binds_params_and_cli_set_wins(tmp_path):
+    ds = {"tiny": {"adapter": "synthetic", "root": str(tmp_path / "d"), "params": TINY,
+                   "set": {"a.sample_rate": 8000}},
+          "other": {"adapter": "synthetic", "root": str(tmp_path / "e"), "params": TINY}}
+    path = _cfg(tmp_path, {"a": AUDIO}, ds)
+    cfg = load_config(path)
+    assert cfg.params_for("a", "tiny")["sample_rate"] == 8000
+    assert cfg.params_for("a", "other")["sample_rate"] == 16000
+    assert load_config(path, ["a.sample_rate=22050"]).params_for("a", "tiny")["sample_rate"] == 22050
+    ds["tiny"]["set"] = {"a.rate": 1}
+    with pytest.raises(ConfigError, match="dataset 'tiny': set: stage 'a': unknown param 'rate'"):
+        load_config(_cfg(tmp_path, {"a": AUDIO}, ds))

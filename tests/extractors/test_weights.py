@@ -1,0 +1,85 @@
+"""Weights resolve by explicit path, then the cache directory, then a download; offline, the error
+names the file and where to put it; a loaded file really is what the network computes with."""
+import numpy as np
+import pytest
+import torch
+
+from extractors import weights as W
+from extractors.inception_v3 import InceptionV3, InceptionV3Config
+from extractors.weights import WeightsError, resolve_weights
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+    def no_network(url, dst, **kw):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return tmp_path
+
+
+def _frames(n=2):
+    return np.random.default_rng(0).integers(0, 255, (n, 342, 400, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory):
+    """A randomly initialised Inception-V3 state dict saved like a downloaded checkpoint."""
+    torch.manual_seed(7)
+    ex = InceptionV3(InceptionV3Config(weights="random:7"))
+    net = ex.build(ex.weights)
+    state = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    import torchvision
+
+    full = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict()
+    full.update(state)
+    path = tmp_path_factory.mktemp("w") / "inception.pth"
+    torch.save(full, path)
+    reference = ex.compute([_frames()])[0]
+    return path, reference
+
+
+def test_offline_without_file_names_file_and_place(offline):
+    with pytest.raises(WeightsError) as e:
+        resolve_weights("imagenet", "inception_v3", InceptionV3.pretrained())
+    msg = str(e.value)
+    expected = offline / "torch" / "hub" / "checkpoints" / "inception_v3_google-0cc3c7bd.pth"
+    assert "inception_v3_google-0cc3c7bd.pth" in msg and str(expected) in msg and "random:0" in msg
+    assert "download.pytorch.org" in msg
+
+
+def test_explicit_path_and_cache_dir_are_found(offline, inception_file):
+    path, reference = inception_file
+    by_path = InceptionV3(InceptionV3Config(weights=str(path)))
+    assert by_path.weights.kind == "file" and not by_path.weights.is_random
+    np.testing.assert_allclose(by_path.compute([_frames()])[0], reference, atol=1e-5)
+
+    cached = offline / "torch" / "hub" / "checkpoints" / "inception_v3_google-0cc3c7bd.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(path.read_bytes())
+    named = InceptionV3(InceptionV3Config(weights="imagenet"))
+    assert named.weights.paths["model"] == cached and named.weights.kind == "pretrained"
+    np.testing.assert_allclose(named.compute([_frames()])[0], reference, atol=1e-5)
+    assert named.weights_digest() == by_path.weights_digest()  # same bytes, same key
+
+
+def test_random_and_bad_specs(offline):
+    a = resolve_weights("random:0", "vgg16", {})
+    assert a.is_random and a.digest != resolve_weights("random:1", "vgg16", {}).digest
+    with pytest.raises(WeightsError, match="random:SEED with an integer seed"):
+        resolve_weights("random:x", "vgg16", {})
+    with pytest.raises(WeightsError, match="no such file, and not a known name"):
+        resolve_weights("/nope/w.pth", "vgg16", {"imagenet": None})
+    bad = offline / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot load"):
+        W.load_state_dict(bad, "test")
+
+
+def test_weights_file_hash_prefix():
+    f = W.WeightsFile("https://x/vggish-10086976.pth")
+    assert f.filename == "vggish-10086976.pth" and f.hash_prefix == "10086976"
+    assert W.WeightsFile("https://x/model.pth").hash_prefix is None
