@@ -1,9 +1,7 @@
 """Shared fixtures: tiny real media made with ffmpeg, and a project (stages.yaml + cache) in tmp."""
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow start-up chatter
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +9,8 @@ from typing import Any, Callable
 
 import pytest
 import yaml
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow start-up chatter
 
 TINY = {"n_classes": 2, "clips_per_class": 3, "duration": 1.0, "size": 32, "fps": 5, "seed": 0, "n_folds": 3}
 
