@@ -197,6 +197,24 @@ def gc_cmd(dry_run: bool, config_path: str, cache: str | None) -> None:
     click.echo(f"{verb} {len(removed)} store(s), {_human(sum(s for _, s in removed))}")
 
 
+@main.command("convert-vggish")
+@click.argument("source")
+@click.argument("out")
+@click.option("--pca", default=None, help="vggish_pca_params.npz to embed (for postprocess: true)")
+def convert_vggish_cmd(source: str, out: str, pca: str | None) -> None:
+    """Convert TF VGGish weights (checkpoint prefix or SavedModel dir) to a torch state dict OUT."""
+    from extractors.vggish_convert import convert
+    from extractors.weights import WeightsError
+
+    try:
+        path = convert(source, out, pca)
+    except ImportError:
+        _fail("converting needs TensorFlow: pip install -e .[tfhub]")
+    except (WeightsError, OSError) as e:
+        _fail(str(e))
+    click.echo(f"wrote {path}; use it with `--set vggish.weights={path}`")
+
+
 @main.command("datasets")
 def datasets_cmd() -> None:
     """The dataset adapters and the root layout each expects."""
