@@ -35,7 +35,7 @@ class FrameExtractor(Extractor):
 
     @functools.cached_property
     def weights(self) -> ResolvedWeights:
-        return resolve_weights(self.config.weights, self.arch, self.pretrained())
+        return resolve_weights(self.config.weights, self.arch, self.pretrained)
 
     def weights_digest(self) -> str | None:
         return self.weights.digest

@@ -90,9 +90,12 @@ def _download(f: WeightsFile, dest: Path, what: str) -> Path:
     return dest
 
 
-def resolve_weights(spec: str, arch: str, pretrained: dict[str, PretrainedWeights],
+def resolve_weights(spec: str, arch: str,
+                    pretrained: dict[str, PretrainedWeights] | Callable[[], dict[str, PretrainedWeights]],
                     download: bool = True) -> ResolvedWeights:
-    """`random:SEED`, a pretrained name (cache dir, then download) or a path to a local file."""
+    """`random:SEED`, a pretrained name (cache dir, then download) or a path to a local file.
+
+    `pretrained` may be a callable, so that `random:SEED` never imports what builds the table."""
     what = f"{arch} weights '{spec}'"
     if spec.startswith("random:"):
         try:
@@ -100,6 +103,8 @@ def resolve_weights(spec: str, arch: str, pretrained: dict[str, PretrainedWeight
         except ValueError:
             raise WeightsError(f"{what}: expected random:SEED with an integer seed, e.g. random:0") from None
         return ResolvedWeights(spec, "random", hash_key(["random", arch, seed]), seed=seed)
+    if callable(pretrained):
+        pretrained = pretrained()
     if spec in pretrained:
         paths = {}
         for role, f in pretrained[spec].files.items():
