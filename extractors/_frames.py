@@ -3,7 +3,8 @@ through a torchvision CNN with the preprocessing bound to its weights, optionall
 from __future__ import annotations
 
 import functools
-from typing import Any, ClassVar, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 
@@ -11,7 +12,28 @@ from pipeline.media import MediaError, decode_frames, probe
 
 from . import _torch
 from .base import Extractor, OutputSpec
-from .weights import PretrainedWeights, ResolvedWeights, announce_random, resolve_weights
+from .weights import PretrainedWeights, ResolvedWeights, WeightsFile, announce_random, resolve_weights
+
+
+@dataclass
+class FrameConfig:
+    """Identity params every visual extractor has."""
+
+    weights: str = "imagenet"
+    fps: float = 1.0
+    pool: Literal["none", "mean", "max"] = "none"
+
+    def __post_init__(self) -> None:
+        if self.fps <= 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}")
+
+
+def torchvision_imagenet(enum_name: str) -> dict[str, PretrainedWeights]:
+    """The `imagenet` entry for a torchvision weights enum (file URL, metadata, bound preprocessing)."""
+    import torchvision.models as tvm
+
+    w = getattr(tvm, enum_name).IMAGENET1K_V1
+    return {"imagenet": PretrainedWeights("imagenet", {"model": WeightsFile(w.url)}, dict(w.meta), w.transforms)}
 
 
 class FrameExtractor(Extractor):

@@ -3,23 +3,17 @@ preprocessing bound to the weights (resize 342, centre crop 299, ImageNet normal
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pipeline.registry import register_extractor
 
-from ._frames import FrameExtractor
-from .weights import PretrainedWeights, ResolvedWeights, WeightsFile, load_state_dict
+from ._frames import FrameConfig, FrameExtractor, torchvision_imagenet
+from .weights import PretrainedWeights, ResolvedWeights, load_state_dict
 
 
 @dataclass
-class InceptionV3Config:
-    weights: str = "imagenet"
-    fps: float = 1.0
-    pool: Literal["none", "mean", "max"] = "none"
-
-    def __post_init__(self) -> None:
-        if self.fps <= 0:
-            raise ValueError(f"fps must be > 0, got {self.fps}")
+class InceptionV3Config(FrameConfig):
+    pass
 
 
 @register_extractor
@@ -35,11 +29,7 @@ class InceptionV3(FrameExtractor):
 
     @classmethod
     def pretrained(cls) -> dict[str, PretrainedWeights]:
-        from torchvision.models import Inception_V3_Weights
-
-        w = Inception_V3_Weights.IMAGENET1K_V1
-        return {"imagenet": PretrainedWeights("imagenet", {"model": WeightsFile(w.url)}, dict(w.meta),
-                                              w.transforms)}
+        return torchvision_imagenet("Inception_V3_Weights")
 
     def frame_dims(self) -> tuple[int, ...]:
         return (2048,)

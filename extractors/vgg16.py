@@ -7,20 +7,13 @@ from typing import Any, Literal
 
 from pipeline.registry import register_extractor
 
-from ._frames import FrameExtractor
-from .weights import PretrainedWeights, ResolvedWeights, WeightsFile, load_state_dict
+from ._frames import FrameConfig, FrameExtractor, torchvision_imagenet
+from .weights import PretrainedWeights, ResolvedWeights, load_state_dict
 
 
 @dataclass
-class VGG16Config:
-    weights: str = "imagenet"
-    fps: float = 1.0
+class VGG16Config(FrameConfig):
     layer: Literal["fc7", "block5_conv3"] = "fc7"
-    pool: Literal["none", "mean", "max"] = "none"
-
-    def __post_init__(self) -> None:
-        if self.fps <= 0:
-            raise ValueError(f"fps must be > 0, got {self.fps}")
 
 
 @register_extractor
@@ -36,11 +29,7 @@ class VGG16(FrameExtractor):
 
     @classmethod
     def pretrained(cls) -> dict[str, PretrainedWeights]:
-        from torchvision.models import VGG16_Weights
-
-        w = VGG16_Weights.IMAGENET1K_V1
-        return {"imagenet": PretrainedWeights("imagenet", {"model": WeightsFile(w.url)}, dict(w.meta),
-                                              w.transforms)}
+        return torchvision_imagenet("VGG16_Weights")
 
     def frame_dims(self) -> tuple[int, ...]:
         return (4096,) if self.config.layer == "fc7" else (14, 14, 512)
