@@ -59,12 +59,44 @@ def ours(name: str, cfg_path: Path) -> float:
     return elapsed
 
 
+def model_only(name: str, device: str, batch: int, seconds: float = 5.0) -> float:
+    """Frames (or examples) per second of the model alone on `device`, inputs already there."""
+    import torch
+
+    import extractors  # noqa: F401
+    from extractors import _torch
+    from pipeline.config import ExecutionParams
+    from pipeline.registry import EXTRACTORS
+
+    spec = STAGES[name]
+    cls = EXTRACTORS.get(spec["implementation"])
+    ex = cls(cls.Config(**spec["params"]), ExecutionParams(device=device, batch_size=batch))
+    if name == "vggish":
+        model, dev = ex._torch_model
+        x = torch.randn(batch, 1, 96, 64, device=dev)
+    else:
+        model, _, dev = ex._runtime
+        x = torch.randn(batch, 3, ex.crop_size, ex.crop_size, device=dev)
+        if dev.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+    n, t0 = 0, time.perf_counter()
+    with torch.inference_mode(), _torch._autocast(dev):
+        while time.perf_counter() - t0 < seconds or n == 0:
+            model(x)
+            n += batch
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--extractors", default="logmel,vggish,vgg16,inception_v3")
     ap.add_argument("--clips", type=int, default=48, help="total clips (8 classes)")
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per clip")
     ap.add_argument("--workers", type=int, default=2, help="workers of the decode/DSP stages (audio, logmel)")
+    ap.add_argument("--device", default="auto", help="device for the model-only vs end-to-end table")
+    ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args()
 
     from pipeline.config import load_config
@@ -97,6 +129,34 @@ def main() -> None:
     print(f"{'extractor':<14}{'per-clip loop':>16}{'pipeline':>12}{'ratio':>8}")
     for name, a, b in rows:
         print(f"{name:<14}{n / a:>11.2f} c/s{n / b:>8.2f} c/s{a / b:>7.2f}x")
+
+    from extractors._torch import pick_device
+    from pipeline.runner import run
+
+    device = pick_device(args.device)
+    label = torch_device_name(device)
+    print(f"\nend-to-end vs model-only on {label} (frames for CNNs, 0.96 s examples for vggish)")
+    print(f"{'extractor':<14}{'end-to-end':>14}{'model-only':>14}{'share':>8}")
+    for name in [x for x in args.extractors.split(",") if x in ("vggish", "vgg16", "inception_v3")]:
+        import shutil
+
+        shutil.rmtree(tmp / "cache", ignore_errors=True)
+        t0 = time.perf_counter()
+        reports = run("extract", stage=name, config=cfg_path, device=str(device), batch_size=args.batch_size)
+        elapsed = time.perf_counter() - t0
+        import pipeline
+
+        rows_out = len(pipeline.open_store(reports[-1].store_path).to_dask())
+        e2e, alone = rows_out / elapsed, model_only(name, str(device), args.batch_size)
+        print(f"{name:<14}{e2e:>10.1f} f/s{alone:>10.1f} f/s{e2e / alone:>7.0%}")
+
+
+def torch_device_name(device: object) -> str:
+    import torch
+
+    if getattr(device, "type", "") == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({device})"
+    return "CPU"
 
 
 if __name__ == "__main__":

@@ -179,7 +179,8 @@ class VGGish(Extractor):
         model, device = self._torch_model
         batch = self.execution.batch_size if self.execution else 32
         flat = np.concatenate(examples, axis=0) if examples else np.zeros((0, 96, 64), np.float32)
-        out = _torch.run_batched(model, flat, batch, device, image=True).reshape(-1, 128)
+        # [B, 1, 96, 64]: rank 4, as channels_last needs on CUDA
+        out = _torch.run_batched(model, flat[:, None], batch, device, image=True).reshape(-1, 128)
         bounds = np.cumsum([0] + [e.shape[0] for e in examples])
         return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
