@@ -57,7 +57,7 @@ class FrameExtractor(Extractor):
 
     @functools.cached_property
     def weights(self) -> ResolvedWeights:
-        return resolve_weights(self.config.weights, self.arch, self.pretrained)
+        return resolve_weights(self.config.weights, self.arch, self.pretrained, download=self.allow_download)
 
     def weights_digest(self) -> str | None:
         return self.weights.digest
@@ -69,16 +69,27 @@ class FrameExtractor(Extractor):
                            "random_weights": self.weights.is_random, "arch": self.arch,
                            "input_size": self.crop_size})
 
+    @functools.cached_property
+    def _preprocess(self) -> Any:
+        """The weights' bound ImageClassification transform (resize, crop, mean, std, interpolation)."""
+        return self.pretrained()["imagenet"].transforms()
+
     def load(self, clip: Any, upstream: Any = None) -> np.ndarray:
+        """Frames at `fps`, native size, then the weights' resize + centre crop: uint8 [T, crop, crop, 3]."""
+        import torch
+        import torchvision.transforms.functional as TF
+
         path = clip.source("video", "image")
         info = probe(path)
-        if not info.has_video or not info.width or not info.height:
+        if not info.has_video:
             raise MediaError("no video stream: the file has no picture to sample")
-        short = self.resize_size  # decode straight to the weights' resize size (shorter side)
-        w, h = info.width, info.height
-        size = (short, max(2, round(h * short / w / 2) * 2)) if w <= h else (max(2, round(w * short / h / 2) * 2), short)
         duration = clip.end - clip.start if clip.start is not None and clip.end is not None else None
-        return decode_frames(path, self.config.fps, size, start=clip.start, duration=duration, info=info)
+        frames = decode_frames(path, self.config.fps, None, start=clip.start, duration=duration, info=info)
+        t = self._preprocess
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2)
+        x = TF.resize(x, t.resize_size, interpolation=t.interpolation, antialias=t.antialias)
+        x = TF.center_crop(x, t.crop_size)
+        return x.permute(0, 2, 3, 1).contiguous().numpy()
 
     @functools.cached_property
     def _runtime(self) -> tuple[Any, Any, Any]:
@@ -89,15 +100,20 @@ class FrameExtractor(Extractor):
         if self.weights.is_random:
             torch.manual_seed(self.weights.seed)
         model = _torch.prepare_model(self.build(self.weights), device, image=True)
-        transform = self.pretrained()["imagenet"].transforms()
-        return model, transform, device
+        t = self._preprocess
+        mean = torch.tensor(t.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(t.std, device=device).view(1, 3, 1, 1)
+
+        def normalize(batch: Any) -> Any:  # uint8 [B, H, W, 3] on the device -> normalised float [B, 3, H, W]
+            return (batch.permute(0, 3, 1, 2).float().div_(255.0) - mean) / std
+
+        return model, normalize, device
 
     def compute(self, inputs: Sequence[np.ndarray], upstream: dict[str, Any] | None = None) -> list[np.ndarray]:
         model, transform, device = self._runtime
         frames = np.concatenate(inputs, axis=0) if inputs else np.zeros((0, 1, 1, 3), np.uint8)
         batch = self.execution.batch_size if self.execution else 32
-        out = _torch.run_batched(model, frames, batch, device, prepare=lambda t: transform(t.permute(0, 3, 1, 2)),
-                                 image=True)
+        out = _torch.run_batched(model, frames, batch, device, prepare=transform, image=True)
         bounds = np.cumsum([0] + [x.shape[0] for x in inputs])
         per_clip = [out[a:b].reshape(b - a, *self.frame_dims()).astype(np.float32) for a, b in zip(bounds[:-1], bounds[1:])]
         if self.config.pool == "mean":

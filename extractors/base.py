@@ -32,6 +32,7 @@ class Extractor:
     Config: ClassVar[type]
     consumes: ClassVar[str | None] = None  # kind of upstream output read; None reads the clip's media
     produces: ClassVar[str]
+    allow_download: bool = True  # `status` and `gc` compute keys without fetching weights
 
     def __init__(self, config: Any, execution: "ExecutionParams | None" = None) -> None:
         self.config = config if dataclasses.is_dataclass(config) else self.Config(**(config or {}))

@@ -8,7 +8,7 @@ from typing import Any
 from pipeline.registry import register_extractor
 
 from ._frames import FrameConfig, FrameExtractor, torchvision_imagenet
-from .weights import PretrainedWeights, ResolvedWeights, load_state_dict
+from .weights import PretrainedWeights, ResolvedWeights, load_into, load_state_dict
 
 
 @dataclass
@@ -41,6 +41,7 @@ class InceptionV3(FrameExtractor):
         # transform_input=True is how torchvision's ImageNet weights expect their input
         net = inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=weights.is_random)
         if not weights.is_random:
-            net.load_state_dict(load_state_dict(weights.paths["model"], f"inception_v3 weights '{weights.spec}'"))
+            what = f"inception_v3 weights '{weights.spec}'"
+            load_into(net, load_state_dict(weights.paths["model"], what), what)
         net.fc = torch.nn.Identity()
         return net

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pipeline.registry import register_extractor
 
 from ._frames import FrameConfig, FrameExtractor, torchvision_imagenet
-from .weights import PretrainedWeights, ResolvedWeights, load_state_dict
+from .weights import PretrainedWeights, ResolvedWeights, load_into, load_state_dict
 
 
 @dataclass
@@ -40,7 +40,8 @@ class VGG16(FrameExtractor):
 
         net = vgg16(weights=None)
         if not weights.is_random:
-            net.load_state_dict(load_state_dict(weights.paths["model"], f"vgg16 weights '{weights.spec}'"))
+            what = f"vgg16 weights '{weights.spec}'"
+            load_into(net, load_state_dict(weights.paths["model"], what), what)
         if self.config.layer == "fc7":
             return torch.nn.Sequential(net.features, net.avgpool, torch.nn.Flatten(1), *net.classifier[:5])
         return torch.nn.Sequential(*net.features[:30], _ChannelsLast())

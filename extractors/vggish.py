@@ -24,8 +24,10 @@ from pipeline.registry import register_extractor
 
 from . import _dsp, _torch, vggish_input
 from .base import Extractor, OutputSpec
+from pipeline.cache import hash_key
+
 from .weights import (PretrainedWeights, ResolvedWeights, WeightsError, WeightsFile, announce_random,
-                      load_state_dict, resolve_weights)
+                      load_into, load_state_dict, resolve_weights)
 
 QUANTIZE_MIN, QUANTIZE_MAX = -2.0, 2.0
 AUDIOSET = PretrainedWeights(
@@ -82,16 +84,21 @@ def postprocess(embeddings: np.ndarray, eigen_vectors: np.ndarray, means: np.nda
     return np.round((clipped - QUANTIZE_MIN) * (255.0 / (QUANTIZE_MAX - QUANTIZE_MIN))).astype(np.uint8)
 
 
+def resolve_pca(spec: str, download: bool = True) -> ResolvedWeights:
+    """Where the PCA params are: `audioset` (published file: cache dir, then download) or a local file."""
+    if spec == "audioset":
+        return resolve_weights("audioset", "vggish pca", {"audioset": PretrainedWeights(
+            "audioset", {"model": AUDIOSET.files["pca"]})}, download=download, param="pca")
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"vggish pca '{spec}': no such file; set `pca:` to a .npz or .pth holding "
+                           "pca_eigen_vectors and pca_means, or to `audioset`")
+    return resolve_weights(str(path), "vggish pca", {}, param="pca")
+
+
 def load_pca(spec: str) -> tuple[np.ndarray, np.ndarray]:
     """PCA params from `audioset` (published file), a .npz (`pca_eigen_vectors`, `pca_means`) or a state dict."""
-    if spec == "audioset":
-        path = resolve_weights("audioset", "vggish pca", {"audioset": PretrainedWeights(
-            "audioset", {"model": AUDIOSET.files["pca"]})}).paths["model"]
-    else:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise WeightsError(f"vggish pca '{spec}': no such file; pass a .npz or .pth with pca_eigen_vectors "
-                               "and pca_means, or `audioset`")
+    path = resolve_pca(spec).paths["model"]
     if path.suffix == ".npz":
         with np.load(path) as z:
             params = {k: z[k] for k in z.files}
@@ -119,15 +126,20 @@ class VGGish(Extractor):
             handle = Path(self.config.hub_handle).expanduser()
             if handle.is_dir():  # a local SavedModel: its content is part of the key
                 from .weights import _digest, _memo
-                from pipeline.cache import hash_key
 
                 return ResolvedWeights(self.config.hub_handle, "file", hash_key(["tfhub", _digest(_memo(), handle)]),
                                        {"model": handle})
+            if "://" not in self.config.hub_handle:
+                raise WeightsError(f"vggish hub_handle '{self.config.hub_handle}': not a URL and no SavedModel "
+                                   "directory there; pass a TF-Hub URL or a local SavedModel directory")
             return ResolvedWeights(self.config.hub_handle, "pretrained", self.config.hub_handle)
-        return resolve_weights(self.config.weights, "vggish", {"audioset": AUDIOSET})
+        return resolve_weights(self.config.weights, "vggish", {"audioset": AUDIOSET}, download=self.allow_download)
 
     def weights_digest(self) -> str | None:
-        return self.weights.digest
+        """The network's digest, plus the PCA file's content when postprocessing uses it."""
+        if not self.config.postprocess:
+            return self.weights.digest
+        return hash_key([self.weights.digest, resolve_pca(self.config.pca, download=self.allow_download).digest])
 
     def output_spec(self, upstream: dict[str, Any] | None = None) -> OutputSpec:
         return OutputSpec("audio_embedding", (128,), "uint8" if self.config.postprocess else "float32",
@@ -155,8 +167,9 @@ class VGGish(Extractor):
             torch.manual_seed(self.weights.seed)
         model = build_vggish()
         if not self.weights.is_random:
-            state = load_state_dict(self.weights.paths["model"], f"vggish weights '{self.weights.spec}'")
-            model.load_state_dict({k: v for k, v in state.items() if not k.startswith("pca_")})
+            what = f"vggish weights '{self.weights.spec}'"
+            state = load_state_dict(self.weights.paths["model"], what)
+            load_into(model, {k: v for k, v in state.items() if not k.startswith("pca_")}, what)
         return _torch.prepare_model(model, device, image=True), device
 
     @functools.cached_property

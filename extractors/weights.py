@@ -75,7 +75,7 @@ def _memo() -> DigestMemo:
     return DigestMemo(root / "weights-digests.sqlite")
 
 
-def _download(f: WeightsFile, dest: Path, what: str) -> Path:
+def _download(f: WeightsFile, dest: Path, what: str, param: str = "weights") -> Path:
     import torch.hub
 
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -83,16 +83,16 @@ def _download(f: WeightsFile, dest: Path, what: str) -> Path:
     try:
         torch.hub.download_url_to_file(f.url, str(dest), hash_prefix=f.hash_prefix, progress=False)
     except Exception as e:  # any network, HTTP or hash failure ends in the same advice
+        smoke = ", or use `weights: random:0` for a smoke run (not pretrained)" if param == "weights" else ""
         raise WeightsError(
             f"{what}: {f.filename} is not in {dest.parent} and could not be downloaded ({type(e).__name__}: {e}). "
-            f"Download {f.url} and place it at {dest}, or set `weights:` to a local file path, "
-            "or use `weights: random:0` for a smoke run (not pretrained)") from None
+            f"Download {f.url} and place it at {dest}, or set `{param}:` to a local file path{smoke}") from None
     return dest
 
 
 def resolve_weights(spec: str, arch: str,
                     pretrained: dict[str, PretrainedWeights] | Callable[[], dict[str, PretrainedWeights]],
-                    download: bool = True) -> ResolvedWeights:
+                    download: bool = True, param: str = "weights") -> ResolvedWeights:
     """`random:SEED`, a pretrained name (cache dir, then download) or a path to a local file.
 
     `pretrained` may be a callable, so that `random:SEED` never imports what builds the table."""
@@ -113,14 +113,15 @@ def resolve_weights(spec: str, arch: str,
                 if not download:
                     raise WeightsError(f"{what}: {f.filename} is not in {cache_dir()}; download {f.url} "
                                        f"and place it at {path}")
-                _download(f, path, what)
+                _download(f, path, what, param)
             paths[role] = path
     else:
         path = Path(os.path.expanduser(spec))
-        if not path.exists():
+        if not path.is_file():
             names = ", ".join(sorted(pretrained)) or "(none)"
-            raise WeightsError(f"{what}: no such file, and not a known name ({names}) nor random:SEED; "
-                               "pass an existing weights file path")
+            why = "is a directory, not a weights file" if path.is_dir() else "does not exist"
+            raise WeightsError(f"{what}: {path} {why}, and it is not a known name ({names}) nor random:SEED; "
+                               "pass the path of a weights file")
         paths = {"model": path.absolute()}
     memo = _memo()
     digest = hash_key({role: _digest(memo, p) for role, p in sorted(paths.items())})
@@ -140,8 +141,10 @@ def load_state_dict(path: Path, what: str) -> dict[str, Any]:
 
     try:
         core = getattr(np, "_core", None) or np.core
-        safe = [core.multiarray._reconstruct, np.ndarray, np.dtype,
-                type(np.dtype("float32")), type(np.dtype("float64"))]
+        # pickles from the numpy 1.x era name `numpy.core...` (the published VGGish PCA file does)
+        safe: list[Any] = [core.multiarray._reconstruct, np.ndarray, np.dtype,
+                           (core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+                           type(np.dtype("float32")), type(np.dtype("float64"))]
         with torch.serialization.safe_globals(safe):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -151,6 +154,16 @@ def load_state_dict(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise WeightsError(f"{what}: {path} holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def load_into(model: Any, state: dict[str, Any], what: str) -> None:
+    """model.load_state_dict, with a mismatch reported as a WeightsError naming the file's problem."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise WeightsError(f"{what}: the file does not fit this network ({first} ...); "
+                           "is it the right architecture?") from None
 
 
 def announce_random(arch: str, weights: ResolvedWeights) -> None:

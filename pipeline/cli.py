@@ -70,6 +70,8 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
 
     from .config import load_config
     from .datasets import DatasetError
+    from extractors.weights import WeightsError
+
     from .executors import ExecutorError
     from .media import MediaError
     from .runner import PipelineError, run
@@ -99,7 +101,8 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
                       on_progress=on_progress, on_wait=lambda m: click.echo(m, err=True),
                       workers=workers, executor=executor, scheduler=scheduler, shard_size=shard_size,
                       device=device, batch_size=batch_size, progress=not no_progress)
-    except (ConfigError, DatasetError, PipelineError, StoreError, MediaError, ExecutorError, KeyError) as e:
+    except (ConfigError, DatasetError, PipelineError, StoreError, MediaError, ExecutorError, WeightsError,
+            KeyError) as e:
         _fail(str(e))
     except OSError as e:
         _fail(f"{e}; check the --cache and --config paths and free disk space")

@@ -279,7 +279,7 @@ def load_config(path: str | os.PathLike = "stages.yaml", overrides: list[str] | 
     """Read and validate stages.yaml; apply `--set` overrides; resolve the cache root."""
     import extractors  # noqa: F401  (fills the registries)
     import models  # noqa: F401
-    from . import datasets  # noqa: F401
+    from . import datasets as _adapters  # noqa: F401
 
     path = Path(path)
     if not path.is_file():

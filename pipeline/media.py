@@ -37,6 +37,14 @@ class MediaInfo:
     fps: float | None
     width: int | None
     height: int | None
+    rotation: int = 0
+
+    @property
+    def display_size(self) -> tuple[int, int] | None:
+        """(width, height) of the frames ffmpeg outputs: rotation metadata applied, as ffmpeg does."""
+        if not self.width or not self.height:
+            return None
+        return (self.height, self.width) if self.rotation % 180 == 90 else (self.width, self.height)
 
 
 def _ffmpeg_path(path: Path) -> str:
@@ -110,7 +118,18 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         fps=fps,
         width=int(video["width"]) if video else None,
         height=int(video["height"]) if video else None,
+        rotation=_rotation(video) if video else 0,
     )
+
+
+def _rotation(stream: dict) -> int:
+    try:
+        angle = stream.get("tags", {}).get("rotate")
+        if angle is None:
+            angle = next((d["rotation"] for d in stream.get("side_data_list", []) if "rotation" in d), 0)
+        return int(round(float(angle))) % 360
+    except (TypeError, ValueError):
+        return 0
 
 
 def _run(stream, what: str, path: Path) -> tuple[bytes, bytes]:
@@ -163,29 +182,43 @@ def _segment(total: float | None, start: float | None, duration: float | None) -
     return min(remaining, duration) if duration is not None else remaining
 
 
-def decode_frames(path: str | os.PathLike, fps: float, size: int | tuple[int, int],
+def decode_frames(path: str | os.PathLike, fps: float, size: int | tuple[int, int] | None = None,
                   start: float | None = None, duration: float | None = None,
                   info: MediaInfo | None = None) -> np.ndarray:
-    """Sample frames at `fps` while decoding, resized to `size` (w, h); uint8 RGB `[T, H, W, 3]`."""
+    """Sample frames at `fps` while decoding, resized to `size` (w, h), or at the native display size
+    when `size` is None; uint8 RGB `[T, H, W, 3]`. A clip (or still image) too short for one sample at
+    `fps` gives its first frame."""
     import ffmpeg
 
     path = Path(path)
     info = info or probe(path)
-    if not info.has_video:
+    if not info.has_video or info.display_size is None:
         raise MediaError("no video stream: the file has no video track")
-    width, height = (size, size) if isinstance(size, int) else size
+    if size is None:
+        width, height = info.display_size
+    else:
+        width, height = (size, size) if isinstance(size, int) else size
     in_kw = {}
     if start is not None:
         in_kw["ss"] = start
     if duration is not None:
         in_kw["t"] = duration
-    stream = (ffmpeg.input(_ffmpeg_path(path), **in_kw)
-              .video.filter("fps", fps=fps).filter("scale", width, height)
-              .output("pipe:", format="rawvideo", pix_fmt="rgb24"))
-    out, err = _run(stream, "video", path)
-    frame_bytes = width * height * 3
-    n = len(out) // frame_bytes
-    frames = np.frombuffer(out[: n * frame_bytes], dtype=np.uint8).reshape(n, height, width, 3).copy()
+
+    def decode(sampled: bool) -> tuple[np.ndarray, bytes]:
+        video = ffmpeg.input(_ffmpeg_path(path), **in_kw).video
+        video = video.filter("fps", fps=fps) if sampled else video
+        out_kw = {} if sampled else {"frames:v": 1}
+        stream = video.filter("scale", width, height).output("pipe:", format="rawvideo", pix_fmt="rgb24", **out_kw)
+        out, err = _run(stream, "video", path)
+        n = len(out) // (width * height * 3)
+        return np.frombuffer(out[: n * width * height * 3], dtype=np.uint8).reshape(n, height, width, 3).copy(), err
+
+    frames, err = decode(sampled=True)
+    if frames.shape[0] == 0 and not err.strip():
+        frames, err = decode(sampled=False)
+        if frames.shape[0]:
+            return frames
+    n = frames.shape[0]
     stream_s = info.video_duration or info.duration
     # fps sampling rounds to whole frames: allow one frame of slack before calling it truncated
     _check_complete((n + 1) / fps if n else 0.0, _segment(stream_s, start, duration), err, "video")

@@ -135,6 +135,7 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
             continue
         params = config.params_for(name, adapter.dataset_name)
         ex = impl(impl.Config(**params))
+        ex.allow_download = prepare  # only a run fetches weights; status and gc never do
         up_attrs = _producer_attrs(config, stages, name)
         try:
             out = ex.output_spec(up_attrs)
@@ -194,11 +195,12 @@ class ShardTask:
 
 
 def _extractor(task: ShardTask) -> Any:
-    ex = _EXTRACTOR_CACHE.get(task.cache_key)
+    key = hash_key([task.cache_key, task.execution])  # a new device or batch size builds a new model
+    ex = _EXTRACTOR_CACHE.get(key)
     if ex is None:
         impl = implementation(task.implementation)
         ex = impl(impl.Config(**task.params), ExecutionParams(**task.execution))
-        _EXTRACTOR_CACHE[task.cache_key] = ex
+        _EXTRACTOR_CACHE[key] = ex
     return ex
 
 

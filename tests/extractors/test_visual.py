@@ -43,3 +43,61 @@ def test_vggish_stage_and_weights_in_key(tmp_path, tiny_synthetic_root):
     assert store["class00/class00_000"].shape == (1, 128) and store.attrs["random_weights"] is True
     other = run("extract", config=cfg, overrides=["vggish.weights=random:1"])
     assert other[0].computed == 0 and other[1].computed == 6 and other[1].store_path != first.store_path
+
+
+def test_mixed_sizes_rotation_short_clips_and_images(tmp_path):
+    import subprocess
+
+    root = tmp_path / "v"
+
+    def make(name, args):
+        (root / "c").mkdir(parents=True, exist_ok=True)
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args, "file:" + str(root / "c" / name)],
+                       check=True)
+
+    src = ["-f", "lavfi", "-i"]
+    make("wide.mp4", src + ["testsrc2=size=160x90:rate=5:duration=2", "-pix_fmt", "yuv420p"])
+    make("square.mp4", src + ["testsrc2=size=96x96:rate=5:duration=2", "-pix_fmt", "yuv420p"])
+    make("short.mp4", src + ["testsrc2=size=64x48:rate=25:duration=0.2", "-pix_fmt", "yuv420p"])
+    make("wide2.mp4", src + ["testsrc2=size=160x90:rate=5:duration=2", "-pix_fmt", "yuv420p"])
+    # a phone-style portrait clip: the rotation lives in the container's display matrix
+    make("tall.mp4", ["-i", str(root / "c" / "wide2.mp4"), "-c", "copy", "-metadata:s:v:0", "rotate=90"])
+    (root / "c" / "wide2.mp4").unlink()
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                       {"v": {"adapter": "folder", "root": str(root)}},
+                       {"inception_v3": {"group": "extract", "implementation": "inception_v3",
+                                         "params": {"weights": "random:0", "fps": 1.0}}})
+    rep = run("extract", config=cfg)[0]
+    assert rep.computed == 4 and not rep.failures, rep.failures
+    store = pipeline.open_store(rep.store_path)
+    assert store["c/wide"].shape == (2, 2048) and store["c/square"].shape == (2, 2048)
+    assert store["c/short"].shape == (1, 2048) and store["c/tall"].shape == (2, 2048)
+
+    from extractors.inception_v3 import InceptionV3, InceptionV3Config
+    from pipeline.datasets import Clip
+    from pipeline.media import decode_frames
+
+    assert decode_frames(root / "c" / "tall.mp4", 1.0).shape[1:] == (160, 90, 3)  # rotation applied
+    still = tmp_path / "still.png"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=80x60",
+                    "-frames:v", "1", str(still)], check=True)
+    frames = InceptionV3(InceptionV3Config(weights="random:0")).load(Clip("s", {"image": still}))
+    assert frames.shape == (1, 299, 299, 3)
+
+
+def test_frames_are_preprocessed_like_torchvision(tmp_path, clip_factory):
+    import torch
+    from torchvision.models import Inception_V3_Weights
+
+    from extractors.inception_v3 import InceptionV3, InceptionV3Config
+    from pipeline.datasets import Clip
+    from pipeline.media import decode_frames
+
+    path = clip_factory(tmp_path / "a.mp4", seconds=1.0)
+    ex = InceptionV3(InceptionV3Config(weights="random:0"))
+    ours = ex.load(Clip("a", {"video": path}))
+    assert ours.shape == (1, 299, 299, 3) and ours.dtype == np.uint8
+    frames = torch.from_numpy(decode_frames(path, 1.0)).permute(0, 3, 1, 2)
+    reference = Inception_V3_Weights.IMAGENET1K_V1.transforms()(frames)  # resize, crop, normalise
+    _, normalize, _ = ex._runtime
+    np.testing.assert_allclose(normalize(torch.from_numpy(ours)).numpy(), reference.numpy(), atol=1e-5)

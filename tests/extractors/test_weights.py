@@ -22,7 +22,8 @@ def offline(monkeypatch, tmp_path):
 
 
 def _frames(n=2):
-    return np.random.default_rng(0).integers(0, 255, (n, 342, 400, 3), dtype=np.uint8)
+    """Frames as `load` hands them to `compute`: resized and centre-cropped to 299 x 299."""
+    return np.random.default_rng(0).integers(0, 255, (n, 299, 299, 3), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_random_and_bad_specs(offline):
     assert a.is_random and a.digest != resolve_weights("random:1", "vgg16", {}).digest
     with pytest.raises(WeightsError, match="random:SEED with an integer seed"):
         resolve_weights("random:x", "vgg16", {})
-    with pytest.raises(WeightsError, match="no such file, and not a known name"):
+    with pytest.raises(WeightsError, match="does not exist, and it is not a known name"):
         resolve_weights("/nope/w.pth", "vgg16", {"imagenet": None})
     bad = offline / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
@@ -83,3 +84,68 @@ def test_weights_file_hash_prefix():
     f = W.WeightsFile("https://x/vggish-10086976.pth")
     assert f.filename == "vggish-10086976.pth" and f.hash_prefix == "10086976"
     assert W.WeightsFile("https://x/model.pth").hash_prefix is None
+
+
+def test_numpy1_era_pickles_load(tmp_path):
+    """The published VGGish PCA file holds numpy arrays pickled as numpy.core.multiarray."""
+    import zipfile
+
+    from extractors.vggish import load_pca
+
+    src, old = tmp_path / "new.pth", tmp_path / "vggish_pca_old.pth"
+    torch.save({"pca_eigen_vectors": np.eye(128), "pca_means": np.arange(128.0)}, src)
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(old, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray" in data
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            zout.writestr(item, data)
+    eig, means = load_pca(str(old))
+    assert np.array_equal(eig, np.eye(128)) and means[5] == 5.0
+
+
+def test_pca_content_is_in_the_key(tmp_path):
+    from extractors.vggish import VGGish, VGGishConfig
+
+    pca = tmp_path / "pca.npz"
+    np.savez(pca, pca_eigen_vectors=np.eye(128), pca_means=np.zeros(128))
+    cfg = VGGishConfig(weights="random:0", postprocess=True, pca=str(pca))
+    before = VGGish(cfg).weights_digest()
+    np.savez(pca, pca_eigen_vectors=2 * np.eye(128), pca_means=np.zeros(128))
+    import os
+
+    os.utime(pca, ns=(1, 2 * 10**18))
+    assert VGGish(cfg).weights_digest() != before
+    assert VGGish(VGGishConfig(weights="random:0")).weights_digest() != before
+
+
+def test_wrong_architecture_file_is_a_clear_error(offline):
+    from extractors.vgg16 import VGG16, VGG16Config
+
+    path = offline / "not_vgg.pth"
+    torch.save({"layer.weight": torch.zeros(2, 2)}, path)
+    ex = VGG16(VGG16Config(weights=str(path)))
+    with pytest.raises(WeightsError, match="does not fit this network"):
+        ex.build(ex.weights)
+    with pytest.raises(WeightsError, match="is a directory"):
+        resolve_weights(str(offline), "vgg16", {})
+
+
+def test_status_never_downloads_and_cli_error_is_clean(offline, monkeypatch, tmp_path, tiny_synthetic_root):
+    from pipeline.config import load_config
+    from pipeline.runner import status
+
+    from ..conftest import TINY, cli, write_config
+
+    calls = []
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: calls.append(a))
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                       {"tiny": {"adapter": "synthetic", "root": str(tiny_synthetic_root), "params": TINY}},
+                       {"vgg16": {"group": "extract", "implementation": "vgg16"}})
+    rows = status(load_config(cfg), None)
+    assert not calls and rows[0]["state"].startswith("cannot resolve") and "vgg16-397923af.pth" in rows[0]["state"]
+    proc = cli("run", "extract", "--config", str(cfg), check=False,
+               env={**__import__("os").environ, "TORCH_HOME": str(offline / "torch")})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "vgg16-397923af.pth" in proc.stderr and str(offline / "torch" / "hub" / "checkpoints") in proc.stderr
