@@ -80,9 +80,12 @@ def model_only(name: str, device: str, batch: int, seconds: float = 5.0) -> floa
         x = torch.randn(batch, 3, ex.crop_size, ex.crop_size, device=dev)
         if dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-    n, t0 = 0, time.perf_counter()
     with torch.inference_mode(), _torch._autocast(dev):
-        while time.perf_counter() - t0 < seconds or n == 0:
+        model(x)  # warm-up (kernel selection, allocator) outside the timing
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds or n < 3 * batch:
             model(x)
             n += batch
             if dev.type == "cuda":
