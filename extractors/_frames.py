@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.media import MediaError, decode_frames, probe
 
 from . import _torch
-from .base import Extractor, OutputSpec
+from .base import Extractor, OutputSpec, split_rows
 from .weights import PretrainedWeights, ResolvedWeights, WeightsFile, announce_random, resolve_weights
 
 
@@ -114,8 +114,8 @@ class FrameExtractor(Extractor):
         frames = np.concatenate(inputs, axis=0) if inputs else np.zeros((0, 1, 1, 3), np.uint8)
         batch = self.execution.batch_size if self.execution else 32
         out = _torch.run_batched(model, frames, batch, device, prepare=transform, image=True)
-        bounds = np.cumsum([0] + [x.shape[0] for x in inputs])
-        per_clip = [out[a:b].reshape(b - a, *self.frame_dims()).astype(np.float32) for a, b in zip(bounds[:-1], bounds[1:])]
+        per_clip = [x.reshape(len(x), *self.frame_dims()).astype(np.float32)
+                    for x in split_rows(out, [x.shape[0] for x in inputs])]
         if self.config.pool == "mean":
             return [x.mean(axis=0, keepdims=True) for x in per_clip]
         if self.config.pool == "max":

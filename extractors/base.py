@@ -47,9 +47,23 @@ class Extractor:
         raise NotImplementedError
 
     def load(self, clip: "Clip", upstream: "FeatureStore | None") -> np.ndarray:
-        """One clip's input; raise pipeline.media.MediaError for a clip that cannot be used."""
-        raise NotImplementedError
+        """One clip's input; raise pipeline.media.MediaError for a clip that cannot be used.
+
+        The default serves every extractor that `consumes` an upstream store: that store's rows."""
+        from pipeline.media import MediaError
+
+        if upstream is None:
+            raise NotImplementedError(f"{type(self).__name__} reads media itself and must define load()")
+        if clip.clip_id not in upstream:
+            raise MediaError(f"upstream failed: {upstream.failures.get(clip.clip_id, 'not computed')}")
+        return upstream[clip.clip_id]
 
     def compute(self, inputs: Sequence[np.ndarray], upstream: dict[str, Any] | None = None) -> list[np.ndarray]:
         """Outputs for a batch of clip inputs, one array `[rows, *dims]` per clip."""
         raise NotImplementedError
+
+
+def split_rows(flat: np.ndarray, lengths: Sequence[int]) -> list[np.ndarray]:
+    """Cut the rows of a batch computed over several clips back into one array per clip."""
+    bounds = np.cumsum([0, *lengths])
+    return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]

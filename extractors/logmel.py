@@ -16,7 +16,6 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from pipeline.media import MediaError
 from pipeline.registry import register_extractor
 
 from . import _dsp, vggish_input
@@ -84,12 +83,6 @@ class LogMel(Extractor):
     def output_spec(self, upstream: dict[str, Any] | None = None) -> OutputSpec:
         _, dims, rate = _PRESETS[self.config.preset]
         return OutputSpec("logmel", dims, "float32", rate, {"preset": self.config.preset, "sample_rate": SAMPLE_RATE})
-
-    def load(self, clip, upstream) -> np.ndarray:
-        if clip.clip_id not in upstream:
-            why = upstream.failures.get(clip.clip_id, "not computed")
-            raise MediaError(f"upstream failed: {why}")
-        return upstream[clip.clip_id]
 
     def compute(self, inputs: Sequence[np.ndarray], upstream: dict[str, Any] | None = None) -> list[np.ndarray]:
         fn = _PRESETS[self.config.preset][0]

@@ -19,11 +19,10 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from pipeline.media import MediaError
 from pipeline.registry import register_extractor
 
 from . import _dsp, _torch, vggish_input
-from .base import Extractor, OutputSpec
+from .base import Extractor, OutputSpec, split_rows
 from pipeline.cache import hash_key
 
 from .weights import (PretrainedWeights, ResolvedWeights, WeightsError, WeightsFile, announce_random,
@@ -148,11 +147,6 @@ class VGGish(Extractor):
                            "weights": self.config.weights if self.config.backend == "torch" else self.config.hub_handle,
                            "random_weights": self.weights.is_random, "example_seconds": vggish_input.EXAMPLE_SECONDS})
 
-    def load(self, clip: Any, upstream: Any) -> np.ndarray:
-        if clip.clip_id not in upstream:
-            raise MediaError(f"upstream failed: {upstream.failures.get(clip.clip_id, 'not computed')}")
-        return upstream[clip.clip_id]
-
     @functools.cached_property
     def _pca(self) -> tuple[np.ndarray, np.ndarray] | None:
         return load_pca(self.config.pca) if self.config.postprocess else None
@@ -194,8 +188,7 @@ class VGGish(Extractor):
         flat = np.concatenate(examples, axis=0) if examples else np.zeros((0, 96, 64), np.float32)
         # [B, 1, 96, 64]: rank 4, as channels_last needs on CUDA
         out = _torch.run_batched(model, flat[:, None], batch, device, image=True).reshape(-1, 128)
-        bounds = np.cumsum([0] + [e.shape[0] for e in examples])
-        return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return split_rows(out, [e.shape[0] for e in examples])
 
     def compute(self, inputs: Sequence[np.ndarray], upstream: dict[str, Any] | None = None) -> list[np.ndarray]:
         sr = int((upstream or {}).get("sample_rate", vggish_input.SAMPLE_RATE))

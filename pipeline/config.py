@@ -160,12 +160,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin in (Union, types.UnionType):
-        errors = []
         for arg in typing.get_args(tp):
             try:
                 return _coerce(value, arg, where)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         names = " or ".join(_type_name(a) if a is not type(None) else "null" for a in typing.get_args(tp))
         raise ConfigError(f"{where}: expected {names}, got {value!r}")
     if tp is type(None):

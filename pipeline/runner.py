@@ -233,20 +233,21 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
     return {"shard": task.shard_id, "ok": len(record["clips"]), "failed": record["failed"]}
 
 
-def _committed(store_path: Path, clip_keys: dict[str, str]) -> tuple[set[str], int]:
-    """Clip ids whose current key is committed (ok or failed), and how many shards hold them."""
+def _committed(store_path: Path, clip_keys: dict[str, str]) -> tuple[set[str], int, int]:
+    """Clip ids whose current key is committed (ok or failed), how many shards hold them, how many failed."""
     done: set[str] = set()
-    shards = 0
+    shards = failed = 0
     if not (store_path / "commits").is_dir():
-        return done, 0
+        return done, 0, 0
     for rec in read_commits(store_path):
         hit = False
         for entry in rec["clips"] + rec["failed"]:
             if clip_keys.get(entry["id"]) == entry["key"]:
                 done.add(entry["id"])
                 hit = True
+        failed += sum(1 for f in rec["failed"] if clip_keys.get(f["id"]) == f["key"])
         shards += hit
-    return done, shards
+    return done, shards, failed
 
 
 def _write_index(ctx: Context, sk: StageKeys, report: StageReport) -> None:
@@ -291,7 +292,7 @@ def run_stage(ctx: Context, name: str, execution: ExecutionParams,
             held.enter_context(reading(ctx.config.cache, ctx.stages[producer].store_path))
         writer = StoreWriter(sk.store_path, sk.attrs, ctx.config.backend)
         writer.clean_temporaries()
-        done, shards_reused = _committed(sk.store_path, ctx.clip_keys)
+        done, shards_reused, _ = _committed(sk.store_path, ctx.clip_keys)
         todo = [c for c in ctx.manifest.clips if c.clip_id not in done]
         report = StageReport(name, sk.store_path, total=len(ctx.manifest.clips), reused=len(done),
                              shards_reused=shards_reused)
@@ -355,12 +356,8 @@ def status(config: PipelineConfig, dataset: str | None) -> list[dict[str, Any]]:
     assert ctx.manifest is not None
     index = cache_paths(config.cache)["index"] / ctx.dataset
     for name, sk in ctx.stages.items():
-        done, _ = _committed(sk.store_path, ctx.clip_keys)
+        done, _, failed = _committed(sk.store_path, ctx.clip_keys)
         total = len(ctx.manifest.clips)
-        failed = 0
-        if sk.store_path.exists():
-            failed = sum(1 for rec in read_commits(sk.store_path) for f in rec["failed"]
-                         if ctx.clip_keys.get(f["id"]) == f["key"])
         pointer = index / f"{name}.json"
         last = json.loads(pointer.read_text()) if pointer.exists() else None
         if len(done) == total:

@@ -1,7 +1,6 @@
 """Manifests: what a dataset holds (clip id, media paths, label, fold, text), and adapters to build one."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -116,21 +115,6 @@ class DatasetAdapter:
     def manifest(self) -> Manifest:
         """Read the layout into a Manifest."""
         raise NotImplementedError
-
-
-def config_from_params(cls: type, params: dict[str, Any], where: str) -> Any:
-    """Build a params dataclass, failing with a message that names `where` and the bad field."""
-    from ..config import ConfigError, coerce_params
-
-    try:
-        return cls(**coerce_params(cls, params, where))
-    except TypeError as e:  # pragma: no cover - coerce_params checks names first
-        raise ConfigError(f"{where}: {e}") from None
-
-
-def asdict(config: Any) -> dict[str, Any]:
-    """Params dataclass -> plain dict."""
-    return dataclasses.asdict(config)
 
 
 def resolve_under(root: Path, relative: str, what: str) -> Path:
