@@ -40,6 +40,7 @@ class FrameExtractor(Extractor):
     """Config needs `weights`, `fps` and `pool`; subclasses give the network and its output dims."""
 
     produces = "visual"
+    modality = "visual"
     arch: ClassVar[str]
     resize_size: ClassVar[int]
     crop_size: ClassVar[int]

@@ -29,6 +29,7 @@ class AudioDemux(Extractor):
     VERSION = 1
     Config = AudioConfig
     produces = "waveform"
+    modality = "audio"
 
     def output_spec(self, upstream: dict[str, Any] | None = None) -> OutputSpec:
         sr = self.config.sample_rate

@@ -18,8 +18,8 @@ class OutputSpec:
     """What one clip's output looks like: rows of shape `dims`, `frame_rate` rows per second."""
 
     kind: str
-    dims: tuple[int, ...]
-    dtype: str
+    dims: tuple[int, ...] | None  # None: the source's, known once read (imported features)
+    dtype: str | None
     frame_rate: float | None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -32,6 +32,8 @@ class Extractor:
     Config: ClassVar[type]
     consumes: ClassVar[str | None] = None  # kind of upstream output read; None reads the clip's media
     produces: ClassVar[str]
+    reads: ClassVar[str] = "media"  # what a root stage reads from the dataset: media, or features files
+    modality: ClassVar[str | None] = None  # audio or visual: which side of an export its output goes to
     allow_download: bool = True  # `status` and `gc` compute keys without fetching weights
 
     def __init__(self, config: Any, execution: "ExecutionParams | None" = None) -> None:

@@ -79,6 +79,7 @@ class LogMel(Extractor):
     Config = LogMelConfig
     consumes = "waveform"
     produces = "logmel"
+    modality = "audio"
 
     def output_spec(self, upstream: dict[str, Any] | None = None) -> OutputSpec:
         _, dims, rate = _PRESETS[self.config.preset]

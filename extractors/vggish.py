@@ -118,6 +118,7 @@ class VGGish(Extractor):
     Config = VGGishConfig
     consumes = "waveform"
     produces = "audio_embedding"
+    modality = "audio"
 
     @functools.cached_property
     def weights(self) -> ResolvedWeights:

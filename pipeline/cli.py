@@ -1,4 +1,4 @@
-"""The `pipeline` command: run, status, ls, gc, datasets."""
+"""The `pipeline` command: run, status, ls, gc, export, datasets."""
 from __future__ import annotations
 
 import json
@@ -218,17 +218,51 @@ def convert_vggish_cmd(source: str, out: str, pca: str | None) -> None:
     click.echo(f"wrote {path}; use it with `--set vggish.weights={path}`")
 
 
+@main.command("export")
+@click.argument("out")
+@click.option("--stage", "stages", multiple=True, required=True,
+              help="a feature stage; repeat it (tnn-h5 takes one audio and one visual stage)")
+@click.option("--format", "fmt", type=click.Choice(["tnn-h5"]), default="tnn-h5", show_default=True)
+@click.option("--dataset", default=None, help="dataset from stages.yaml (default: default_dataset)")
+@click.option("--test-fold", type=int, default=None,
+              help="export fold K as the test set (default: the dataset's own train/test split)")
+@click.option("--set", "overrides", multiple=True, metavar="STAGE.PARAM=VALUE", help="as for `pipeline run`")
+@click.option("--force", is_flag=True, help="replace OUT if it exists")
+@common
+def export_cmd(out: str, stages: tuple[str, ...], fmt: str, dataset: str | None, test_fold: int | None,
+               overrides: tuple[str, ...], force: bool, config_path: str, cache: str | None) -> None:
+    """Write feature stores to OUT in another tool's format (tnn-h5: TNN-C-CCA's vegas_feature.h5)."""
+    from .config import load_config
+    from .datasets import DatasetError
+    from .export import FORMATS
+    from .runner import PipelineError
+    from .store import StoreError
+
+    try:
+        counts = FORMATS[fmt](load_config(config_path, overrides, cache), dataset, list(stages), out,
+                              test_fold=test_fold, force=force)
+    except (ConfigError, DatasetError, PipelineError, StoreError) as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"cannot write {out}: {e}")
+    extra = "".join(f", {counts[k]} {k}" for k in ("failed", "skipped") if counts[k])
+    click.echo(f"wrote {out}: {counts['train']} train and {counts['test']} test clips{extra}")
+
+
 @main.command("datasets")
 def datasets_cmd() -> None:
-    """The dataset adapters and the root layout each expects."""
+    """The dataset adapters, the root layout each expects and where each corpus is published."""
     from . import datasets  # noqa: F401
     from .registry import DATASETS
 
     for name in DATASETS.names():
         cls = DATASETS.get(name)
-        click.echo(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+        kind = " [pre-extracted features: run the `import` group]" if cls.kind == "features" else ""
+        click.echo(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}{kind}")
         for line in cls.layout.splitlines():
             click.echo(f"    {line}")
+        if cls.published:
+            click.echo(f"    published: {cls.published}")
 
 
 if __name__ == "__main__":  # pragma: no cover

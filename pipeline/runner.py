@@ -154,7 +154,7 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
             "key": store_key, "stage": name, "dataset": adapter.dataset_name,
             "extractor": spec.implementation, "version": impl.VERSION, "params": params,
             "weights": weights, "upstream": {u: stages[u].store_key for u in spec.upstream},
-            "kind": out.kind, "dims": list(out.dims), "dtype": out.dtype, "frame_rate": out.frame_rate,
+            "modality": ex.modality, "kind": out.kind, "dims": None if out.dims is None else list(out.dims), "dtype": out.dtype, "frame_rate": out.frame_rate,
             "how_to_read": "CSR: each clip is rows [start:stop) of its shard's `data`; "
                            "rows are frames at `frame_rate` per second; pipeline.open_store(path)[clip_id]",
         }
@@ -449,8 +449,19 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
     """Run a group (or one stage) and everything upstream for a dataset; return a report per stage."""
     cfg = config if isinstance(config, PipelineConfig) else load_config(config, overrides, cache)
     names = select_stages(cfg, group, stage)
+    adapter = make_adapter(cfg, dataset)
+    reads = {n: getattr(implementation(cfg.stages[n].implementation), "reads", None) for n in names
+             if getattr(implementation(cfg.stages[n].implementation), "consumes", "") is None}
+    wrong = [n for n, r in reads.items() if r != adapter.kind]
+    if wrong:
+        fits = [n for n in cfg.stages if n not in wrong
+                and getattr(implementation(cfg.stages[n].implementation), "reads", None) == adapter.kind]
+        hint = (f"; stages that read {adapter.kind}: {', '.join(fits)} (group "
+                f"'{cfg.stages[fits[0]].group}')" if fits else "")
+        raise PipelineError(f"dataset '{adapter.dataset_name}' holds {adapter.kind}, but stage(s) "
+                            f"{', '.join(wrong)} read {reads[wrong[0]]}{hint}")
     missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
-    if missing:
+    if missing and "media" in reads.values():
         raise PipelineError(f"{' and '.join(missing)} not found on PATH; install Debian's ffmpeg "
                             "(apt-get install ffmpeg) or run `bash .ci/setup`")
     ctx = resolve(cfg, dataset, prepare=True, only=names)

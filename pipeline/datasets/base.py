@@ -1,6 +1,7 @@
 """Manifests: what a dataset holds (clip id, media paths, label, fold, text), and adapters to build one."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -9,6 +10,8 @@ import numpy as np
 
 from ..cache import DigestMemo, hash_key
 
+log = logging.getLogger(__name__)
+
 
 class DatasetError(RuntimeError):
     """A dataset's root or metadata is missing or malformed; the message says what was expected."""
@@ -16,7 +19,12 @@ class DatasetError(RuntimeError):
 
 @dataclass(frozen=True)
 class Clip:
-    """One item of a dataset. `media` maps a role ('video', 'audio', 'image') to an absolute path."""
+    """One item of a dataset. `media` maps a role ('video', 'audio', 'image', 'audio_features', ...) to
+    an absolute path; `refs` says where inside that file the item lives (an HDF5 row: 'audio_train[12]').
+
+    `split` is the corpus's published split (train / val / test), `fold` a cross-validation fold;
+    `group` ties items that describe the same thing (the 5 spoken captions of one image);
+    `words` are (word, start s, end s) timestamps of a spoken caption."""
 
     clip_id: str
     media: dict[str, Path]
@@ -25,6 +33,10 @@ class Clip:
     start: float | None = None
     end: float | None = None
     text: tuple[str, ...] = ()
+    split: str | None = None
+    group: str | None = None
+    refs: dict[str, str] = field(default_factory=dict)
+    words: tuple[tuple[str, float, float], ...] = ()
 
     def source(self, *roles: str) -> Path:
         """The first media path among `roles` (e.g. 'audio', then 'video')."""
@@ -56,9 +68,14 @@ class Manifest:
     def clip_keys(self, memo: DigestMemo) -> dict[str, str]:
         """Clip id -> key of its content (media digests and segment); ordered like `clips`."""
         keys = {}
+        seen: dict[Path, str] = {}  # feature datasets name one file for many clips
         for c in self.clips:
-            media = {role: memo.digest(p) for role, p in sorted(c.media.items())}
-            keys[c.clip_id] = hash_key([c.clip_id, media, c.start, c.end])
+            media = {role: seen[p] if p in seen else seen.setdefault(p, memo.digest(p))
+                     for role, p in sorted(c.media.items())}
+            ident: list[Any] = [c.clip_id, media, c.start, c.end]
+            if c.refs:  # only then: keys of media clips stay what they were before refs existed
+                ident.append(sorted(c.refs.items()))
+            keys[c.clip_id] = hash_key(ident)
         return keys
 
     def digest(self, memo: DigestMemo) -> str:
@@ -99,6 +116,8 @@ class DatasetAdapter:
 
     name: ClassVar[str]
     layout: ClassVar[str] = ""
+    published: ClassVar[str] = ""  # where the corpus is distributed
+    kind: ClassVar[str] = "media"  # or "features": pre-extracted arrays, read by `imported` stages
     Config: ClassVar[type]
 
     def __init__(self, name: str, root: Path, config: Any) -> None:
@@ -115,6 +134,69 @@ class DatasetAdapter:
     def manifest(self) -> Manifest:
         """Read the layout into a Manifest."""
         raise NotImplementedError
+
+    def error(self, what: str) -> DatasetError:
+        """A DatasetError naming this dataset, what is wrong, and the layout the adapter expects."""
+        return DatasetError(f"dataset '{self.dataset_name}' ({self.name}): {what}; expected layout under "
+                            f"{self.root}:\n{self.layout}")
+
+    def require(self, relative: str | Path, what: str, directory: bool = False, base: Path | None = None) -> Path:
+        """`root/relative` (or `base/relative`), which must exist; otherwise one error naming it."""
+        path = (base or self.root) / relative
+        if not (path.is_dir() if directory else path.is_file()):
+            kind = "folder" if directory else "file"
+            raise self.error(f"missing {what} {kind} {path}")
+        return path
+
+    def find(self, candidates: Sequence[str | Path], what: str, directory: bool = False) -> Path:
+        """The first of `candidates` (relative to root) that exists; otherwise one error naming them all."""
+        for rel in candidates:
+            path = self.root / rel
+            if path.is_dir() if directory else path.is_file():
+                return path
+        names = " or ".join(str(self.root / c) for c in candidates)
+        raise self.error(f"missing {what}: looked for {names}")
+
+    def read_json(self, path: Path) -> Any:
+        """Parse a metadata json file; a malformed one is an error naming the file, line and column."""
+        import json
+
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"dataset '{self.dataset_name}': malformed json in {path} at line {e.lineno}, "
+                               f"column {e.colno}: {e.msg}; re-download or fix that file") from None
+        except UnicodeDecodeError as e:
+            raise DatasetError(f"dataset '{self.dataset_name}': {path} is not UTF-8 text ({e.reason})") from None
+
+    def read_lines(self, path: Path) -> list[str]:
+        """Non-empty stripped lines of a text metadata file."""
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise DatasetError(f"dataset '{self.dataset_name}': {path} is not UTF-8 text ({e.reason})") from None
+        return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+    def under(self, relative: str, what: str, base: Path | None = None) -> Path:
+        """A metadata path joined onto the root (or `base`), refused if it escapes it."""
+        return resolve_under(base or self.root, relative, f"dataset '{self.dataset_name}': {what}")
+
+    def check_media(self, clips: list[Clip], skip_missing: bool = False) -> list[Clip]:
+        """Every media file of every clip must exist; missing ones are one error (or, with
+        `skip_missing`, those clips are dropped with a warning)."""
+        missing = [(c, p) for c in clips for p in c.media.values() if not (p.is_file() or p.is_symlink())]
+        if not missing:
+            return clips
+        if skip_missing:
+            gone = {c.clip_id for c, _ in missing}
+            log.warning("dataset '%s': %d clip(s) dropped, their media is missing (first: %s)",
+                        self.dataset_name, len(gone), missing[0][1])
+            return [c for c in clips if c.clip_id not in gone]
+        shown = "\n  ".join(str(p) for _, p in missing[:5])
+        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DatasetError(f"dataset '{self.dataset_name}' ({self.name}): {len(missing)} media file(s) named in "
+                           f"the metadata are missing:\n  {shown}{more}\nrestore them, or set "
+                           f"`skip_missing: true` in the dataset's params to leave those clips out")
 
 
 def resolve_under(root: Path, relative: str, what: str) -> Path:
