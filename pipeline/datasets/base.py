@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -200,9 +201,13 @@ class DatasetAdapter:
 
 
 def resolve_under(root: Path, relative: str, what: str) -> Path:
-    """Join a metadata path onto `root`, refusing anything that escapes it."""
-    p = (root / relative).resolve()
-    if not p.is_relative_to(root.resolve()):
+    """Join a metadata path onto `root`, refusing anything that escapes it.
+
+    The check is lexical (`..`, absolute paths): a folder under the root that is a symlink to
+    another disk is the user's choice and stays allowed."""
+    base = Path(os.path.normpath(root.absolute()))
+    p = Path(os.path.normpath(base / relative))
+    if not p.is_relative_to(base):
         raise DatasetError(f"{what}: path '{relative}' escapes the dataset root {root}; "
                            "fix the metadata file")
     return p

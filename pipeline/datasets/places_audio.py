@@ -1,0 +1,66 @@
+"""`places_audio`: the Places Audio Caption corpus (Harwath et al.): spoken descriptions of Places205
+images, with ASR transcripts; the published train / val split."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..registry import register_dataset
+from .base import Clip, DatasetAdapter, Manifest
+
+
+@dataclass
+class PlacesAudioConfig:
+    image_root: str | None = None  # Places205 images; default: the json's image_base_path, else ROOT/images
+    splits: list[str] | None = None  # default: train and val
+    skip_missing: bool = False
+
+
+@register_dataset
+class PlacesAudioDataset(DatasetAdapter):
+    """PlacesAudio_400k_distro: metadata/{train,val}.json entries {wav, image, asr_text} as clips."""
+
+    name = "places_audio"
+    Config = PlacesAudioConfig
+    published = ("Harwath et al., NeurIPS 2016 / ECCV 2018: groups.csail.mit.edu/sls/downloads/placesaudio; "
+                 "images: Places205 (places.csail.mit.edu)")
+    layout = ("ROOT/metadata/train.json, ROOT/metadata/val.json: {\"image_base_path\", \"audio_base_path\",\n"
+              "  \"data\": [{\"wav\": \"wavs/...wav\", \"image\": \"a/abbey/....jpg\", \"asr_text\": ..., \"uttid\": ...}]}\n"
+              "wav paths are relative to ROOT; image paths to `image_root` (Places205 images256/)")
+
+    def _image_root(self, doc: dict) -> Path:
+        if self.config.image_root:
+            root = Path(self.config.image_root)
+            root = root if root.is_absolute() else self.root / root
+            if not root.is_dir():
+                raise self.error(f"image_root {root} is not a folder; point it at Places205's images256/")
+            return root
+        base = doc.get("image_base_path")
+        if base and Path(base).is_absolute() and Path(base).is_dir():
+            return Path(base)
+        return self.require("images", "Places205 images (or set the `image_root` param)", directory=True)
+
+    def manifest(self) -> Manifest:
+        self.prepare()
+        meta = self.require("metadata", "metadata", directory=True)
+        clips = []
+        for split in self.config.splits or ["train", "val"]:
+            path = self.require(f"{split}.json", f"{split} metadata", base=meta)
+            doc = self.read_json(path)
+            data = doc.get("data") if isinstance(doc, dict) else None
+            if not isinstance(data, list):
+                raise self.error(f"{path} has no 'data' list")
+            images = self._image_root(doc)
+            for n, d in enumerate(data):
+                if not isinstance(d, dict) or not isinstance(d.get("wav"), str) or not isinstance(d.get("image"), str):
+                    raise self.error(f"{path}: data[{n}] lacks 'wav' or 'image': {str(d)[:120]}")
+                what = f"{path.name} data[{n}]"
+                wav = self.under(d["wav"], what)
+                clips.append(Clip(
+                    clip_id=str(d.get("uttid") or Path(d["wav"]).with_suffix("").as_posix()), split=split,
+                    group=d["image"], text=(d["asr_text"],) if d.get("asr_text") else (),
+                    media={"audio": wav, "image": self.under(d["image"], what, images)}))
+        if not clips:
+            raise self.error("the metadata lists no utterances")
+        clips = self.check_media(clips, self.config.skip_missing)
+        return Manifest(self.dataset_name, self.root, clips)
