@@ -353,3 +353,13 @@ def test_datasets_command_lists_every_adapter_with_its_layout():
         assert f"\n{name}: " in f"\n{out}"
     assert "ROOT/metadata/train.json" in out and "published: Tian et al., ECCV 2018" in out
     assert "tnn_h5: " in out and "[pre-extracted features: run the `import` group]" in out
+
+
+def test_a_symlinked_folder_inside_the_root_is_allowed(tmp_path):
+    make_places(tmp_path / "src")
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("metadata", "wavs", "images"):  # e.g. images256 on another disk
+        (root / name).symlink_to(tmp_path / "src" / name)
+    m = PlacesAudioDataset("p", root, PlacesAudioConfig()).manifest()
+    assert len(m) == 3 and m.clips[0].media["audio"] == root / "wavs" / "1" / "utt_A1.wav"
