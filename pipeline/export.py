@@ -17,14 +17,6 @@ from .store import FeatureStore
 log = logging.getLogger(__name__)
 
 
-def clip_vector(rows: np.ndarray) -> np.ndarray:
-    """One clip-level vector: the mean over frames (computed in float64, returned in the store's float dtype)."""
-    dtype = rows.dtype if np.issubdtype(rows.dtype, np.floating) else np.dtype(np.float32)
-    if rows.shape[0] == 1:
-        return rows[0].astype(dtype)
-    return rows.reshape(rows.shape[0], -1).mean(axis=0, dtype=np.float64).astype(dtype)
-
-
 def _split_of(clips: list[Any], test_fold: int | None) -> list[str | None]:
     if test_fold is not None:
         if any(c.fold is None for c in clips):
@@ -87,9 +79,7 @@ def export_tnn_h5(config: PipelineConfig, dataset: str | None, stages: list[str]
                     counts["failed"] += len(rows) - len(ok)
                     counts[split] = len(ok)
                     for m, st in stores.items():
-                        vecs = [clip_vector(st[c.clip_id]) for c in ok]
-                        dims = len(vecs[0]) if vecs else 0
-                        f.create_dataset(f"{m}_{split}", data=np.stack(vecs) if vecs else np.zeros((0, dims), "f4"))
+                        f.create_dataset(f"{m}_{split}", data=st.clip_means([c.clip_id for c in ok]))
                     f.create_dataset(f"lab_{split}", data=np.array([class_index[c.label] for c in ok], dtype=np.int64))
                 f.attrs["classes"] = np.array(ctx.manifest.classes, dtype=h5py.string_dtype())
                 f.attrs["audio_stage"], f.attrs["visual_stage"] = views["audio"][0], views["visual"][0]

@@ -207,6 +207,16 @@ class StoreWriter:
         return record
 
 
+def clip_mean(rows: np.ndarray) -> np.ndarray:
+    """A clip's rows `[T, *dims]` as one flat vector: their mean, accumulated in float64 and returned in
+    the rows' float dtype (float32 for integer rows); a single row comes back unchanged."""
+    dtype = rows.dtype if np.issubdtype(rows.dtype, np.floating) else np.dtype(np.float32)
+    flat = rows.reshape(rows.shape[0], -1)
+    if flat.shape[0] == 1:
+        return flat[0].astype(dtype)
+    return flat.mean(axis=0, dtype=np.float64).astype(dtype)
+
+
 def read_commits(path: Path) -> list[dict[str, Any]]:
     """All committed shard records of a store, oldest first."""
     records = []
@@ -305,6 +315,30 @@ class FeatureStore:
             why = f" (it failed: {self._failures[clip_id]})" if clip_id in self._failures else ""
             raise KeyError(f"clip '{clip_id}' is not in store {self.path}{why}") from None
         return np.asarray(self._shard(file)[start:stop])
+
+    def clip_means(self, clip_ids: Sequence[str] | None = None) -> np.ndarray:
+        """One vector per clip, the mean over its rows, `[n_clips, prod(dims)]` in `clip_ids` order;
+        each shard is read once (not once per clip), so this is fast on stores of many small clips."""
+        ids = list(self.clip_ids if clip_ids is None else clip_ids)
+        by_file: dict[str, list[int]] = {}
+        for i, cid in enumerate(ids):
+            if cid not in self._index:
+                self[cid]  # raises the KeyError that says why
+            by_file.setdefault(self._index[cid][0], []).append(i)
+        out: np.ndarray | None = None
+        for file, members in by_file.items():
+            spans = [self._index[ids[i]][1:] for i in members]
+            lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+            block = np.asarray(self._shard(file)[lo:hi])
+            for i, (a, b) in zip(members, spans):
+                v = clip_mean(block[a - lo:b - lo])
+                if out is None:
+                    out = np.empty((len(ids), v.size), dtype=v.dtype)
+                out[i] = v
+        if out is None:
+            dims = self.attrs.get("dims") or []
+            return np.zeros((0, int(np.prod(dims))), dtype=self.attrs.get("dtype") or "float32")
+        return out
 
     def items(self) -> Iterable[tuple[str, np.ndarray]]:
         """(clip id, array) pairs in `clip_ids` order."""

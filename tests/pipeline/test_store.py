@@ -87,3 +87,21 @@ def test_scalar_rows_and_empty_shard(tmp_path):
     assert st.to_dask().shape == (5,)
     record = json.loads((tmp_path / "s" / "commits" / "s2.json").read_text())
     assert record["clips"] == [] and record["failed"][0]["reason"].startswith("zero duration")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_clip_means_read_each_shard_once_and_match_per_clip_means(tmp_path, backend):
+    rng = np.random.default_rng(1)
+    w = StoreWriter(tmp_path / "s", _attrs(dims=[2, 3]), backend)
+    clips = _clips(rng, 6, dims=(2, 3))
+    w.write_shard("s1", clips[:4])
+    w.write_shard("s2", clips[4:] + [ClipResult("bad", "kb", None, "corrupt")])
+    st = FeatureStore(tmp_path / "s")
+    order = ["c5", "c0", "c3", "c4"]  # any order, across shards
+    got = st.clip_means(order)
+    want = np.stack([st[c].reshape(len(st[c]), -1).astype(np.float64).mean(axis=0) for c in order])
+    assert got.dtype == np.float32 and got.shape == (4, 6)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_array_equal(got[1], st["c0"].reshape(-1))  # one row: exactly itself
+    with pytest.raises(KeyError, match="it failed: corrupt"):
+        st.clip_means(["c0", "bad"])
