@@ -60,6 +60,9 @@ class Extractor:
             raise MediaError(f"upstream failed: {upstream.failures.get(clip.clip_id, 'not computed')}")
         return upstream[clip.clip_id]
 
+    def release(self) -> None:
+        """Free what `load` holds open between clips (file handles); called after each shard."""
+
     def compute(self, inputs: Sequence[np.ndarray], upstream: dict[str, Any] | None = None) -> list[np.ndarray]:
         """Outputs for a batch of clip inputs, one array `[rows, *dims]` per clip."""
         raise NotImplementedError

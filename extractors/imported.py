@@ -59,8 +59,19 @@ class ImportedFeatures(Extractor):
         return self.config.view
 
     def output_spec(self, upstream: dict[str, Any] | None = None) -> OutputSpec:
-        # Dims and dtype are the source's, known only once it is read.
-        return OutputSpec("features", None, None, None, {"view": self.config.view, "modality": self.config.view})
+        """Dims and dtype are the source's (`upstream['source']`, from the dataset's feature_spec)."""
+        extra = {"view": self.config.view}
+        source = (upstream or {}).get("source")
+        if source is None:
+            return OutputSpec("features", None, None, None, extra)
+        if self.config.view not in source:
+            from pipeline.datasets import DatasetError
+
+            raise DatasetError(f"stage view '{self.config.view}': the dataset has features for "
+                               f"{', '.join(sorted(source))} only")
+        spec = source[self.config.view]
+        dtype = "float32" if spec["dtype"] == "uint8" else spec["dtype"]
+        return OutputSpec("features", tuple(spec["dims"]), dtype, None, extra)
 
     def load(self, clip, upstream=None) -> np.ndarray:
         role = f"{self.config.view}_features"
@@ -91,6 +102,12 @@ class ImportedFeatures(Extractor):
                 f = self._files[path] = h5py.File(path, "r")
             ds = f[m["name"]]
             return np.asarray(ds[int(m["row"])] if m["row"] is not None else ds[()])
+
+    def release(self) -> None:
+        with self._lock:
+            for f in self._files.values():
+                f.close()
+            self._files.clear()
 
     def compute(self, inputs: Sequence[np.ndarray], upstream: dict[str, Any] | None = None) -> list[np.ndarray]:
         return [np.ascontiguousarray(x) for x in inputs]

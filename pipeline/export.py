@@ -41,6 +41,9 @@ def export_tnn_h5(config: PipelineConfig, dataset: str | None, stages: list[str]
         raise PipelineError(f"{out} exists; pass --force to replace it")
     ctx = resolve(config, dataset, only=stages)
     assert ctx.manifest is not None
+    if not ctx.manifest.classes or any(c.label not in ctx.manifest.classes for c in ctx.manifest.clips):
+        raise PipelineError(f"dataset '{ctx.dataset}' has no class label for every clip; tnn-h5's lab_train and "
+                            "lab_test need one (caption corpora such as flickr8k_audio have none)")
     views: dict[str, tuple[str, Path]] = {}
     for name in stages:
         if name not in ctx.stages:

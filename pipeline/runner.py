@@ -137,6 +137,8 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
         ex = impl(impl.Config(**params))
         ex.allow_download = prepare  # only a run fetches weights; status and gc never do
         up_attrs = _producer_attrs(config, stages, name)
+        if getattr(impl, "reads", "media") == "features" and getattr(impl, "consumes", None) is None:
+            up_attrs = {"source": adapter.feature_spec()}
         try:
             out = ex.output_spec(up_attrs)
             weights = ex.weights_digest()
@@ -218,8 +220,12 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
             return None, e.reason
 
     threads = max(1, min(task.execution.get("decode_threads", 4), len(task.clips)))
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        loaded = list(pool.map(load, task.clips))
+    try:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            loaded = list(pool.map(load, task.clips))
+    finally:
+        ex.release()
+    reasons = {i: why for i, (_, why) in enumerate(loaded)}
     ok = [i for i, (x, _) in enumerate(loaded) if x is not None]
     outputs: dict[int, Any] = {}
     batch = max(1, task.execution.get("batch_size", 32))
@@ -227,9 +233,19 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
         idx = ok[b:b + batch]
         for i, out in zip(idx, ex.compute([loaded[i][0] for i in idx], task.upstream_attrs)):
             outputs[i] = out
-    results = [ClipResult(c.clip_id, k, outputs.get(i), None if i in outputs else loaded[i][1])
+    writer = StoreWriter(task.store_path)
+    dims, dtype = writer.attrs.get("dims"), writer.attrs.get("dtype")
+    for i, out in list(outputs.items()):  # a clip unlike the others fails alone, not the shard
+        if dims is not None and list(out.shape[1:]) != list(dims):
+            reasons[i] = f"rows of shape {list(out.shape[1:])}, but this store's rows are {dims}"
+        elif dtype is not None and str(out.dtype) != dtype:
+            reasons[i] = f"dtype {out.dtype}, but this store holds {dtype}"
+        else:
+            continue
+        del outputs[i]
+    results = [ClipResult(c.clip_id, k, outputs.get(i), None if i in outputs else reasons[i])
                for i, (c, k) in enumerate(zip(task.clips, task.clip_keys))]
-    record = StoreWriter(task.store_path).write_shard(task.shard_id, results)
+    record = writer.write_shard(task.shard_id, results)
     return {"shard": task.shard_id, "ok": len(record["clips"]), "failed": record["failed"]}
 
 
@@ -455,6 +471,7 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
     wrong = [n for n, r in reads.items() if r != adapter.kind]
     if wrong:
         fits = [n for n in cfg.stages if n not in wrong
+                and getattr(implementation(cfg.stages[n].implementation), "consumes", "") is None
                 and getattr(implementation(cfg.stages[n].implementation), "reads", None) == adapter.kind]
         hint = (f"; stages that read {adapter.kind}: {', '.join(fits)} (group "
                 f"'{cfg.stages[fits[0]].group}')" if fits else "")

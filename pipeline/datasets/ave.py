@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,10 @@ class AveDataset(DatasetAdapter):
             try:
                 if len(parts) != 5:
                     raise ValueError(f"{len(parts)} fields")
-                rows.append((parts[0].strip(), parts[1].strip(), float(parts[3]), float(parts[4])))
+                start, end = float(parts[3]), float(parts[4])
+                if not (math.isfinite(start) and math.isfinite(end) and 0 <= start <= end):
+                    raise ValueError(f"times must satisfy 0 <= start <= end, got {start}, {end}")
+                rows.append((parts[0].strip(), parts[1].strip(), start, end))
             except ValueError as e:
                 raise self.error(f"{path} line {n} is not Category&VideoID&Quality&Start&End ({e}): {line!r}") from None
         return rows

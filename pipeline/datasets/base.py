@@ -60,7 +60,8 @@ class Manifest:
         seen: set[str] = set()
         for c in self.clips:
             if c.clip_id in seen:
-                raise DatasetError(f"dataset '{self.dataset}': clip id '{c.clip_id}' appears twice")
+                raise DatasetError(f"dataset '{self.dataset}': clip id '{c.clip_id}' appears twice; "
+                                   "the metadata lists it twice: remove or rename one entry")
             seen.add(c.clip_id)
 
     def __len__(self) -> int:
@@ -136,6 +137,10 @@ class DatasetAdapter:
         """Read the layout into a Manifest."""
         raise NotImplementedError
 
+    def feature_spec(self) -> dict[str, dict[str, Any]]:
+        """For a features dataset: per view ('audio', 'visual'), the source rows' dims and dtype."""
+        raise DatasetError(f"dataset '{self.dataset_name}' ({self.name}) holds media, not pre-extracted features")
+
     def error(self, what: str) -> DatasetError:
         """A DatasetError naming this dataset, what is wrong, and the layout the adapter expects."""
         return DatasetError(f"dataset '{self.dataset_name}' ({self.name}): {what}; expected layout under "
@@ -163,7 +168,7 @@ class DatasetAdapter:
         import json
 
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            return json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as e:
             raise DatasetError(f"dataset '{self.dataset_name}': malformed json in {path} at line {e.lineno}, "
                                f"column {e.colno}: {e.msg}; re-download or fix that file") from None

@@ -65,6 +65,19 @@ class Flickr8kAudioDataset(DatasetAdapter):
                 out.update({line: split for line in self.read_lines(path)})
         return out
 
+    def _check_karpathy(self, doc: object, path: Path) -> dict:
+        images = doc.get("images") if isinstance(doc, dict) else None
+        if not isinstance(images, list):
+            raise self.error(f"{path} has no 'images' list")
+        for i, img in enumerate(images):
+            ok = (isinstance(img, dict) and isinstance(img.get("filename"), str) and isinstance(img.get("split"), str)
+                  and isinstance(img.get("sentences", []), list)
+                  and all(isinstance(x, dict) for x in img.get("sentences", [])))
+            if not ok:
+                raise self.error(f"{path}: images[{i}] is not {{filename, split, sentences: [{{raw, tokens}}]}}: "
+                                 f"{str(img)[:120]}")
+        return doc
+
     def _wavs(self, audio: Path) -> list[tuple[str, str, int]]:
         """(wav file name, image file name, k) for every spoken caption."""
         index = audio / "wav2capt.txt"
@@ -90,9 +103,7 @@ class Flickr8kAudioDataset(DatasetAdapter):
         images = self._images_dir()
         kpath = next((p for p in (self.root / "dataset_flickr8k.json", self.root / "Flickr8k_text" / "dataset_flickr8k.json")
                       if p.is_file()), None)
-        karpathy = self.read_json(kpath) if kpath else None
-        if karpathy is not None and not isinstance(karpathy.get("images") if isinstance(karpathy, dict) else None, list):
-            raise self.error(f"{kpath} has no 'images' list")
+        karpathy = self._check_karpathy(self.read_json(kpath), kpath) if kpath else None
         captions, splits = self._captions(karpathy), self._splits(karpathy)
         clips = []
         for wav, image, k in self._wavs(audio):

@@ -28,7 +28,7 @@ class FolderDataset(DatasetAdapter):
 
     def manifest(self) -> Manifest:
         self.prepare()
-        classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith((".", "__MACOSX")))
         if not classes:
             raise DatasetError(f"dataset '{self.dataset_name}': no class subfolders in {self.root}; "
                                f"expected layout:\n{self.layout}")

@@ -11,7 +11,7 @@ from .base import Clip, DatasetAdapter, Manifest
 
 @dataclass
 class PlacesAudioConfig:
-    image_root: str | None = None  # Places205 images; default: the json's image_base_path, else ROOT/images
+    image_root: str | None = None  # Places205 images256/; default ROOT/images
     splits: list[str] | None = None  # default: train and val
     skip_missing: bool = False
 
@@ -26,34 +26,37 @@ class PlacesAudioDataset(DatasetAdapter):
                  "images: Places205 (places.csail.mit.edu)")
     layout = ("ROOT/metadata/train.json, ROOT/metadata/val.json: {\"image_base_path\", \"audio_base_path\",\n"
               "  \"data\": [{\"wav\": \"wavs/...wav\", \"image\": \"a/abbey/....jpg\", \"asr_text\": ..., \"uttid\": ...}]}\n"
-              "wav paths are relative to ROOT; image paths to `image_root` (Places205 images256/)")
+              "wav paths are relative to ROOT; image paths to ROOT/images or the `image_root` param (Places205\n"
+              "images256/); the json's base paths are ignored")
 
-    def _image_root(self, doc: dict) -> Path:
+    def _image_root(self) -> Path:
+        # The json's image_base_path is a placeholder from the authors' machines, and a path outside
+        # the root must come from the user, not from metadata: only `image_root` or ROOT/images.
         if self.config.image_root:
             root = Path(self.config.image_root)
             root = root if root.is_absolute() else self.root / root
             if not root.is_dir():
                 raise self.error(f"image_root {root} is not a folder; point it at Places205's images256/")
             return root
-        base = doc.get("image_base_path")
-        if base and Path(base).is_absolute() and Path(base).is_dir():
-            return Path(base)
         return self.require("images", "Places205 images (or set the `image_root` param)", directory=True)
 
     def manifest(self) -> Manifest:
         self.prepare()
         meta = self.require("metadata", "metadata", directory=True)
         clips = []
+        images = self._image_root()
         for split in self.config.splits or ["train", "val"]:
             path = self.require(f"{split}.json", f"{split} metadata", base=meta)
             doc = self.read_json(path)
             data = doc.get("data") if isinstance(doc, dict) else None
             if not isinstance(data, list):
                 raise self.error(f"{path} has no 'data' list")
-            images = self._image_root(doc)
             for n, d in enumerate(data):
                 if not isinstance(d, dict) or not isinstance(d.get("wav"), str) or not isinstance(d.get("image"), str):
                     raise self.error(f"{path}: data[{n}] lacks 'wav' or 'image': {str(d)[:120]}")
+                bad = [k for k in ("asr_text", "uttid") if d.get(k) is not None and not isinstance(d[k], str)]
+                if bad:
+                    raise self.error(f"{path}: data[{n}].{bad[0]} must be a string, got {d[bad[0]]!r}")
                 what = f"{path.name} data[{n}]"
                 wav = self.under(d["wav"], what)
                 clips.append(Clip(

@@ -48,10 +48,19 @@ def _class_names(ids: np.ndarray, names: list[str] | None, where: str) -> list[s
     return list(names)
 
 
+def _check_names(names: list[str] | None) -> None:
+    if names is not None and len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"class_names lists {dup} more than once; each class id needs its own name")
+
+
 @dataclass
 class TnnH5Config:
     file: str = "vegas_feature.h5"
     class_names: list[str] | None = None  # names for ids 0, 1, ...; default: the ids themselves
+
+    def __post_init__(self) -> None:
+        _check_names(self.class_names)
 
 
 @register_dataset
@@ -75,7 +84,7 @@ class TnnH5Dataset(DatasetAdapter):
         except OSError as e:
             raise self.error(f"{path} is not a readable HDF5 file ({e})") from None
         with f:
-            missing = [k for k in TNN_H5_KEYS if k not in f]
+            missing = [k for k in TNN_H5_KEYS if not isinstance(f.get(k), h5py.Dataset)]
             if missing:
                 raise self.error(f"{path} lacks the dataset(s) {', '.join(missing)} (it has {', '.join(f)})")
             rows: list[tuple[str, int, int]] = []  # (split, row, class id)
@@ -101,6 +110,17 @@ class TnnH5Dataset(DatasetAdapter):
                  for split, i, lab in rows]
         return Manifest(self.dataset_name, self.root, clips, classes)
 
+    def feature_spec(self) -> dict[str, dict]:
+        import h5py
+
+        path = self.require(self.config.file, "feature")
+        try:
+            with h5py.File(path, "r") as f:
+                return {v: {"dims": list(f[f"{v}_train"].shape[1:]), "dtype": str(f[f"{v}_train"].dtype)}
+                        for v in ("audio", "visual")}
+        except (OSError, KeyError) as e:
+            raise self.error(f"{path}: cannot read audio_train / visual_train ({e})") from None
+
 
 @dataclass
 class TnnNpyConfig:
@@ -110,6 +130,9 @@ class TnnNpyConfig:
     folds_dir: str = "folds"
     class_names: list[str] | None = None
     skip_missing: bool = False
+
+    def __post_init__(self) -> None:
+        _check_names(self.class_names)
 
 
 @register_dataset
@@ -154,9 +177,13 @@ class TnnNpyDataset(DatasetAdapter):
         ids = []
         for c in clips:
             try:
-                ids.append(int(label_ids(np.load(c.media["label"], allow_pickle=False)[None], str(c.media["label"]))[0]))
-            except (ValueError, OSError) as e:
-                raise self.error(f"unreadable label {c.media['label']}: {e}") from None
+                raw = np.load(c.media["label"], allow_pickle=False)
+                if not isinstance(raw, np.ndarray):
+                    raise ValueError("an .npz archive, not one array")
+                ids.append(int(label_ids(raw[None], str(c.media["label"]))[0]))
+            except (ValueError, OSError, EOFError, KeyError) as e:
+                raise self.error(f"label file {c.media['label']} is not a saved numpy class id "
+                                 f"({type(e).__name__}: {e})") from None
         try:
             classes = _class_names(np.array(ids, dtype=np.int64), cfg.class_names, str(labels))
         except ValueError as e:
@@ -164,6 +191,21 @@ class TnnNpyDataset(DatasetAdapter):
         clips = [dataclasses.replace(c, label=classes[i], media={r: p for r, p in c.media.items() if r != "label"})
                  for c, i in zip(clips, ids)]
         return Manifest(self.dataset_name, self.root, clips, classes)
+
+    def feature_spec(self) -> dict[str, dict]:
+        """Dims and dtype of the first file of each view (by name); a file unlike it fails on import."""
+        spec = {}
+        for view, d in (("audio", self.config.audio_dir), ("visual", self.config.visual_dir)):
+            folder = self.require(d, f"{view} features", directory=True)
+            first = min(folder.glob("*.npy"), default=None)
+            if first is None:
+                raise self.error(f"{folder} holds no .npy files")
+            try:
+                x = np.load(first, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError, EOFError) as e:
+                raise self.error(f"{first} is not a saved numpy array ({e})") from None
+            spec[view] = {"dims": list(x.shape[1:]) if x.ndim == 2 else list(x.shape), "dtype": str(x.dtype)}
+        return spec
 
 
 @register_dataset

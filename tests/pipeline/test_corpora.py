@@ -363,3 +363,20 @@ def test_a_symlinked_folder_inside_the_root_is_allowed(tmp_path):
         (root / name).symlink_to(tmp_path / "src" / name)
     m = PlacesAudioDataset("p", root, PlacesAudioConfig()).manifest()
     assert len(m) == 3 and m.clips[0].media["audio"] == root / "wavs" / "1" / "utt_A1.wav"
+
+
+def test_malformed_metadata_values_get_dataset_errors(tmp_path):
+    make_places(tmp_path / "p")
+    doc = json.loads((tmp_path / "p" / "metadata" / "val.json").read_text())
+    doc["data"][0]["asr_text"] = 123
+    (tmp_path / "p" / "metadata" / "val.json").write_text("\ufeff" + json.dumps(doc))  # a BOM is fine
+    with pytest.raises(DatasetError, match="data\\[0\\].asr_text must be a string, got 123"):
+        PlacesAudioDataset("p", tmp_path / "p", PlacesAudioConfig()).manifest()
+    make_flickr8k_audio(tmp_path / "f")
+    (tmp_path / "f" / "dataset_flickr8k.json").write_text(json.dumps({"images": [{"filename": "a.jpg", "sentences": []}]}))
+    with pytest.raises(DatasetError, match="images\\[0\\] is not \\{filename, split, sentences"):
+        Flickr8kAudioDataset("f", tmp_path / "f", Flickr8kAudioConfig()).manifest()
+    make_ave(tmp_path / "a")
+    (tmp_path / "a" / "Annotations.txt").write_text("Bark&v1&good&nan&5\n")
+    with pytest.raises(DatasetError, match="line 1 is not .*0 <= start <= end"):
+        AveDataset("a", tmp_path / "a", AveConfig()).manifest()

@@ -176,3 +176,56 @@ def test_tnn_npy_broken_layouts(tmp_path):
     (root / "VEGAS_classes").rmdir()
     with pytest.raises(DatasetError, match="missing labels folder: looked for .*VEGAS_classes or .*classes"):
         TnnNpyDataset("v", root, TnnNpyConfig()).manifest()
+
+
+def test_a_source_file_unlike_the_others_fails_alone_and_handles_are_released(tmp_path):
+    root = tmp_path / "vegas"
+    make_tnn_npy(root)
+    np.save(root / "vgg" / "dog_video_00004.npy", np.zeros((3, 64), np.uint8))
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                       {"v": {"adapter": "tnn_npy", "root": str(root)}}, IMPORT_STAGES)
+    audio, visual = run("import", config=cfg)
+    assert (audio.computed, audio.failed, visual.failed) == (9, 1, 0)
+    assert audio.failures[0]["id"] == "dog_video_00004" and "[64], but this store's rows are [128]" in audio.failures[0]["reason"]
+    h5 = tmp_path / "feats" / "vegas_feature.h5"
+    make_tnn_h5(h5)
+    cfg = write_config(tmp_path / "h5.yaml", tmp_path / "cache",
+                       {"f": {"adapter": "tnn_h5", "root": str(h5.parent)}}, IMPORT_STAGES)
+    run("import", config=cfg)
+    with h5py.File(h5, "w"):  # truncating fails while any handle of the import is still open
+        pass
+
+
+def test_empty_split_exports_with_its_width(tmp_path):
+    make_tnn_h5(tmp_path / "feats" / "vegas_feature.h5", n_test=0)
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                       {"f": {"adapter": "tnn_h5", "root": str(tmp_path / "feats")}}, IMPORT_STAGES)
+    run("import", config=cfg)
+    cli("export", "--config", str(cfg), "--stage", "audio_features", "--stage", "visual_features", str(tmp_path / "o.h5"))
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert f["audio_test"].shape == (0, 8) and f["visual_test"].shape == (0, 12) and f["audio_test"].dtype == np.float32
+
+
+def test_odd_sources_get_dataset_errors(tmp_path):
+    make_tnn_h5(tmp_path / "vegas_feature.h5", audio_train=None)
+    with h5py.File(tmp_path / "vegas_feature.h5", "a") as f:
+        f.create_group("audio_train")
+    with pytest.raises(DatasetError, match="lacks the dataset.s. audio_train"):
+        TnnH5Dataset("f", tmp_path, TnnH5Config()).manifest()
+    with pytest.raises(ValueError, match="lists \\['dog'\\] more than once"):
+        TnnH5Config(class_names=["dog", "dog", "cat"])
+    root = tmp_path / "vegas"
+    make_tnn_npy(root)
+    (root / "VEGAS_classes" / "dog_video_00002.npy").write_bytes(b"")
+    with pytest.raises(DatasetError, match="dog_video_00002.npy is not a saved numpy class id"):
+        TnnNpyDataset("v", root, TnnNpyConfig()).manifest()
+
+
+def test_export_needs_class_labels(tmp_path):
+    from .test_corpora import make_flickr8k_audio
+
+    make_flickr8k_audio(tmp_path / "f8k")
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                       {"f8k": {"adapter": "flickr8k_audio", "root": str(tmp_path / "f8k")}})
+    p = cli("export", "--config", str(cfg), "--stage", "audio", "--stage", "logmel", str(tmp_path / "o.h5"), check=False)
+    assert p.returncode == 2 and "has no class label for every clip" in p.stderr
