@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..registry import register_dataset
 from .base import Manifest
-from .folder import FolderDataset
+from .folder import FolderConfig, FolderDataset
 
 VEGAS_CLASSES = ["baby crying", "chainsaw", "dog", "drum", "fireworks", "helicopter", "printer",
                  "rail transport", "snoring", "water flowing"]
@@ -24,14 +24,11 @@ def canonical(name: str) -> str:
 
 
 @dataclass
-class VegasConfig:
-    n_folds: int = 5
-    seed: int = 0
+class VegasConfig(FolderConfig):
     classes: list[str] | None = None  # a subset of the 10 (default: all 10 must be there)
 
     def __post_init__(self) -> None:
-        if self.n_folds < 1:
-            raise ValueError(f"n_folds must be >= 1, got {self.n_folds}")
+        super().__post_init__()
         unknown = [c for c in self.classes or [] if canonical(c) not in VEGAS_CLASSES]
         if unknown:
             raise ValueError(f"classes {unknown} are not VEGAS classes; they are: {', '.join(VEGAS_CLASSES)}")
