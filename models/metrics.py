@@ -1,0 +1,97 @@
+"""Retrieval metrics: MAP (the TNN-C-CCA definition), precision-recall curves, precision@K.
+
+Rows of a similarity matrix are queries, columns the gallery. The ranking of a query sorts the
+gallery by decreasing similarity; equal similarities keep gallery order (lower index first), so
+every result is deterministic. Everything is vectorised over queries: the ranking of all rows is
+one sort of packed integer keys (similarity bits, gallery index, relevance bit), with no
+per-query Python loop.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def cosine_similarity(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    """Cosine similarity of every query row with every gallery row, `[n_queries, n_gallery]`."""
+    def unit(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64 if np.asarray(x).dtype == np.float64 else np.float32)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), np.finfo(x.dtype).tiny)
+
+    return unit(queries) @ unit(gallery).T
+
+
+def _check(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray) -> tuple:
+    s = np.asarray(similarity)
+    q, g = np.asarray(query_labels).reshape(-1), np.asarray(gallery_labels).reshape(-1)
+    if s.ndim != 2 or s.shape != (len(q), len(g)):
+        raise ValueError(f"similarity must be [n_queries, n_gallery] = [{len(q)}, {len(g)}], got {s.shape}")
+    if np.isnan(s).any():
+        raise ValueError("similarity contains NaN; check the embeddings (a zero vector?)")
+    return s, q, g
+
+
+def _ordered_keys(s: np.ndarray) -> np.ndarray:
+    """int64 keys that sort ascending like float32 similarities sort descending."""
+    i = (np.asarray(s, dtype=np.float32) + np.float32(0)).view(np.int32)  # + 0 turns -0.0 into 0.0
+    i = i ^ ((i >> 31) & np.int32(0x7FFFFFFF))  # IEEE sign-magnitude -> two's complement order
+    k = i.astype(np.int64)
+    np.negative(k, out=k)  # descending; -(-2**31) still fits in int64
+    return k
+
+
+def ranked_relevance(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
+    """`[n_queries, n_gallery]` booleans: is the item at each rank relevant (same label) to the query."""
+    s, q, g = _check(similarity, query_labels, gallery_labels)
+    n, m = s.shape
+    relevant = q[:, None] == g[None, :]
+    if s.dtype == np.float64 and not np.array_equal(s.astype(np.float32), s):
+        order = np.argsort(-s, axis=1, kind="stable")  # float64 ranks that float32 would merge
+        return np.take_along_axis(relevant, order, axis=1)
+    if m >= 2 ** 31:
+        raise ValueError("gallery too large for packed ranking keys (2**31 items)")
+    key = _ordered_keys(s)
+    key <<= 32
+    key |= np.arange(m, dtype=np.int64) << 1  # ties: lower gallery index first
+    key |= ~relevant  # the relevance bit rides along; it never changes the order
+    key.sort(axis=1)
+    return (key & 1) == 0
+
+
+def average_precisions(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
+    """Per query: the mean over its relevant items of the precision at each one's rank (0 if none)."""
+    rel = ranked_relevance(similarity, query_labels, gallery_labels)
+    hits = np.cumsum(rel, axis=1, dtype=np.int32)  # at a relevant rank: which relevant item it is (k)
+    counts = hits[:, -1].astype(np.float64) if rel.shape[1] else np.zeros(rel.shape[0])
+    hits *= rel
+    # sum over relevant ranks r of k / r, as one matrix-vector product
+    sums = hits.astype(np.float64) @ (1.0 / np.arange(1, rel.shape[1] + 1))
+    return np.divide(sums, counts, out=np.zeros(rel.shape[0]), where=counts > 0)
+
+
+def mean_average_precision(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray) -> float:
+    """MAP over queries (rows); relevance = same label; AP as in TNN-C-CCA's evaluation."""
+    return float(average_precisions(similarity, query_labels, gallery_labels).mean())
+
+
+def precision_at_k(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray,
+                   ks: tuple[int, ...] = (1, 5, 10)) -> dict[int, float]:
+    """Mean over queries of the fraction of relevant items among the top K."""
+    rel = ranked_relevance(similarity, query_labels, gallery_labels)
+    return {k: float(rel[:, :k].mean()) for k in ks if k <= rel.shape[1]}
+
+
+def precision_recall_curve(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray,
+                           points: int = 11) -> tuple[np.ndarray, np.ndarray]:
+    """Interpolated precision at `points` recall levels 0..1, averaged over queries with relevant items."""
+    rel = ranked_relevance(similarity, query_labels, gallery_labels)
+    hits = np.cumsum(rel, axis=1)
+    total = hits[:, -1]
+    keep = total > 0
+    hits, total = hits[keep], total[keep]
+    precision = hits / np.arange(1, rel.shape[1] + 1)
+    recall = hits / total[:, None]
+    # interpolated precision: the best precision at any recall >= r
+    best = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
+    levels = np.linspace(0.0, 1.0, points)
+    idx = np.stack([np.argmax(recall >= r - 1e-12, axis=1) for r in levels], axis=1)
+    return levels, np.take_along_axis(best, idx, axis=1).mean(axis=0)

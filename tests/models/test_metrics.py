@@ -1,0 +1,84 @@
+"""Retrieval metrics against brute-force per-query references."""
+import numpy as np
+import pytest
+
+from models.metrics import (average_precisions, cosine_similarity, mean_average_precision, precision_at_k,
+                            precision_recall_curve)
+
+
+def brute_force_ap(sim, q, g):
+    """The TNN-C-CCA loop: rank by decreasing similarity (ties: lower gallery index first), then
+    average the precision at each relevant item's rank."""
+    out = []
+    for i in range(sim.shape[0]):
+        order = sorted(range(sim.shape[1]), key=lambda j: (-sim[i, j], j))
+        hits, total = 0, 0.0
+        for rank, j in enumerate(order, 1):
+            if g[j] == q[i]:
+                hits += 1
+                total += hits / rank
+        out.append(total / hits if hits else 0.0)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_map_equals_brute_force_on_random_data(dtype):
+    rng = np.random.default_rng(0)
+    sim = rng.standard_normal((37, 53)).astype(dtype)
+    q, g = rng.integers(0, 4, 37), rng.integers(0, 4, 53)
+    np.testing.assert_allclose(average_precisions(sim, q, g), brute_force_ap(sim, q, g), rtol=0, atol=1e-12)
+    assert mean_average_precision(sim, q, g) == pytest.approx(brute_force_ap(sim, q, g).mean(), abs=1e-12)
+
+
+def test_ties_are_broken_by_gallery_order():
+    rng = np.random.default_rng(1)
+    sim = rng.integers(-2, 3, (40, 60)).astype(np.float32)  # many exact ties, negative and zero too
+    sim[0] = 0.0
+    sim[1, ::2] = -0.0  # equal to 0.0: ties with it, by gallery order
+    sim[1, 1::2] = 0.0
+    q, g = rng.integers(0, 3, 40), rng.integers(0, 3, 60)
+    np.testing.assert_allclose(average_precisions(sim, q, g), brute_force_ap(sim, q, g), atol=1e-12)
+    # an all-tied row ranks the gallery in order: AP is computable by hand
+    g2 = np.array([1, 0, 1, 0])
+    assert average_precisions(np.zeros((1, 4)), np.array([1]), g2)[0] == pytest.approx((1 / 1 + 2 / 3) / 2)
+
+
+def test_float64_similarities_that_float32_would_merge_keep_their_order():
+    sim = np.array([[1.0, 1.0 + 1e-12, 0.5]])
+    assert average_precisions(sim, np.array([0]), np.array([0, 1, 1]))[0] == pytest.approx(1 / 2)
+
+
+def test_query_without_relevant_items_scores_zero_and_bad_input_is_refused():
+    assert list(average_precisions(np.ones((2, 3)), np.array([5, 0]), np.array([0, 0, 1]))) == [0.0, 1.0]
+    with pytest.raises(ValueError, match="must be \\[n_queries, n_gallery\\] = \\[2, 3\\]"):
+        mean_average_precision(np.ones((3, 2)), np.zeros(2), np.zeros(3))
+    with pytest.raises(ValueError, match="NaN"):
+        mean_average_precision(np.full((1, 1), np.nan), np.zeros(1), np.zeros(1))
+
+
+def test_precision_at_k_and_pr_curve_match_references():
+    rng = np.random.default_rng(2)
+    sim = rng.standard_normal((20, 30))
+    q, g = rng.integers(0, 3, 20), rng.integers(0, 3, 30)
+    orders = [sorted(range(30), key=lambda j: (-sim[i, j], j)) for i in range(20)]
+    rel = np.array([[g[j] == q[i] for j in o] for i, o in enumerate(orders)])
+    assert precision_at_k(sim, q, g, (1, 5)) == pytest.approx({1: rel[:, 0].mean(), 5: rel[:, :5].mean()})
+    levels, prec = precision_recall_curve(sim, q, g, points=11)
+    want = []
+    for r in levels:
+        per_query = []
+        for row in rel:
+            hits = np.cumsum(row)
+            p, rec = hits / np.arange(1, 31), hits / hits[-1]
+            per_query.append(max(p[j] for j in range(30) if rec[j] >= r - 1e-12))
+        want.append(np.mean(per_query))
+    np.testing.assert_allclose(prec, want, atol=1e-12)
+    assert prec[0] >= prec[-1] and levels[0] == 0 and levels[-1] == 1
+
+
+def test_cosine_similarity_is_scale_free():
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((4, 6)), rng.standard_normal((5, 6))
+    s = cosine_similarity(a * 7.0, b)
+    np.testing.assert_allclose(s, (a / np.linalg.norm(a, axis=1)[:, None]) @ (b / np.linalg.norm(b, axis=1)[:, None]).T)
+    assert np.abs(s).max() <= 1 + 1e-12
