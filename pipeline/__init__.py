@@ -25,7 +25,8 @@ def open_store(path: str | os.PathLike | None = None, *, dataset: str | None = N
         raise KeyError(f"no stage '{stage}' in {config}; stages: {', '.join(cfg.stages)}")
     ctx = resolve(cfg, dataset, only=[stage])
     if stage not in ctx.stages:
-        raise KeyError(f"stage '{stage}' writes no feature store (it is not an extract stage)")
+        raise KeyError(f"stage '{stage}' has no feature store for dataset '{ctx.dataset}' (not an extract or "
+                       "import stage, or one that reads features where the dataset holds media, or vice versa)")
     return FeatureStore(ctx.stages[stage].store_path, clip_keys=ctx.clip_keys)
 
 

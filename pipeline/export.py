@@ -47,7 +47,8 @@ def export_tnn_h5(config: PipelineConfig, dataset: str | None, stages: list[str]
     views: dict[str, tuple[str, Path]] = {}
     for name in stages:
         if name not in ctx.stages:
-            raise PipelineError(f"stage '{name}' is not a feature stage; export reads extract or import stages")
+            raise PipelineError(f"stage '{name}' has no features for dataset '{ctx.dataset}': export reads extract "
+                                "stages of a media dataset, or import stages of a features dataset")
         sk = ctx.stages[name]
         done, _, _ = _committed(sk.store_path, ctx.clip_keys)
         if len(done) < len(ctx.manifest):

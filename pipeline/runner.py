@@ -133,6 +133,10 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
         if errors is not None and any(u in errors for u in spec.upstream):
             errors[name] = "an upstream stage cannot be resolved"
             continue
+        if getattr(impl, "consumes", None) is None and getattr(impl, "reads", "media") != adapter.kind:
+            continue  # e.g. an import stage on a media dataset: it does not apply (run() says so if asked)
+        if any(u not in stages for u in spec.upstream):
+            continue
         params = config.params_for(name, adapter.dataset_name)
         ex = impl(impl.Config(**params))
         ex.allow_download = prepare  # only a run fetches weights; status and gc never do

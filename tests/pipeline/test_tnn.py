@@ -229,3 +229,22 @@ def test_export_needs_class_labels(tmp_path):
                        {"f8k": {"adapter": "flickr8k_audio", "root": str(tmp_path / "f8k")}})
     p = cli("export", "--config", str(cfg), "--stage", "audio", "--stage", "logmel", str(tmp_path / "o.h5"), check=False)
     assert p.returncode == 2 and "has no class label for every clip" in p.stderr
+
+
+def test_status_and_gc_with_media_and_features_datasets_in_one_config(tmp_path, tiny_synthetic_root):
+    from ..conftest import TINY
+
+    make_tnn_h5(tmp_path / "feats" / "vegas_feature.h5")
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                       {"tiny": {"adapter": "synthetic", "root": str(tiny_synthetic_root), "params": TINY},
+                        "feats": {"adapter": "tnn_h5", "root": str(tmp_path / "feats")}},
+                       {**IMPORT_STAGES, "audio": {"group": "extract", "implementation": "audio"}})
+    run("import", config=cfg, dataset="feats")
+    media = cli("status", "--config", str(cfg)).stdout
+    assert "audio  missing" in media and "audio_features" not in media
+    feats = cli("status", "--config", str(cfg), "--dataset", "feats").stdout
+    assert "audio_features   up to date" in feats and "audio " not in feats
+    assert "would remove 0 store(s)" in cli("gc", "--dry-run", "--config", str(cfg)).stdout
+    p = cli("export", "--config", str(cfg), "--stage", "visual_features", "--stage", "audio", str(tmp_path / "o.h5"),
+            check=False)
+    assert p.returncode == 2 and "stage 'visual_features' has no features for dataset 'tiny'" in p.stderr
