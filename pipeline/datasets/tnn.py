@@ -12,16 +12,12 @@ The manifests point `imported` stages at the arrays (media roles `audio_features
 from __future__ import annotations
 
 import dataclasses
-import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ..registry import register_dataset
 from .base import Clip, DatasetAdapter, Manifest
-
-log = logging.getLogger(__name__)
 
 TNN_H5_KEYS = ("audio_train", "audio_test", "visual_train", "visual_test", "lab_train", "lab_test")
 
