@@ -3,9 +3,9 @@
 A features dataset (`tnn_h5`, `tnn_npy`, `mv10k`) names, per clip, a file under the media role
 `<view>_features` and, for a container, where inside it the clip lives (`refs`, e.g.
 `audio_train[12]`). This stage copies those arrays into a store so trainers read them like any
-extracted feature. uint8 arrays are dequantised the way the TNN-C-CCA code (and YouTube-8M, whose
-quantisation it uses) does: `(x - 128) / 256` in float32; float arrays keep their dtype, so an
-import followed by an export reproduces the source exactly.
+extracted feature. uint8 arrays are dequantised the way the TNN-C-CCA code does (its own rule, not
+YouTube-8M's): `(x - 128) / 256` in float32; float arrays keep their dtype, so an import followed
+by an export reproduces the source exactly.
 """
 from __future__ import annotations
 

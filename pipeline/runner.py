@@ -102,6 +102,11 @@ def reading(cache: Path, store_path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+def _reads(impl: Any) -> str | None:
+    """What a root stage reads from its dataset ('media' or 'features'); None when it reads upstream stores."""
+    return getattr(impl, "reads", "media") if getattr(impl, "consumes", None) is None else None
+
+
 def make_adapter(config: PipelineConfig, dataset: str | None) -> DatasetAdapter:
     """Instantiate the dataset adapter named in stages.yaml."""
     spec = config.dataset(dataset)
@@ -133,7 +138,7 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
         if errors is not None and any(u in errors for u in spec.upstream):
             errors[name] = "an upstream stage cannot be resolved"
             continue
-        if getattr(impl, "consumes", None) is None and getattr(impl, "reads", "media") != adapter.kind:
+        if _reads(impl) not in (None, adapter.kind):
             continue  # e.g. an import stage on a media dataset: it does not apply (run() says so if asked)
         if any(u not in stages for u in spec.upstream):
             continue
@@ -141,7 +146,7 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
         ex = impl(impl.Config(**params))
         ex.allow_download = prepare  # only a run fetches weights; status and gc never do
         up_attrs = _producer_attrs(config, stages, name)
-        if getattr(impl, "reads", "media") == "features" and getattr(impl, "consumes", None) is None:
+        if _reads(impl) == "features":
             up_attrs = {"source": adapter.feature_spec()}
         try:
             out = ex.output_spec(up_attrs)
@@ -160,7 +165,8 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
             "key": store_key, "stage": name, "dataset": adapter.dataset_name,
             "extractor": spec.implementation, "version": impl.VERSION, "params": params,
             "weights": weights, "upstream": {u: stages[u].store_key for u in spec.upstream},
-            "modality": ex.modality, "kind": out.kind, "dims": None if out.dims is None else list(out.dims), "dtype": out.dtype, "frame_rate": out.frame_rate,
+            "modality": ex.modality, "kind": out.kind, "dims": None if out.dims is None else list(out.dims),
+            "dtype": out.dtype, "frame_rate": out.frame_rate,
             "how_to_read": "CSR: each clip is rows [start:stop) of its shard's `data`; "
                            "rows are frames at `frame_rate` per second; pipeline.open_store(path)[clip_id]",
         }
@@ -238,15 +244,11 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
         for i, out in zip(idx, ex.compute([loaded[i][0] for i in idx], task.upstream_attrs)):
             outputs[i] = out
     writer = StoreWriter(task.store_path)
-    dims, dtype = writer.attrs.get("dims"), writer.attrs.get("dtype")
     for i, out in list(outputs.items()):  # a clip unlike the others fails alone, not the shard
-        if dims is not None and list(out.shape[1:]) != list(dims):
-            reasons[i] = f"rows of shape {list(out.shape[1:])}, but this store's rows are {dims}"
-        elif dtype is not None and str(out.dtype) != dtype:
-            reasons[i] = f"dtype {out.dtype}, but this store holds {dtype}"
-        else:
-            continue
-        del outputs[i]
+        why = writer.mismatch(out)
+        if why:
+            reasons[i] = why
+            del outputs[i]
     results = [ClipResult(c.clip_id, k, outputs.get(i), None if i in outputs else reasons[i])
                for i, (c, k) in enumerate(zip(task.clips, task.clip_keys))]
     record = writer.write_shard(task.shard_id, results)
@@ -470,19 +472,16 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
     cfg = config if isinstance(config, PipelineConfig) else load_config(config, overrides, cache)
     names = select_stages(cfg, group, stage)
     adapter = make_adapter(cfg, dataset)
-    reads = {n: getattr(implementation(cfg.stages[n].implementation), "reads", None) for n in names
-             if getattr(implementation(cfg.stages[n].implementation), "consumes", "") is None}
-    wrong = [n for n, r in reads.items() if r != adapter.kind]
+    reads = {n: _reads(implementation(spec.implementation)) for n, spec in cfg.stages.items()}
+    wrong = [n for n in names if reads[n] not in (None, adapter.kind)]
     if wrong:
-        fits = [n for n in cfg.stages if n not in wrong
-                and getattr(implementation(cfg.stages[n].implementation), "consumes", "") is None
-                and getattr(implementation(cfg.stages[n].implementation), "reads", None) == adapter.kind]
+        fits = [n for n in cfg.stages if reads[n] == adapter.kind]
         hint = (f"; stages that read {adapter.kind}: {', '.join(fits)} (group "
                 f"'{cfg.stages[fits[0]].group}')" if fits else "")
         raise PipelineError(f"dataset '{adapter.dataset_name}' holds {adapter.kind}, but stage(s) "
                             f"{', '.join(wrong)} read {reads[wrong[0]]}{hint}")
     missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
-    if missing and "media" in reads.values():
+    if missing and any(reads[n] == "media" for n in names):
         raise PipelineError(f"{' and '.join(missing)} not found on PATH; install Debian's ffmpeg "
                             "(apt-get install ffmpeg) or run `bash .ci/setup`")
     ctx = resolve(cfg, dataset, prepare=True, only=names)

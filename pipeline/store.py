@@ -171,16 +171,23 @@ class StoreWriter:
                 n += 1
         return n
 
+    def mismatch(self, array: np.ndarray) -> str | None:
+        """Why `array` cannot go into this store (rows of other dims, another dtype), or None."""
+        dims, dtype = self.attrs.get("dims"), self.attrs.get("dtype")
+        if dims is not None and list(array.shape[1:]) != list(dims):
+            return f"rows of shape {list(array.shape[1:])}, but this store's rows are {list(dims)}"
+        if dtype is not None and str(array.dtype) != dtype:
+            return f"dtype {array.dtype}, but this store holds {dtype}"
+        return None
+
     def write_shard(self, shard_id: str, results: Sequence[ClipResult]) -> dict[str, Any]:
         """Write the shard's arrays, then its commit record; return the record."""
         ok = [r for r in results if r.array is not None]
         dims, dtype = self.attrs.get("dims"), self.attrs.get("dtype")
         for r in ok:
-            if dims is not None and list(r.array.shape[1:]) != list(dims):
-                raise StoreError(f"clip {r.clip_id}: rows of shape {r.array.shape[1:]} do not match "
-                                 f"the store's dims {dims}")
-            if dtype is not None and str(r.array.dtype) != dtype:
-                raise StoreError(f"clip {r.clip_id}: dtype {r.array.dtype} is not the store's {dtype}")
+            why = self.mismatch(r.array)
+            if why:
+                raise StoreError(f"clip {r.clip_id}: {why}")
         lengths = np.array([r.array.shape[0] for r in ok], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         if ok:
