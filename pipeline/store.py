@@ -175,7 +175,7 @@ class StoreWriter:
         """Why `array` cannot go into this store (rows of other dims, another dtype), or None."""
         dims, dtype = self.attrs.get("dims"), self.attrs.get("dtype")
         if dims is not None and list(array.shape[1:]) != list(dims):
-            return f"rows of shape {list(array.shape[1:])}, but this store's rows are {list(dims)}"
+            return f"rows of shape {list(array.shape[1:])}, but this store's rows are {list(dims)} (its dims)"
         if dtype is not None and str(array.dtype) != dtype:
             return f"dtype {array.dtype}, but this store holds {dtype}"
         return None
