@@ -8,7 +8,12 @@ per-query Python loop.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 import numpy as np
+
+from pipeline.registry import register_evaluator
 
 
 def cosine_similarity(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
@@ -95,3 +100,57 @@ def precision_recall_curve(similarity: np.ndarray, query_labels: np.ndarray, gal
     levels = np.linspace(0.0, 1.0, points)
     idx = np.stack([np.argmax(recall >= r - 1e-12, axis=1) for r in levels], axis=1)
     return levels, np.take_along_axis(best, idx, axis=1).mean(axis=0)
+
+
+def chance_average_precision(query_labels: np.ndarray, gallery_labels: np.ndarray) -> float:
+    """The expected MAP of a uniformly random ranking (exact, not sampled).
+
+    For a query with R relevant items among N, a relevant item at rank p has 1 + (p-1)(R-1)/(N-1)
+    relevant items at or above it on average, and p is uniform on 1..N, so
+    E[AP] = (R-1)/(N-1) + (1 - (R-1)/(N-1)) * H_N / N  (H_N the N-th harmonic number)."""
+    q, g = np.asarray(query_labels).reshape(-1), np.asarray(gallery_labels).reshape(-1)
+    n = len(g)
+    if n == 0 or len(q) == 0:
+        return 0.0
+    values, counts = np.unique(g, return_counts=True)
+    r = np.zeros(len(q))
+    pos = np.searchsorted(values, q)
+    hit = (pos < len(values)) & (values[np.minimum(pos, len(values) - 1)] == q)
+    r[hit] = counts[pos[hit]]
+    frac = (r - 1) / (n - 1) if n > 1 else np.zeros_like(r)
+    ap = frac + (1 - frac) * np.sum(1.0 / np.arange(1, n + 1)) / n
+    return float(np.where(r > 0, ap, 0.0).mean())
+
+
+def retrieval_metrics(audio: np.ndarray, visual: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5, 10),
+                      points: int = 11) -> dict[str, object]:
+    """Audio->visual and visual->audio retrieval of one test set: MAP, chance MAP, P@K, PR curve."""
+    sim = cosine_similarity(audio, visual)
+    out: dict[str, object] = {"n": int(len(labels)), "chance_map": chance_average_precision(labels, labels)}
+    for direction, s in (("audio2visual", sim), ("visual2audio", sim.T)):
+        out[f"map_{direction}"] = mean_average_precision(s, labels, labels)
+        for k, p in precision_at_k(s, labels, labels, ks).items():
+            out[f"p@{k}_{direction}"] = p
+        recall, precision = precision_recall_curve(s, labels, labels, points)
+        out[f"pr_{direction}"] = {"recall": recall.tolist(), "precision": precision.tolist()}
+    return out
+
+
+@dataclass
+class RetrievalConfig:
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    pr_points: int = 11
+
+    def __post_init__(self) -> None:
+        if not self.ks or min(self.ks) < 1 or self.pr_points < 2:
+            raise ValueError(f"need ks >= 1 and pr_points >= 2, got {self.ks} and {self.pr_points}")
+
+
+@register_evaluator
+class Retrieval:
+    """Cross-modal retrieval of train runs' held-out embeddings: MAP, precision@K, PR curves, chance."""
+
+    name: ClassVar[str] = "retrieval"
+    VERSION: ClassVar[int] = 1
+    Config: ClassVar[type] = RetrievalConfig
+    reads: ClassVar[None] = None

@@ -4,10 +4,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .registry import DATASETS, EXTRACTORS, STORE_BACKENDS, TRAINERS
+from .registry import DATASETS, EVALUATORS, EXTRACTORS, STORE_BACKENDS, TRAINERS
 from .store import FeatureStore
 
-__all__ = ["open_store", "run", "FeatureStore", "DATASETS", "EXTRACTORS", "TRAINERS", "STORE_BACKENDS"]
+__all__ = ["open_store", "run", "FeatureStore", "DATASETS", "EXTRACTORS", "TRAINERS", "EVALUATORS",
+           "STORE_BACKENDS"]
 
 
 def open_store(path: str | os.PathLike | None = None, *, dataset: str | None = None, stage: str | None = None,

@@ -1,4 +1,4 @@
-"""The `pipeline` command: run, status, ls, gc, export, datasets."""
+"""The `pipeline` command: run, status, ls, gc, report, export, datasets."""
 from __future__ import annotations
 
 import json
@@ -109,6 +109,10 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
     finally:
         if "bar" in bar:
             bar["bar"].close()
+    from .train import RunReport
+
+    runs = [r for r in reports if isinstance(r, RunReport)]
+    reports = [r for r in reports if not isinstance(r, RunReport)]
     failed = 0
     for r in reports:
         if r.computed or r.failed:
@@ -124,15 +128,36 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
         failed += r.failed
     for r in reports:
         click.echo(f"{r.name}: {r.store_path}")
+    random = []
     for r in reports:
         attrs = json.loads((r.store_path / "attrs.json").read_text())
         if attrs.get("random_weights"):
+            random.append(r.name)
             click.secho(f"{r.name}: computed with RANDOM weights ({attrs['params'].get('weights')}): "
                         "not pretrained features, for smoke tests only", fg="yellow", bold=True)
+    _echo_runs(runs, random)
     click.echo(f"done in {time.perf_counter() - t0:.1f} s")
     if strict and failed:
         click.secho(f"error: {failed} clip(s) failed and --strict is set", fg="red", err=True)
         sys.exit(1)
+
+
+def _echo_runs(runs: list[Any], random: list[str]) -> None:
+    from .train import format_table, summary_line, table_rows
+
+    for r in runs:
+        if r.kind == "train":
+            did = (f"up to date, run reused" if r.reused else
+                   f"trained {r.folds_trained} fold(s), reused {r.folds_reused}, {r.seconds:.1f} s")
+            click.echo(f"{r.name}: {did}; {r.run_dir}")
+            click.echo(f"  {summary_line(r.metrics)}")
+        else:
+            click.echo(f"{r.name}: {'up to date, reused' if r.reused else 'evaluated'}; {r.run_dir}")
+            click.echo(format_table(table_rows(r.metrics["runs"])))
+            click.echo(f"PR curves: {r.run_dir / 'pr_curve.png'}")
+    if runs and random:
+        click.secho("these runs read features computed with RANDOM weights: the numbers show the pipeline "
+                    "works, not what pretrained features achieve", fg="yellow")
 
 
 @main.command("status")
@@ -198,6 +223,31 @@ def gc_cmd(dry_run: bool, config_path: str, cache: str | None) -> None:
     for s in skipped:
         click.echo(f"kept: {s}")
     click.echo(f"{verb} {len(removed)} store(s), {_human(sum(s for _, s in removed))}")
+
+
+@main.command("report")
+@click.option("--dataset", default=None, help="only this dataset's runs (default: all)")
+@click.option("--out", default=None, help="HTML page to write (default: CACHE/reports/index.html)")
+@common
+def report_cmd(dataset: str | None, out: str | None, config_path: str, cache: str | None) -> None:
+    """Compare every train run in the cache: a table here and an HTML page with the PR curves."""
+    from pathlib import Path
+
+    from .config import load_config
+    from .report import collect, format_text, write_html
+
+    try:
+        cfg = load_config(config_path, cache=cache)
+    except ConfigError as e:
+        _fail(str(e))
+    rows = collect(cfg.cache, dataset)
+    click.echo(format_text(rows))
+    if rows:
+        try:
+            page = write_html(rows, Path(out) if out else cfg.cache / "reports" / "index.html")
+        except OSError as e:
+            _fail(f"cannot write the report page: {e}")
+        click.echo(f"report: {page}")
 
 
 @main.command("convert-vggish")

@@ -15,7 +15,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from .registry import DATASETS, EXTRACTORS, TRAINERS, RegistryError
+from .registry import DATASETS, EVALUATORS, EXTRACTORS, TRAINERS, RegistryError
 
 
 class ConfigError(ValueError):
@@ -137,11 +137,11 @@ class PipelineConfig:
 
 
 def implementation(name: str) -> type:
-    """Look an implementation up in the extractor, then the trainer registry."""
-    for reg in (EXTRACTORS, TRAINERS):
+    """Look an implementation up in the extractor, trainer and evaluator registries."""
+    for reg in (EXTRACTORS, TRAINERS, EVALUATORS):
         if name in reg:
             return reg.get(name)
-    known = EXTRACTORS.names() + TRAINERS.names()
+    known = EXTRACTORS.names() + TRAINERS.names() + EVALUATORS.names()
     raise RegistryError(f"unknown implementation '{name}'; known: {', '.join(sorted(known))}")
 
 

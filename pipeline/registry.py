@@ -1,4 +1,4 @@
-"""Named registries: datasets, extractors, trainers and store backends each have one."""
+"""Named registries: datasets, extractors, trainers, evaluators and store backends each have one."""
 from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
@@ -59,9 +59,11 @@ def _decorator(registry: Registry[T]) -> Callable[[T], T]:
 DATASETS: Registry = Registry("dataset adapter")
 EXTRACTORS: Registry = Registry("extractor")
 TRAINERS: Registry = Registry("trainer")
+EVALUATORS: Registry = Registry("evaluator")
 STORE_BACKENDS: Registry = Registry("store backend")
 
 register_dataset = _decorator(DATASETS)
 register_extractor = _decorator(EXTRACTORS)
 register_trainer = _decorator(TRAINERS)
+register_evaluator = _decorator(EVALUATORS)
 register_backend = _decorator(STORE_BACKENDS)

@@ -467,19 +467,32 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
         cache: str | os.PathLike | None = None, strict: bool = False,
         on_progress: Callable[[int], None] | None = None, on_wait: Callable[[str], None] | None = None,
         on_plan: Callable[[StageReport, int], None] | None = None,
-        **execution: Any) -> list[StageReport]:
-    """Run a group (or one stage) and everything upstream for a dataset; return a report per stage."""
+        **execution: Any) -> list[Any]:
+    """Run a group (or one stage) and everything upstream for a dataset; return a report per stage
+    (a StageReport per feature stage, a pipeline.train.RunReport per train/evaluate stage)."""
     cfg = config if isinstance(config, PipelineConfig) else load_config(config, overrides, cache)
     names = select_stages(cfg, group, stage)
+    targets = [stage] if stage else cfg.group(group or "extract")
     adapter = make_adapter(cfg, dataset)
+    from .train import TrainError, is_run_stage, resolve_runs, run_evaluate, run_train
+
     reads = {n: _reads(implementation(spec.implementation)) for n, spec in cfg.stages.items()}
-    wrong = [n for n in names if reads[n] not in (None, adapter.kind)]
+    source = {}  # what each stage reads in the end: media or features (None for train/evaluate stages)
+    kept: list[str] = []  # stages that apply to this dataset; a trainer picks its views among them
+    for n in cfg.order():
+        run_stage_ = is_run_stage(implementation(cfg.stages[n].implementation))
+        ups = cfg.stages[n].upstream
+        source[n] = reads[n] or (None if run_stage_ else next((source[u] for u in ups if source[u]), None))
+        if source[n] in (None, adapter.kind) and (run_stage_ or all(u in kept for u in ups)):
+            kept.append(n)
+    wrong = [n for n in targets if n not in kept]
     if wrong:
         fits = [n for n in cfg.stages if reads[n] == adapter.kind]
         hint = (f"; stages that read {adapter.kind}: {', '.join(fits)} (group "
                 f"'{cfg.stages[fits[0]].group}')" if fits else "")
         raise PipelineError(f"dataset '{adapter.dataset_name}' holds {adapter.kind}, but stage(s) "
-                            f"{', '.join(wrong)} read {reads[wrong[0]]}{hint}")
+                            f"{', '.join(wrong)} read {source[wrong[0]]}{hint}")
+    names = [n for n in names if n in kept]
     missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
     if missing and any(reads[n] == "media" for n in names):
         raise PipelineError(f"{' and '.join(missing)} not found on PATH; install Debian's ffmpeg "
@@ -487,13 +500,27 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
     ctx = resolve(cfg, dataset, prepare=True, only=names)
     from .executors import Executor
 
-    reports = []
+    try:
+        runs = resolve_runs(ctx, names)
+    except TrainError as e:
+        raise PipelineError(str(e)) from None
+    reports: list[Any] = []
     with Executor() as executor:
         for name in names:
+            ex = cfg.execution_for(name, **execution)
+            try:
+                if name in runs and runs[name].kind == "train":
+                    reports.append(run_train(ctx, runs[name], ex.device, on_wait))
+                    continue
+                if name in runs:
+                    reports.append(run_evaluate(ctx, runs[name], runs, on_wait))
+                    continue
+            except TrainError as e:
+                raise PipelineError(f"stage '{name}': {e}") from None
             if name not in ctx.stages:
-                raise PipelineError(f"stage '{name}' is not an extract stage; its group runs with `pipeline run`")
-            rep = run_stage(ctx, name, cfg.execution_for(name, **execution), on_progress, on_wait, on_plan,
-                            executor)
+                raise PipelineError(f"stage '{name}' cannot run on dataset '{ctx.dataset}' (an upstream stage "
+                                    "does not apply to it)")
+            rep = run_stage(ctx, name, ex, on_progress, on_wait, on_plan, executor)
             reports.append(rep)
             if strict and rep.failed:
                 raise PipelineError(f"stage '{name}': {rep.failed} clip(s) failed and --strict is set; "

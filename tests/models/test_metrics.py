@@ -82,3 +82,18 @@ def test_cosine_similarity_is_scale_free():
     s = cosine_similarity(a * 7.0, b)
     np.testing.assert_allclose(s, (a / np.linalg.norm(a, axis=1)[:, None]) @ (b / np.linalg.norm(b, axis=1)[:, None]).T)
     assert np.abs(s).max() <= 1 + 1e-12
+
+
+def test_chance_map_is_the_exact_expectation_over_all_rankings():
+    import itertools
+
+    from models.metrics import chance_average_precision
+
+    q = np.array([0, 1, 1, 2, 5])  # label 5 has no relevant item: AP 0
+    g = np.array([0, 1, 1, 0, 2, 1])
+    aps = []
+    for perm in itertools.permutations(range(len(g))):
+        s = np.empty(len(g))
+        s[list(perm)] = -np.arange(len(g), dtype=float)  # gallery item perm[r] at rank r
+        aps.append(mean_average_precision(np.tile(s, (len(q), 1)), q, g))
+    assert chance_average_precision(q, g) == pytest.approx(np.mean(aps), abs=1e-12)

@@ -1,0 +1,219 @@
+"""TNN-C-CCA (Zeng et al.): triplet neural networks for audio and visual, with Cluster-CCA on top.
+
+Each view has its own branch: 3 x (dense `hidden` tanh, dropout), dense `out_dim` tanh, dropout,
+sigmoid (the TNN-C-CCA code's stack, Keras initialisers: Glorot-uniform first layer, N(0, 0.05)
+after). Triplets: anchor = an audio clip, positive = the visual of another clip of its class,
+negative = the visual of a clip of another class (the reference code's choice: a clip's own visual
+is not a positive). Loss: hinge on squared Euclidean distances, max(0, d(a,p) - d(a,n) + margin),
+averaged over every triplet of a batch (`mining: all`, as the reference generator builds them) or
+over each anchor's hardest positive and negative (`mining: hard`, after `warmup_epochs` of `all`:
+from a fresh network, whose outputs all sit near 0.5, batch-hard collapses every output to one
+point, loss = margin). Adam. Cluster-CCA (k, beta) is
+then fitted on the branch outputs of the training clips.
+
+`order: ccca-tnn` runs the other way round, as the reference scripts that produce their TNN-C-CCA
+embeddings do: Cluster-CCA on the features, then the triplet network on its k-dim outputs.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline.registry import register_trainer
+
+from .base import TrainConfig, Trainer, arrays, tensors
+from .cluster_cca import ClusterCCA
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TNNCCCAConfig(TrainConfig):
+    margin: float = 0.3
+    mining: Literal["all", "hard"] = "all"
+    warmup_epochs: int = 10  # with mining: hard, epochs of `all` first (batch-hard from the start collapses)
+    hidden: int = 100
+    layers: int = 3
+    out_dim: int = 10
+    dropout: float = 0.1
+    lr: float = 1e-3
+    epochs: int = 10
+    triplet_batch: int = 64  # clips per step; every valid triplet among them counts
+    standardize: bool = True  # z-score each feature on the training clips (the reference feeds raw values)
+    n_components: int = 10
+    beta: float = 0.2
+    reg: float = 1e-4
+    order: Literal["tnn-ccca", "ccca-tnn"] = "tnn-ccca"
+
+    def __post_init__(self) -> None:
+        checks = [(self.margin >= 0, "margin must be >= 0"), (self.hidden >= 1, "hidden must be >= 1"),
+                  (self.layers >= 1, "layers must be >= 1"), (self.out_dim >= 1, "out_dim must be >= 1"),
+                  (0 <= self.dropout < 1, "dropout must be in [0, 1)"), (self.lr > 0, "lr must be > 0"),
+                  (self.epochs >= 1, "epochs must be >= 1"),
+                  (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"), (self.triplet_batch >= 3, "triplet_batch must be >= 3"),
+                  (self.n_components >= 1, "n_components must be >= 1"), (0 <= self.beta <= 1, "beta must be in [0, 1]"),
+                  (self.reg >= 0, "reg must be >= 0")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+        if self.mining == "hard" and self.epochs <= self.warmup_epochs:
+            raise ValueError(f"mining: hard trains with every triplet for warmup_epochs ({self.warmup_epochs}) "
+                             f"first; set epochs above that (got {self.epochs}) or lower warmup_epochs")
+        if self.order == "tnn-ccca" and self.n_components > self.out_dim:
+            raise ValueError(f"n_components ({self.n_components}) cannot exceed out_dim ({self.out_dim}): "
+                             "Cluster-CCA runs on the branch outputs")
+
+
+def branch(in_dim: int, cfg: TNNCCCAConfig) -> Any:
+    """One view's network: `layers` x (dense tanh, dropout), dense `out_dim` tanh, dropout, sigmoid."""
+    from torch import nn
+
+    mods: list[Any] = []
+    dims = [in_dim] + [cfg.hidden] * cfg.layers
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        mods += [nn.Linear(a, b), nn.Tanh(), nn.Dropout(cfg.dropout)]
+    mods += [nn.Linear(dims[-1], cfg.out_dim), nn.Tanh(), nn.Dropout(cfg.dropout), nn.Sigmoid()]
+    net = nn.Sequential(*mods)
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    nn.init.xavier_uniform_(linears[0].weight)  # Keras Dense default
+    for m in linears[1:]:
+        nn.init.normal_(m.weight, 0.0, 0.05)  # kernel_initializer='normal'
+    for m in linears:
+        nn.init.zeros_(m.bias)
+    return net
+
+
+def triplet_loss(a: Any, v: Any, labels: Any, margin: float, mining: str = "all") -> tuple[Any, float]:
+    """Hinge triplet loss (squared Euclidean) of audio anchors against visual positives/negatives.
+
+    Returns the loss and the fraction of triplets (or anchors, for `hard`) with a positive hinge."""
+    import torch
+
+    d = torch.cdist(a, v).square()  # d[i, j] = ||a_i - v_j||^2
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=a.device)
+    pos, neg = same & ~eye, ~same
+    if mining == "hard":
+        hp = d.masked_fill(~pos, float("-inf")).amax(1)
+        hn = d.masked_fill(~neg, float("inf")).amin(1)
+        ok = pos.any(1) & neg.any(1)
+        if not ok.any():
+            return d.sum() * 0, 0.0
+        h = torch.relu(hp[ok] - hn[ok] + margin)
+        return h.mean(), float((h > 0).float().mean())
+    valid = pos[:, :, None] & neg[:, None, :]  # [anchor, positive, negative]
+    n = int(valid.sum())
+    if n == 0:
+        return d.sum() * 0, 0.0
+    h = torch.relu(d[:, :, None] - d[:, None, :] + margin) * valid
+    return h.sum() / n, float((h > 0).sum()) / n
+
+
+@register_trainer
+class TNNCCCATrainer(Trainer):
+    """TNN-C-CCA: per-view triplet networks, then Cluster-CCA on their outputs."""
+
+    name = "tnn_ccca"
+    VERSION = 1
+    Config = TNNCCCAConfig
+
+    def _device(self) -> Any:
+        from extractors._torch import pick_device
+
+        return pick_device(self.device)
+
+    def _ccca(self) -> ClusterCCA:
+        c = self.config
+        return ClusterCCA(c.n_components, c.beta, c.reg, device=self.device)
+
+    def _build(self, da: int, dv: int) -> None:
+        self.audio_net, self.visual_net = branch(da, self.config), branch(dv, self.config)
+
+    def _norm(self, x: np.ndarray, view: str) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if self.config.standardize:
+            x = (x - self.norm_[f"{view}_mean"]) / self.norm_[f"{view}_std"]
+        return x
+
+    def _nets(self, audio: np.ndarray, visual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        dev = self._device()
+        outs = []
+        with torch.inference_mode():
+            for net, x in ((self.audio_net, audio), (self.visual_net, visual)):
+                net.eval().to(dev)
+                outs.append(net(torch.as_tensor(x, dtype=torch.float32, device=dev)).double().cpu().numpy())
+        return outs[0], outs[1]
+
+    def fit(self, audio: np.ndarray, visual: np.ndarray, labels: np.ndarray) -> "TNNCCCATrainer":
+        """Train the two branches on triplets, then fit Cluster-CCA on their outputs."""
+        import torch
+
+        cfg = self.config
+        audio, visual = np.asarray(audio, dtype=np.float64), np.asarray(visual, dtype=np.float64)
+        _, y = np.unique(np.asarray(labels).reshape(-1), return_inverse=True)
+        self.norm_ = {"audio_mean": audio.mean(0), "audio_std": audio.std(0) + 1e-8,
+                      "visual_mean": visual.mean(0), "visual_std": visual.std(0) + 1e-8}
+        a, v = self._norm(audio, "audio"), self._norm(visual, "visual")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            if cfg.order == "ccca-tnn":
+                self.ccca = self._ccca().fit(a, v, y)
+                a, v = self.ccca.transform(a, v)
+            self._build(a.shape[1], v.shape[1])
+            self._train(a, v, y)
+            if cfg.order == "tnn-ccca":
+                self.ccca = self._ccca().fit(*self._nets(a, v), y)
+        return self
+
+    def _train(self, a: np.ndarray, v: np.ndarray, y: np.ndarray) -> None:
+        import torch
+
+        cfg, dev = self.config, self._device()
+        ta = torch.as_tensor(a, dtype=torch.float32, device=dev)
+        tv = torch.as_tensor(v, dtype=torch.float32, device=dev)
+        ty = torch.as_tensor(y, device=dev)
+        nets = [self.audio_net.train().to(dev), self.visual_net.train().to(dev)]
+        opt = torch.optim.Adam([p for n in nets for p in n.parameters()], lr=cfg.lr, betas=(0.9, 0.999))
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.history = {"loss": [], "active": []}
+        for epoch in range(cfg.epochs):
+            order = torch.randperm(len(y), generator=gen).to(dev)
+            mining = "all" if epoch < cfg.warmup_epochs else cfg.mining
+            losses, active, steps = 0.0, 0.0, 0
+            for s in range(0, len(y), cfg.triplet_batch):
+                b = order[s:s + cfg.triplet_batch]
+                loss, frac = triplet_loss(nets[0](ta[b]), nets[1](tv[b]), ty[b], cfg.margin, mining)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses, active, steps = losses + float(loss.detach()), active + frac, steps + 1
+            self.history["loss"].append(losses / steps)
+            self.history["active"].append(active / steps)
+            log.info("tnn_ccca epoch %d/%d: loss %.4f, active triplets %.2f", epoch + 1, cfg.epochs,
+                     losses / steps, active / steps)
+
+    def transform(self, audio: np.ndarray, visual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Branch outputs projected by the fitted Cluster-CCA (or the reverse, for `ccca-tnn`)."""
+        if not hasattr(self, "ccca"):
+            raise RuntimeError("tnn_ccca is not fitted; call .fit first")
+        a, v = self._norm(audio, "audio"), self._norm(visual, "visual")
+        if self.config.order == "ccca-tnn":
+            return self._nets(*self.ccca.transform(a, v))
+        return self.ccca.transform(*self._nets(a, v))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"audio_net": self.audio_net.state_dict(), "visual_net": self.visual_net.state_dict(),
+                "ccca": tensors(self.ccca.state_dict()), "norm": tensors(self.norm_)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> "TNNCCCATrainer":
+        self.norm_ = arrays(state["norm"])
+        self.ccca = self._ccca().load_state_dict(arrays(state["ccca"]))
+        self._build(state["audio_net"]["0.weight"].shape[1], state["visual_net"]["0.weight"].shape[1])
+        self.audio_net.load_state_dict(state["audio_net"])
+        self.visual_net.load_state_dict(state["visual_net"])
+        return self

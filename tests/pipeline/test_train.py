@@ -1,0 +1,164 @@
+"""Train and evaluate stages: run directories, CV folds, resume, reuse of cached features, report."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from models.metrics import mean_average_precision
+from pipeline import open_store
+from pipeline.runner import PipelineError, run
+from pipeline.train import RunReport
+
+from ..conftest import cli, write_config
+from .test_tnn import IMPORT_STAGES, make_tnn_h5, make_tnn_npy
+
+UP = ["audio_features", "visual_features"]
+TRAIN_STAGES = {
+    **IMPORT_STAGES,
+    "cca": {"group": "train", "implementation": "cca", "upstream": UP, "params": {"n_components": 4, "reg": 1e-3}},
+    "cluster-cca": {"group": "train", "implementation": "cluster_cca", "upstream": UP,
+                    "params": {"n_components": 4, "beta": 0.2, "reg": 1e-3}},
+    "tnn-ccca": {"group": "train", "implementation": "tnn_ccca", "upstream": UP,
+                 "params": {"epochs": 12, "triplet_batch": 32, "n_components": 4}},
+    "evaluate": {"group": "evaluate", "implementation": "retrieval", "upstream": ["cca", "cluster-cca", "tnn-ccca"],
+                 "params": {"ks": [1, 5]}},
+}
+
+
+def planted(n: int, rng: np.random.Generator, classes: int = 4) -> dict[str, np.ndarray]:
+    """Clip-level features whose class shows in both views (8 audio dims, 12 visual dims)."""
+    centres = np.random.default_rng(99).normal(size=(classes, 20)) * 1.5
+    labels = rng.integers(0, classes, n)
+    return {"audio": (centres[labels, :8] + rng.normal(size=(n, 8))).astype(np.float32),
+            "visual": (centres[labels, 8:] + rng.normal(size=(n, 12))).astype(np.float32),
+            "lab": labels.astype(np.int64)}
+
+
+@pytest.fixture
+def features_project(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    tr, te = planted(96, rng), planted(48, rng)
+    make_tnn_h5(tmp_path / "feats" / "vegas_feature.h5", **{f"{k}_train": v for k, v in tr.items()},
+                **{f"{k}_test": v for k, v in te.items()})
+    return write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                        {"feats": {"adapter": "tnn_h5", "root": str(tmp_path / "feats")}}, TRAIN_STAGES,
+                        default_dataset="feats")
+
+
+def test_evaluate_trains_every_method_and_writes_run_directories(features_project):
+    reports = run("evaluate", config=features_project)
+    runs = {r.name: r for r in reports if isinstance(r, RunReport)}
+    assert set(runs) == {"cca", "cluster-cca", "tnn-ccca", "evaluate"}
+    for name in ("cca", "cluster-cca", "tnn-ccca"):
+        d = runs[name].run_dir
+        assert d.parent.name == "feats" and d.name.startswith(f"{name}-")
+        info = yaml.safe_load((d / "params.yaml").read_text())
+        assert info["implementation"] == TRAIN_STAGES[name]["implementation"] and info["protocol"] == "split"
+        assert (d / "pr_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        m = json.loads((d / "metrics.json").read_text())
+        assert list(m["folds"]) == ["split"]
+        with np.load(d / "folds" / "split" / "embeddings.npz") as z:  # the reported MAP is these embeddings'
+            assert len(z["clip_ids"]) == 48 and all(c.startswith("test/") for c in z["clip_ids"])
+            sim = (z["audio"] / np.linalg.norm(z["audio"], axis=1, keepdims=True)) @ \
+                  (z["visual"] / np.linalg.norm(z["visual"], axis=1, keepdims=True)).T
+            assert m["map_audio2visual"]["mean"] == pytest.approx(
+                mean_average_precision(sim, z["labels"], z["labels"]), abs=1e-6)
+        for view in ("audio", "visual"):  # every clip's embedding, from the final model
+            st = open_store(d / "embeddings" / view)
+            assert len(st) == 144 and st[st.clip_ids[-1]].shape == (1, 4) and st.attrs["modality"] == view
+    for name in ("cluster-cca", "tnn-ccca"):  # the classes are learnable: far above chance
+        m = runs[name].metrics
+        assert m["map_audio2visual"]["mean"] > m["chance_map"]["mean"] + 0.3
+        assert m["map_visual2audio"]["mean"] > m["chance_map"]["mean"] + 0.3
+    table = runs["evaluate"].metrics["runs"]
+    assert set(table) == {"cca", "cluster-cca", "tnn-ccca"} and "p@5_audio2visual" in table["cca"]
+    assert table["cca"]["map_audio2visual"]["mean"] == pytest.approx(runs["cca"].metrics["map_audio2visual"]["mean"])
+    again = {r.name: r for r in run("evaluate", config=features_project) if isinstance(r, RunReport)}
+    assert all(r.reused for r in again.values())  # nothing retrains
+
+
+def test_changing_the_margin_trains_anew_on_the_cached_features(features_project):
+    first = run("train", stage="tnn-ccca", config=features_project)
+    assert sum(r.computed for r in first if not isinstance(r, RunReport)) == 2 * 144
+    old = first[-1].run_dir
+    second = run("train", stage="tnn-ccca", config=features_project, overrides=["tnn-ccca.margin=0.5"])
+    imports = [r for r in second if not isinstance(r, RunReport)]
+    assert [r.computed for r in imports] == [0, 0] and [r.reused for r in imports] == [144, 144]
+    new = second[-1]
+    assert not new.reused and new.run_dir != old and new.folds_trained == 1
+    assert yaml.safe_load((new.run_dir / "params.yaml").read_text())["params"]["margin"] == 0.5
+    assert (old / "metrics.json").exists()  # the first run is still there
+
+
+def folds_project(tmp_path: Path, n: int = 30) -> Path:
+    root = tmp_path / "npy"
+    make_tnn_npy(root, n=n, n_folds=5)
+    rng = np.random.default_rng(1)
+    centres = rng.integers(40, 216, (3, 128 + 1024))
+    for i, vid in enumerate(sorted(p.stem for p in (root / "vgg").glob("*.npy"))):
+        label = int(np.load(root / "VEGAS_classes" / f"{vid}.npy"))
+        x = np.clip(centres[label] + rng.normal(0, 30, (4, 128 + 1024)), 0, 255).astype(np.uint8)
+        np.save(root / "vgg" / f"{vid}.npy", x[:, :128])
+        np.save(root / "inception" / f"{vid}.npy", x[:, 128:])
+    return write_config(tmp_path / "stages.yaml", tmp_path / "cache", {"npy": {"adapter": "tnn_npy", "root": str(root)}},
+                        TRAIN_STAGES, default_dataset="npy")
+
+
+def test_cross_validation_resumes_after_an_interrupted_fold(tmp_path, monkeypatch):
+    from models.cluster_cca import ClusterCCATrainer
+
+    cfg = folds_project(tmp_path)
+    real, calls = ClusterCCATrainer.fit, []
+
+    def flaky(self, *a):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed during the third fold
+        return real(self, *a)
+
+    monkeypatch.setattr(ClusterCCATrainer, "fit", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run("train", stage="cluster-cca", config=cfg)
+    run_dir = next((tmp_path / "cache" / "runs" / "npy").glob("cluster-cca-*"))
+    assert sorted(p.name for p in (run_dir / "folds").iterdir() if not p.name.startswith(".")) == ["fold-0", "fold-1"]
+    assert not (run_dir / "metrics.json").exists()
+    monkeypatch.setattr(ClusterCCATrainer, "fit", real)
+    rep = run("train", stage="cluster-cca", config=cfg)[-1]
+    assert (rep.folds_reused, rep.folds_trained) == (2, 3) and rep.metrics["protocol"] == "folds"
+    assert list(rep.metrics["folds"]) == [f"fold-{k}" for k in range(5)]
+    m = rep.metrics["map_audio2visual"]
+    assert len(m["values"]) == 5 and m["mean"] == pytest.approx(np.mean(m["values"]))
+    assert m["std"] == pytest.approx(np.std(m["values"])) and m["mean"] > rep.metrics["chance_map"]["mean"] + 0.3
+    # each clip is held out exactly once
+    ids = []
+    for k in range(5):
+        with np.load(run_dir / "folds" / f"fold-{k}" / "embeddings.npz") as z:
+            ids += list(z["clip_ids"])
+    assert len(ids) == len(set(ids)) == 30
+
+
+def test_train_stage_errors_say_what_to_do(features_project, tmp_path):
+    stages = {**TRAINING_ONLY_AUDIO}
+    cfg = write_config(tmp_path / "s2.yaml", tmp_path / "cache",
+                       {"feats": {"adapter": "tnn_h5", "root": str(tmp_path / "feats")}}, stages)
+    with pytest.raises(PipelineError, match="no visual upstream stage that applies to dataset 'feats'"):
+        run("train", dataset="feats", config=cfg)
+    with pytest.raises(PipelineError, match="protocol 'folds' needs every clip in one of >= 2 folds"):
+        run("train", stage="cca", config=features_project, overrides=["cca.protocol=folds"])
+
+
+TRAINING_ONLY_AUDIO = {"audio_features": IMPORT_STAGES["audio_features"],
+                       "cca": {"group": "train", "implementation": "cca", "upstream": ["audio_features"]}}
+
+
+def test_report_lists_runs_in_a_table_and_a_page(features_project, tmp_path):
+    run("train", stage="cca", config=features_project)
+    run("train", stage="cca", config=features_project, overrides=["cca.reg=0.5"])
+    p = cli("report", "--config", str(features_project), "--out", str(tmp_path / "r.html"))
+    lines = [line for line in p.stdout.splitlines() if line.startswith("feats")]
+    assert len(lines) == 2 and all(" cca " in line for line in lines)
+    assert any("reg=0.5" in line for line in lines) and any("reg=0.001" in line for line in lines)
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("<tr><td>feats</td>") == 2 and page.count("data:image/png;base64,") == 2
