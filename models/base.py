@@ -20,6 +20,7 @@ class TrainConfig:
 
     protocol: Literal["auto", "folds", "split"] = "auto"  # folds: k-fold CV on the dataset's folds; split: train/test
     seed: int = 0
+    standardize: bool = True  # z-score every feature on the training clips (features differ in scale by 1e10)
 
 
 class Trainer:
@@ -42,6 +43,21 @@ class Trainer:
     def transform(self, audio: np.ndarray, visual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Embed both views into the shared space."""
         raise NotImplementedError
+
+    def fit_scaler(self, audio: np.ndarray, visual: np.ndarray) -> None:
+        """Remember each view's per-feature mean and std (when `standardize`) for `scale`."""
+        self.norm_ = {}
+        if self.config.standardize:
+            for view, x in (("audio", audio), ("visual", visual)):
+                x = np.asarray(x, dtype=np.float64)
+                self.norm_[f"{view}_mean"], self.norm_[f"{view}_std"] = x.mean(0), x.std(0) + 1e-8
+
+    def scale(self, x: np.ndarray, view: str) -> np.ndarray:
+        """A view's rows in float64, z-scored with the training statistics when `standardize`."""
+        x = np.asarray(x, dtype=np.float64)
+        if self.norm_:
+            x = (x - self.norm_[f"{view}_mean"]) / self.norm_[f"{view}_std"]
+        return x
 
     def state_dict(self) -> dict[str, Any]:
         """Everything `load_state_dict` needs, as tensors (loadable with torch.load(weights_only=True))."""

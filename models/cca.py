@@ -154,14 +154,23 @@ class LinearTrainer(Trainer):
 
     model: _Projection
 
+    def fit(self, audio: np.ndarray, visual: np.ndarray, labels: np.ndarray) -> "LinearTrainer":
+        self.fit_scaler(audio, visual)
+        self._fit(self.scale(audio, "audio"), self.scale(visual, "visual"), labels)
+        return self
+
+    def _fit(self, audio: np.ndarray, visual: np.ndarray, labels: np.ndarray) -> None:
+        raise NotImplementedError
+
     def transform(self, audio: np.ndarray, visual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.model.transform(audio, visual)
+        return self.model.transform(self.scale(audio, "audio"), self.scale(visual, "visual"))
 
     def state_dict(self) -> dict[str, Any]:
-        return tensors(self.model.state_dict())
+        return {"model": tensors(self.model.state_dict()), "norm": tensors(self.norm_)}
 
     def load_state_dict(self, state: dict[str, Any]) -> "LinearTrainer":
-        self.model.load_state_dict(arrays(state))
+        self.model.load_state_dict(arrays(state["model"]))
+        self.norm_ = arrays(state["norm"])
         return self
 
 
@@ -177,6 +186,5 @@ class CCATrainer(LinearTrainer):
         super().__init__(config, device)
         self.model = CCA(self.config.n_components, self.config.reg, device)
 
-    def fit(self, audio: np.ndarray, visual: np.ndarray, labels: np.ndarray) -> "CCATrainer":
+    def _fit(self, audio: np.ndarray, visual: np.ndarray, labels: np.ndarray) -> None:
         self.model.fit(audio, visual)
-        return self

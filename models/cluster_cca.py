@@ -99,6 +99,5 @@ class ClusterCCATrainer(LinearTrainer):
         super().__init__(config, device)
         self.model = ClusterCCA(self.config.n_components, self.config.beta, self.config.reg, device)
 
-    def fit(self, audio: np.ndarray, visual: np.ndarray, labels: np.ndarray) -> "ClusterCCATrainer":
+    def _fit(self, audio: np.ndarray, visual: np.ndarray, labels: np.ndarray) -> None:
         self.model.fit(audio, visual, labels)
-        return self

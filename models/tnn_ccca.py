@@ -42,7 +42,6 @@ class TNNCCCAConfig(TrainConfig):
     lr: float = 1e-3
     epochs: int = 10
     triplet_batch: int = 64  # clips per step; every valid triplet among them counts
-    standardize: bool = True  # z-score each feature on the training clips (the reference feeds raw values)
     n_components: int = 10
     beta: float = 0.2
     reg: float = 1e-4
@@ -132,12 +131,6 @@ class TNNCCCATrainer(Trainer):
     def _build(self, da: int, dv: int) -> None:
         self.audio_net, self.visual_net = branch(da, self.config), branch(dv, self.config)
 
-    def _norm(self, x: np.ndarray, view: str) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
-        if self.config.standardize:
-            x = (x - self.norm_[f"{view}_mean"]) / self.norm_[f"{view}_std"]
-        return x
-
     def _nets(self, audio: np.ndarray, visual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
@@ -156,9 +149,8 @@ class TNNCCCATrainer(Trainer):
         cfg = self.config
         audio, visual = np.asarray(audio, dtype=np.float64), np.asarray(visual, dtype=np.float64)
         _, y = np.unique(np.asarray(labels).reshape(-1), return_inverse=True)
-        self.norm_ = {"audio_mean": audio.mean(0), "audio_std": audio.std(0) + 1e-8,
-                      "visual_mean": visual.mean(0), "visual_std": visual.std(0) + 1e-8}
-        a, v = self._norm(audio, "audio"), self._norm(visual, "visual")
+        self.fit_scaler(audio, visual)
+        a, v = self.scale(audio, "audio"), self.scale(visual, "visual")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             if cfg.order == "ccca-tnn":
@@ -201,7 +193,7 @@ class TNNCCCATrainer(Trainer):
         """Branch outputs projected by the fitted Cluster-CCA (or the reverse, for `ccca-tnn`)."""
         if not hasattr(self, "ccca"):
             raise RuntimeError("tnn_ccca is not fitted; call .fit first")
-        a, v = self._norm(audio, "audio"), self._norm(visual, "visual")
+        a, v = self.scale(audio, "audio"), self.scale(visual, "visual")
         if self.config.order == "ccca-tnn":
             return self._nets(*self.ccca.transform(a, v))
         return self.ccca.transform(*self._nets(a, v))

@@ -260,14 +260,19 @@ def load_trainer(run_dir: str | os.PathLike, fold: str | None = None, device: st
     return trainer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
-def _fit(impl: Any, rk: RunKeys, device: str, views: Views, mask: np.ndarray) -> Any:
+def _fit(impl: Any, rk: RunKeys, device: str, views: Views, mask: np.ndarray, what: str) -> Any:
     trainer = impl(impl.Config(**rk.params), device)
-    return trainer.fit(views.audio[mask], views.visual[mask], views.labels[mask])
+    try:
+        return trainer.fit(views.audio[mask], views.visual[mask], views.labels[mask])
+    except ValueError as e:  # e.g. too few clips for n_components, a singular covariance
+        raise TrainError(f"{what} ({int(mask.sum())} training clips): {e}") from None
 
 
 def summarise(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Mean and std over folds of every scalar metric, and the mean PR curve per direction."""
-    names = [k for k, v in next(iter(per_fold.values())).items() if isinstance(v, float)]
+    # scalars every fold has (P@K exists only where a fold has >= K test clips)
+    names = [k for k, v in next(iter(per_fold.values())).items()
+             if isinstance(v, float) and all(k in m for m in per_fold.values())]
     out: dict[str, Any] = {}
     for k in names:
         vals = np.array([m[k] for m in per_fold.values()])
@@ -372,7 +377,7 @@ def run_train(ctx: Any, rk: RunKeys, device: str = "auto", on_wait: Callable[[st
                 report.folds_reused += 1
                 continue
             tf = time.perf_counter()
-            trainer = _fit(impl, rk, device, views, train)
+            trainer = _fit(impl, rk, device, views, train, fname)
             a, v = trainer.transform(views.audio[test], views.visual[test])
             tmp = folds_dir / f".tmp-{fname}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir()
@@ -397,7 +402,7 @@ def run_train(ctx: Any, rk: RunKeys, device: str = "auto", on_wait: Callable[[st
             shutil.copyfile(folds_dir / "split" / "model.pt", rk.run_dir / "model.pt")
             model_on = "the train split"
         else:
-            trainer = _fit(impl, rk, device, views, np.ones(len(views.clip_ids), dtype=bool))
+            trainer = _fit(impl, rk, device, views, np.ones(len(views.clip_ids), dtype=bool), "final model")
             _save_model(trainer, rk.run_dir / "model.pt")
             model_on = "all clips (after cross-validation)"
         _write_embeddings(ctx, rk, views, trainer, model_on)
