@@ -34,27 +34,33 @@ def as_tensor(x: np.ndarray | Any, device: Any) -> Any:
                            dtype=torch.float64, device=device)
 
 
-def _inv_sqrt(c: Any) -> Any:
-    """C^-1/2 of a symmetric positive definite matrix, by eigendecomposition."""
+def _cholesky(c: Any) -> Any:
+    """Lower Cholesky factor of a covariance, or a clear error when it is not positive definite."""
     import torch
 
-    w, v = torch.linalg.eigh(c)
-    if float(w.min()) <= 0:
+    low, info = torch.linalg.cholesky_ex(c)
+    if int(info) != 0:
         raise ValueError("a covariance is not positive definite; raise `reg` (e.g. reg=1e-3)")
-    return (v * w.rsqrt()) @ v.T
+    return low
 
 
 def solve_cca(sxx: Any, syy: Any, sxy: Any, k: int) -> tuple[Any, Any, Any]:
     """Projections (Wx, Wy) and canonical correlations of given covariances, by whitening + SVD.
 
-    Wx = Sxx^-1/2 U_k and Wy = Syy^-1/2 V_k where U S V^T = Sxx^-1/2 Sxy Syy^-1/2; each pair of
-    columns gets the sign that makes Wx's largest-magnitude entry positive, so results are
-    reproducible across devices and LAPACK builds."""
+    With Cholesky factors Sxx = Lx Lx^T and Syy = Ly Ly^T: U S V^T = Lx^-1 Sxy Ly^-T, Wx = Lx^-T U_k,
+    Wy = Ly^-T V_k. This is the same solution as whitening with Sxx^-1/2 (the reference code's eig
+    route; canonical directions do not depend on the whitening) at a fraction of the cost for wide
+    views. Each pair of columns gets the sign that makes Wx's largest-magnitude entry positive, so
+    results are reproducible across devices and LAPACK builds."""
     import torch
+    from torch.linalg import solve_triangular
 
-    wx_half, wy_half = _inv_sqrt(sxx), _inv_sqrt(syy)
-    u, s, vh = torch.linalg.svd(wx_half @ sxy @ wy_half, full_matrices=False)
-    wx, wy = wx_half @ u[:, :k], wy_half @ vh[:k].T
+    lx, ly = _cholesky(sxx), _cholesky(syy)
+    a = solve_triangular(lx, sxy, upper=False)  # Lx^-1 Sxy
+    t = solve_triangular(ly, a.T, upper=False).T  # Lx^-1 Sxy Ly^-T
+    u, s, vh = torch.linalg.svd(t, full_matrices=False)
+    wx = solve_triangular(lx.T, u[:, :k], upper=True)
+    wy = solve_triangular(ly.T, vh[:k].T, upper=True)
     idx = wx.abs().argmax(dim=0)
     sign = torch.sign(wx[idx, torch.arange(wx.shape[1], device=wx.device)])
     sign[sign == 0] = 1
