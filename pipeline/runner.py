@@ -392,6 +392,33 @@ def status(config: PipelineConfig, dataset: str | None) -> list[dict[str, Any]]:
             state = "missing"
         rows.append({"stage": name, "state": state, "done": len(done), "total": total, "failed": failed,
                      "store": str(sk.store_path)})
+    return rows + _run_status(ctx, [n for n in config.stages if n not in ctx.stages and n not in errors])
+
+
+def _run_status(ctx: Context, names: list[str]) -> list[dict[str, Any]]:
+    """Train/evaluate stages: up to date / partial k folds / missing / stale, by their run directories."""
+    from .train import TrainError, resolve_runs
+
+    rows = []
+    for name in names:
+        try:
+            rk = resolve_runs(ctx, [name]).get(name)
+        except TrainError as e:
+            rows.append({"stage": name, "state": f"cannot resolve: {e}", "done": 0, "total": 0, "failed": 0,
+                         "store": None})
+            continue
+        if rk is None:
+            continue
+        folds = [p for p in (rk.run_dir / "folds").glob("*/embeddings.npz")] if rk.kind == "train" else []
+        if (rk.run_dir / "metrics.json").exists():
+            state = "up to date"
+        elif folds:
+            state = f"partial: {len(folds)} fold(s) committed"
+        elif any(p != rk.run_dir for p in rk.run_dir.parent.glob(f"{name}-*")):
+            state = "stale (params, code or upstream changed since the last run)"
+        else:
+            state = "missing"
+        rows.append({"stage": name, "state": state, "done": 0, "total": 0, "failed": 0, "store": str(rk.run_dir)})
     return rows
 
 

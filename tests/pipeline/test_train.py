@@ -8,7 +8,8 @@ import yaml
 
 from models.metrics import mean_average_precision
 from pipeline import open_store
-from pipeline.runner import PipelineError, run
+from pipeline.config import load_config
+from pipeline.runner import PipelineError, run, status
 from pipeline.train import RunReport
 
 from ..conftest import cli, write_config
@@ -124,8 +125,11 @@ def test_cross_validation_resumes_after_an_interrupted_fold(tmp_path, monkeypatc
     run_dir = next((tmp_path / "cache" / "runs" / "npy").glob("cluster-cca-*"))
     assert sorted(p.name for p in (run_dir / "folds").iterdir() if not p.name.startswith(".")) == ["fold-0", "fold-1"]
     assert not (run_dir / "metrics.json").exists()
+    states = lambda: {r["stage"]: r["state"] for r in status(load_config(cfg), None)}  # noqa: E731
+    assert states()["cluster-cca"] == "partial: 2 fold(s) committed" and states()["cca"] == "missing"
     monkeypatch.setattr(ClusterCCATrainer, "fit", real)
     rep = run("train", stage="cluster-cca", config=cfg)[-1]
+    assert states()["cluster-cca"] == "up to date"
     assert (rep.folds_reused, rep.folds_trained) == (2, 3) and rep.metrics["protocol"] == "folds"
     assert list(rep.metrics["folds"]) == [f"fold-{k}" for k in range(5)]
     m = rep.metrics["map_audio2visual"]
