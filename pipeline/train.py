@@ -141,19 +141,14 @@ def _params_yaml(ctx: Any, rk: RunKeys, extra: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def _run_lock(ctx: Any, rk: RunKeys, on_wait: Callable[[str], None] | None) -> Iterator[None]:
-    from filelock import FileLock, Timeout
+    from filelock import FileLock
+
+    from .runner import _acquire
 
     path = ctx.config.cache / "locks" / "runs" / ctx.dataset / f"{rk.run_dir.name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        msg = f"stage '{rk.name}': another run holds {path}; waiting for it to finish"
-        log.info(msg)
-        if on_wait:
-            on_wait(msg)
-        lock.acquire()
+    _acquire(lock, f"stage '{rk.name}'", on_wait)
     try:
         yield
     finally:
