@@ -2,14 +2,16 @@
 
 Rows of a similarity matrix are queries, columns the gallery. The ranking of a query sorts the
 gallery by decreasing similarity; equal similarities keep gallery order (lower index first), so
-every result is deterministic. Everything is vectorised over queries: the ranking of all rows is
-one sort of packed integer keys (similarity bits, gallery index, relevance bit), with no
-per-query Python loop.
+every result is deterministic. Everything is vectorised over queries: the ranking of a block of
+rows is one sort of packed integer keys (similarity bits, gallery index, relevance bit), with no
+per-query Python loop; blocks of 64 rows run on a thread per core (numpy releases the GIL).
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -44,10 +46,9 @@ def _ordered_keys(s: np.ndarray) -> np.ndarray:
     return k
 
 
-def ranked_relevance(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
-    """`[n_queries, n_gallery]` booleans: is the item at each rank relevant (same label) to the query."""
-    s, q, g = _check(similarity, query_labels, gallery_labels)
-    n, m = s.shape
+def _ranked(s: np.ndarray, q: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Relevance in rank order for a block of query rows (checked inputs)."""
+    m = s.shape[1]
     relevant = q[:, None] == g[None, :]
     if s.dtype == np.float64 and not np.array_equal(s.astype(np.float32), s):
         order = np.argsort(-s, axis=1, kind="stable")  # float64 ranks that float32 would merge
@@ -62,15 +63,36 @@ def ranked_relevance(similarity: np.ndarray, query_labels: np.ndarray, gallery_l
     return (key & 1) == 0
 
 
+def _blocks(fn: Any, n: int, block: int = 64) -> list[Any]:
+    """fn(start, stop) over row blocks, on a thread per core (numpy's sort and ufuncs release the GIL)."""
+    spans = [(a, min(a + block, n)) for a in range(0, n, block)]
+    if len(spans) <= 1:
+        return [fn(a, b) for a, b in spans]
+    with ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, len(spans))) as pool:
+        return list(pool.map(lambda ab: fn(*ab), spans))
+
+
+def ranked_relevance(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
+    """`[n_queries, n_gallery]` booleans: is the item at each rank relevant (same label) to the query."""
+    s, q, g = _check(similarity, query_labels, gallery_labels)
+    parts = _blocks(lambda a, b: _ranked(s[a:b], q[a:b], g), s.shape[0])
+    return np.concatenate(parts) if parts else np.zeros(s.shape, dtype=bool)
+
+
 def average_precisions(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray) -> np.ndarray:
     """Per query: the mean over its relevant items of the precision at each one's rank (0 if none)."""
-    rel = ranked_relevance(similarity, query_labels, gallery_labels)
-    hits = np.cumsum(rel, axis=1, dtype=np.int32)  # at a relevant rank: which relevant item it is (k)
-    counts = hits[:, -1].astype(np.float64) if rel.shape[1] else np.zeros(rel.shape[0])
-    hits *= rel
-    # sum over relevant ranks r of k / r, as one matrix-vector product
-    sums = hits.astype(np.float64) @ (1.0 / np.arange(1, rel.shape[1] + 1))
-    return np.divide(sums, counts, out=np.zeros(rel.shape[0]), where=counts > 0)
+    s, q, g = _check(similarity, query_labels, gallery_labels)
+
+    def block(a: int, b: int) -> np.ndarray:
+        rows, ranks = np.nonzero(_ranked(s[a:b], q[a:b], g))  # row-major: each row's hits in rank order
+        counts = np.bincount(rows, minlength=b - a)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        k = np.arange(len(rows)) - first[rows] + 1  # the k-th relevant item of its row ...
+        sums = np.bincount(rows, weights=k / (ranks + 1.0), minlength=b - a)  # ... has precision k / rank
+        return np.divide(sums, counts, out=np.zeros(b - a), where=counts > 0)
+
+    parts = _blocks(block, s.shape[0])
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def mean_average_precision(similarity: np.ndarray, query_labels: np.ndarray, gallery_labels: np.ndarray) -> float:

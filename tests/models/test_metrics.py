@@ -22,21 +22,22 @@ def brute_force_ap(sim, q, g):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_map_equals_brute_force_on_random_data(dtype):
+@pytest.mark.parametrize("n", [37, 203])  # one row block, and several on threads (64 rows each)
+def test_map_equals_brute_force_on_random_data(dtype, n):
     rng = np.random.default_rng(0)
-    sim = rng.standard_normal((37, 53)).astype(dtype)
-    q, g = rng.integers(0, 4, 37), rng.integers(0, 4, 53)
+    sim = rng.standard_normal((n, 53)).astype(dtype)
+    q, g = rng.integers(0, 4, n), rng.integers(0, 4, 53)
     np.testing.assert_allclose(average_precisions(sim, q, g), brute_force_ap(sim, q, g), rtol=0, atol=1e-12)
     assert mean_average_precision(sim, q, g) == pytest.approx(brute_force_ap(sim, q, g).mean(), abs=1e-12)
 
 
 def test_ties_are_broken_by_gallery_order():
     rng = np.random.default_rng(1)
-    sim = rng.integers(-2, 3, (40, 60)).astype(np.float32)  # many exact ties, negative and zero too
+    sim = rng.integers(-2, 3, (140, 60)).astype(np.float32)  # many exact ties, negative and zero too
     sim[0] = 0.0
     sim[1, ::2] = -0.0  # equal to 0.0: ties with it, by gallery order
     sim[1, 1::2] = 0.0
-    q, g = rng.integers(0, 3, 40), rng.integers(0, 3, 60)
+    q, g = rng.integers(0, 3, 140), rng.integers(0, 3, 60)
     np.testing.assert_allclose(average_precisions(sim, q, g), brute_force_ap(sim, q, g), atol=1e-12)
     # an all-tied row ranks the gallery in order: AP is computable by hand
     g2 = np.array([1, 0, 1, 0])
