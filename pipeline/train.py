@@ -402,6 +402,8 @@ def run_train(ctx: Any, rk: RunKeys, device: str = "auto", on_wait: Callable[[st
             model_on = "all clips (after cross-validation)"
         _write_embeddings(ctx, rk, views, trainer, model_on)
         metrics = evaluate_folds(rk.run_dir)
+        for fname, m in metrics["folds"].items():
+            _atomic_json(folds_dir / fname / "metrics.json", m)
         metrics.update({"stage": rk.name, "implementation": rk.implementation, "protocol": protocol,
                         "dataset": ctx.dataset, "key": rk.key, "completed": time.time()})
         plot_pr({rk.name: metrics}, rk.run_dir / "pr_curve.png", f"{rk.name} on {ctx.dataset} ({protocol})")

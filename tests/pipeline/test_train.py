@@ -133,6 +133,8 @@ def test_cross_validation_resumes_after_an_interrupted_fold(tmp_path, monkeypatc
     assert (rep.folds_reused, rep.folds_trained) == (2, 3) and rep.metrics["protocol"] == "folds"
     assert list(rep.metrics["folds"]) == [f"fold-{k}" for k in range(5)]
     m = rep.metrics["map_audio2visual"]
+    fold3 = json.loads((run_dir / "folds" / "fold-3" / "metrics.json").read_text())  # per-fold metrics
+    assert fold3["map_audio2visual"] == m["values"][3] and fold3["n"] == 6
     assert len(m["values"]) == 5 and m["mean"] == pytest.approx(np.mean(m["values"]))
     assert m["std"] == pytest.approx(np.std(m["values"])) and m["mean"] > rep.metrics["chance_map"]["mean"] + 0.3
     # each clip is held out exactly once
@@ -158,7 +160,8 @@ TRAINING_ONLY_AUDIO = {"audio_features": IMPORT_STAGES["audio_features"],
 
 
 def test_report_lists_runs_in_a_table_and_a_page(features_project, tmp_path):
-    run("train", stage="cca", config=features_project)
+    p = cli("run", "train", "--stage", "cca", "--config", str(features_project), "--no-progress")
+    assert "cca: trained 1 fold(s)" in p.stdout and "MAP audio->visual" in p.stdout and "(chance 0." in p.stdout
     run("train", stage="cca", config=features_project, overrides=["cca.reg=0.5"])
     p = cli("report", "--config", str(features_project), "--out", str(tmp_path / "r.html"))
     lines = [line for line in p.stdout.splitlines() if line.startswith("feats")]
