@@ -5,7 +5,6 @@ inputs and outputs are numpy arrays.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,8 +13,6 @@ import numpy as np
 from pipeline.registry import register_trainer
 
 from .base import TrainConfig, Trainer, arrays, tensors
-
-log = logging.getLogger(__name__)
 
 
 def _device(name: str) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .config import PipelineConfig
-from .runner import PipelineError, _committed, reading, resolve
+from .runner import PipelineError, reading, require_complete, resolve
 from .store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -50,11 +50,7 @@ def export_tnn_h5(config: PipelineConfig, dataset: str | None, stages: list[str]
             raise PipelineError(f"stage '{name}' has no features for dataset '{ctx.dataset}': export reads extract "
                                 "stages of a media dataset, or import stages of a features dataset")
         sk = ctx.stages[name]
-        done, _, _ = _committed(sk.store_path, ctx.clip_keys)
-        if len(done) < len(ctx.manifest):
-            raise PipelineError(f"stage '{name}' holds {len(done)} of {len(ctx.manifest)} clips of dataset "
-                                f"'{ctx.dataset}'; run `pipeline run {config.stages[name].group} --dataset "
-                                f"{ctx.dataset} --stage {name}` first")
+        require_complete(ctx, name)
         modality = sk.attrs.get("modality")
         if modality not in ("audio", "visual"):
             raise PipelineError(f"stage '{name}' has modality {modality!r}; tnn-h5 takes one audio and one visual stage")

@@ -272,6 +272,16 @@ def _committed(store_path: Path, clip_keys: dict[str, str]) -> tuple[set[str], i
     return done, shards, failed
 
 
+def require_complete(ctx: Context, name: str) -> None:
+    """Fail, naming the command that fills it, unless stage `name` has committed every clip of the manifest."""
+    assert ctx.manifest is not None
+    done, _, _ = _committed(ctx.stages[name].store_path, ctx.clip_keys)
+    if len(done) < len(ctx.manifest):
+        raise PipelineError(f"stage '{name}' holds {len(done)} of {len(ctx.manifest)} clips of dataset "
+                            f"'{ctx.dataset}'; run `pipeline run {ctx.config.stages[name].group} --dataset "
+                            f"{ctx.dataset} --stage {name}` first")
+
+
 def _write_index(ctx: Context, sk: StageKeys, report: StageReport) -> None:
     index = cache_paths(ctx.config.cache)["index"] / ctx.dataset
     index.mkdir(parents=True, exist_ok=True)

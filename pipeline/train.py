@@ -33,7 +33,7 @@ import yaml
 from .cache import hash_key
 from .config import implementation
 from .registry import EVALUATORS, TRAINERS
-from .store import ClipResult, FeatureStore, StoreWriter
+from .store import ClipResult, FeatureStore, StoreWriter, _atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +127,7 @@ def resolve_runs(ctx: Any, names: list[str]) -> dict[str, RunKeys]:
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    _atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 def _params_yaml(ctx: Any, rk: RunKeys, extra: dict[str, Any]) -> str:
@@ -171,15 +169,12 @@ class Views:
 
 def load_views(ctx: Any, rk: RunKeys) -> Views:
     """Clip means of the audio and visual upstream stores for every labelled clip both hold."""
-    from .runner import _committed
+    from .runner import require_complete
 
     assert ctx.manifest is not None
     clips = ctx.manifest.clips
-    for modality, stage in rk.views.items():
-        done, _, _ = _committed(ctx.stages[stage].store_path, ctx.clip_keys)
-        if len(done) < len(clips):
-            raise TrainError(f"stage '{stage}' holds {len(done)} of {len(clips)} clips; run "
-                             f"`pipeline run {ctx.config.stages[stage].group} --dataset {ctx.dataset} --stage {stage}`")
+    for stage in rk.views.values():
+        require_complete(ctx, stage)
     stores = {m: FeatureStore(ctx.stages[s].store_path, clip_keys=ctx.clip_keys) for m, s in rk.views.items()}
     skipped: dict[str, str] = {}
     keep = []
