@@ -176,3 +176,122 @@ class Retrieval:
     VERSION: ClassVar[int] = 1
     Config: ClassVar[type] = RetrievalConfig
     reads: ClassVar[None] = None
+
+
+# --- Recall@K for paired items (spoken captions of images: several captions per image) -----------------
+
+def _positions(s: np.ndarray) -> np.ndarray:
+    """Position (0 = first) of every column in its row's ranking: decreasing similarity, ties by lower column."""
+    order = np.argsort(-s, axis=1, kind="stable")
+    pos = np.empty_like(order)
+    np.put_along_axis(pos, order, np.broadcast_to(np.arange(s.shape[1]), s.shape), axis=1)
+    return pos
+
+
+def caption_ranks(similarity: np.ndarray, image_of: np.ndarray, block: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """0-based ranks of the right answers in `similarity[n_images, n_captions]`: per image, the best
+    position of any of its captions (image -> caption); per caption, the position of its image."""
+    s = np.asarray(similarity)
+    image_of = np.asarray(image_of, dtype=np.int64).reshape(-1)
+    n_img, n_cap = s.shape if s.ndim == 2 else (-1, -1)
+    if s.ndim != 2 or len(image_of) != n_cap:
+        raise ValueError(f"similarity must be [n_images, n_captions] with n_captions = {len(image_of)}, got {s.shape}")
+    if n_cap and (image_of.min() < 0 or image_of.max() >= n_img):
+        raise ValueError(f"image_of must index the {n_img} images")
+    if np.isnan(s).any():
+        raise ValueError("similarity contains NaN; check the embeddings (a zero vector?)")
+    if len(np.unique(image_of)) != n_img:
+        raise ValueError("every image needs at least one caption")
+    i2c = np.full(n_img, n_cap, dtype=np.int64)
+    for a in range(0, n_img, block):
+        pos = _positions(s[a:a + block])
+        cols = np.flatnonzero((image_of >= a) & (image_of < a + block))
+        np.minimum.at(i2c, image_of[cols], pos[image_of[cols] - a, cols])
+    c2i = np.empty(n_cap, dtype=np.int64)
+    for a in range(0, n_cap, block):
+        pos = _positions(s[:, a:a + block].T)
+        c2i[a:a + block] = pos[np.arange(len(pos)), image_of[a:a + block]]
+    return i2c, c2i
+
+
+def rank_summary(ranks: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """R@K in percent (rank < K), median rank floor(median) + 1 and mean rank + 1, from 0-based ranks."""
+    r = np.asarray(ranks, dtype=np.float64)
+    out = {f"r@{k}": float(100.0 * np.mean(r < k)) for k in ks}
+    out["medr"] = float(np.floor(np.median(r)) + 1)
+    out["meanr"] = float(r.mean() + 1)
+    return out
+
+
+def chance_recall(image_of: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, dict[str, float]]:
+    """Expected R@K (percent) of a random ranking, both ways: an image hits when any of its captions is
+    in the top K (hypergeometric), a caption when its one image is."""
+    image_of = np.asarray(image_of).reshape(-1)
+    n_cap = len(image_of)
+    per_image = np.bincount(image_of).astype(np.float64)
+    n_img = len(per_image)
+    i2c, c2i = {}, {}
+    for k in ks:
+        t = np.arange(min(k, n_cap))
+        miss = np.prod((n_cap - per_image[:, None] - t[None, :]).clip(min=0) / (n_cap - t[None, :]), axis=1)
+        i2c[f"r@{k}"] = float(100.0 * np.mean(1.0 - miss))
+        c2i[f"r@{k}"] = float(100.0 * min(k, n_img) / n_img)
+    return {"image2caption": i2c, "caption2image": c2i}
+
+
+def recall_metrics(images: np.ndarray, captions: np.ndarray, image_of: np.ndarray, ks: tuple[int, ...] = (1, 5, 10),
+                   caption: str = "speech", folds: int = 1) -> dict[str, Any]:
+    """Image -> caption and caption -> image retrieval by cosine similarity: R@K, medr, meanr, chance;
+    `folds` > 1 averages over that many equal slices of the images (with their captions), e.g. 5 x 1000."""
+    images, captions = np.asarray(images), np.asarray(captions)
+    image_of = np.asarray(image_of, dtype=np.int64).reshape(-1)
+    if folds < 1 or folds > len(images):
+        raise ValueError(f"folds must be in 1..{len(images)} (the number of images), got {folds}")
+    fwd, back = f"image2{caption}", f"{caption}2image"
+    per: list[dict[str, Any]] = []
+    for part in np.array_split(np.arange(len(images)), folds):
+        cols = np.flatnonzero(np.isin(image_of, part))
+        sub_of = np.searchsorted(part, image_of[cols])
+        i2c, c2i = caption_ranks(cosine_similarity(images[part], captions[cols]), sub_of)
+        chance = chance_recall(sub_of, ks)
+        per.append({fwd: rank_summary(i2c, ks), back: rank_summary(c2i, ks),
+                    "chance": {fwd: chance["image2caption"], back: chance["caption2image"]}})
+    out: dict[str, Any] = {"n_images": int(len(images)), "n_captions": int(len(captions)), "folds": folds}
+    for d in (fwd, back):
+        out[d] = {m: float(np.mean([p[d][m] for p in per])) for m in per[0][d]}
+    out["chance"] = {d: {m: float(np.mean([p["chance"][d][m] for p in per])) for m in per[0]["chance"][d]}
+                     for d in (fwd, back)}
+    out["rsum"] = float(sum(out[d][f"r@{k}"] for d in (fwd, back) for k in ks))
+    return out
+
+
+def caption_recall(emb: dict[str, np.ndarray], image_of: np.ndarray, ks: tuple[int, ...] = (1, 5, 10),
+                   folds: int = 1) -> dict[str, Any]:
+    """Recall metrics of one split's embeddings (`image` per image, `speech` and optional `text` per
+    caption): image <-> speech (rsum counts these), and image <-> text when there is text."""
+    out = recall_metrics(emb["image"], emb["speech"], image_of, ks, caption="speech", folds=folds)
+    if "text" in emb and len(emb["text"]):
+        text = recall_metrics(emb["image"], emb["text"], image_of, ks, caption="text", folds=folds)
+        out.update({k: text[k] for k in ("image2text", "text2image")})
+        out["chance"].update(text["chance"])
+    return out
+
+
+@dataclass
+class RecallConfig:
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    folds: int = 1  # > 1: average over that many slices of the test images (5 x 1000 on a 5000-image test set)
+
+    def __post_init__(self) -> None:
+        if not self.ks or min(self.ks) < 1 or self.folds < 1:
+            raise ValueError(f"need ks >= 1 and folds >= 1, got {self.ks} and {self.folds}")
+
+
+@register_evaluator
+class Recall:
+    """Caption retrieval of captions train runs' test embeddings: R@K, medr, meanr both ways, chance."""
+
+    name: ClassVar[str] = "recall"
+    VERSION: ClassVar[int] = 1
+    Config: ClassVar[type] = RecallConfig
+    reads: ClassVar[None] = None

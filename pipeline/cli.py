@@ -143,14 +143,27 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
 
 
 def _echo_runs(runs: list[Any], random: list[str]) -> None:
+    from .captions import recall_line, recall_table
     from .train import format_table, summary_line, table_rows
 
     for r in runs:
-        if r.kind == "train":
+        captions = r.metrics.get("task") == "captions"
+        if r.kind == "train" and captions:
+            resumed = r.metrics.get("resumed_at_epoch", 0)
+            did = ("up to date, run reused" if r.reused else
+                   f"trained {r.metrics['epochs']} epochs{f' (resumed after epoch {resumed})' if resumed else ''}, "
+                   f"best epoch {r.metrics['best_epoch']}, {r.seconds:.1f} s")
+            click.echo(f"{r.name}: {did}; {r.run_dir}")
+            click.echo(f"  {recall_line(r.metrics)}")
+        elif r.kind == "train":
             did = (f"up to date, run reused" if r.reused else
                    f"trained {r.folds_trained} fold(s), reused {r.folds_reused}, {r.seconds:.1f} s")
             click.echo(f"{r.name}: {did}; {r.run_dir}")
             click.echo(f"  {summary_line(r.metrics)}")
+        elif captions:
+            click.echo(f"{r.name}: {'up to date, reused' if r.reused else 'evaluated'}; {r.run_dir}")
+            click.echo(recall_table(r.metrics["runs"]))
+            click.echo(f"Recall@K curves: {r.run_dir / 'recall_curve.png'}")
         else:
             click.echo(f"{r.name}: {'up to date, reused' if r.reused else 'evaluated'}; {r.run_dir}")
             click.echo(format_table(table_rows(r.metrics["runs"])))

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 from .cache import DigestMemo, hash_key
 from .config import ConfigError, ExecutionParams, PipelineConfig, implementation, load_config
 from .datasets import Clip, DatasetAdapter, Manifest
-from .registry import DATASETS
+from .registry import DATASETS, TRAINERS
 from .store import ClipResult, FeatureStore, StoreWriter, read_commits, write_failures_log
 
 log = logging.getLogger(__name__)
@@ -499,11 +499,58 @@ def collect_garbage(config: PipelineConfig, dry_run: bool = False) -> tuple[list
     return removed, skipped
 
 
+def _drop_inapplicable(cfg: PipelineConfig, adapter: DatasetAdapter, names: list[str], targets: list[str],
+                       explicit: bool, on_skip: Callable[[str, str], None] | None) -> list[str]:
+    """`names` without the train stages that cannot learn from this dataset (and what only they need).
+    Asked for by name (`--stage`), such a stage is an error that says why."""
+    from .captions import applies
+
+    trainers = [n for n in names if cfg.stages[n].implementation in TRAINERS]
+    if not trainers:
+        return names
+    adapter.prepare()
+    manifest = adapter.manifest()
+    why = {n: r for n in trainers if (r := applies(TRAINERS.get(cfg.stages[n].implementation), manifest))}
+    if not why:
+        return names
+    dropped = set(why)
+    for n in cfg.order(names):  # downstream run stages whose run upstream is all dropped go too
+        ups = [u for u in cfg.stages[n].upstream if u in names and _is_run_stage_name(cfg, u)]
+        if ups and all(u in dropped for u in ups) and n not in dropped:
+            dropped.add(n)
+            why[n] = "every train stage it reads was skipped"
+        elif ups and any(u in dropped for u in ups) and cfg.stages[n].implementation in TRAINERS:
+            dropped.add(n)
+            why[n] = f"it starts from '{next(u for u in ups if u in dropped)}', which was skipped"
+    if explicit and targets[0] in dropped:
+        raise PipelineError(f"stage '{targets[0]}' does not apply to dataset '{adapter.dataset_name}': "
+                            f"{why[targets[0]]}")
+    needed: set[str] = set()
+    for n in names:
+        if n not in dropped:
+            needed.update(cfg.order([n]))
+    for n in names:
+        if n in dropped and on_skip:
+            on_skip(n, why[n])
+        elif n in dropped:
+            log.info("stage '%s' skipped on dataset '%s': %s", n, adapter.dataset_name, why[n])
+    return [n for n in names if n in needed]
+
+
+def _is_run_stage_name(cfg: PipelineConfig, name: str) -> bool:
+    """True when stage `name` runs a trainer or an evaluator."""
+    from .train import is_run_stage
+
+    return is_run_stage(implementation(cfg.stages[name].implementation))
+
+
 def run(group: str | None = "extract", dataset: str | None = None, stage: str | None = None,
         overrides: list[str] | tuple[str, ...] = (), config: str | os.PathLike | PipelineConfig = "stages.yaml",
         cache: str | os.PathLike | None = None, strict: bool = False,
         on_progress: Callable[[int], None] | None = None, on_wait: Callable[[str], None] | None = None,
         on_plan: Callable[[StageReport, int], None] | None = None,
+        on_skip: Callable[[str, str], None] | None = None,
+        on_epoch: Callable[[int, int, float], None] | None = None,
         **execution: Any) -> list[Any]:
     """Run a group (or one stage) and everything upstream for a dataset; return a report per stage
     (a StageReport per feature stage, a pipeline.train.RunReport per train/evaluate stage)."""
@@ -511,6 +558,7 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
     names = select_stages(cfg, group, stage)
     targets = [stage] if stage else cfg.group(group or "extract")
     adapter = make_adapter(cfg, dataset)
+    from .captions import run_caption_train, task_of
     from .train import TrainError, is_run_stage, resolve_runs, run_evaluate, run_train
 
     reads = {n: _reads(implementation(spec.implementation)) for n, spec in cfg.stages.items()}
@@ -530,6 +578,7 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
         raise PipelineError(f"dataset '{adapter.dataset_name}' holds {adapter.kind}, but stage(s) "
                             f"{', '.join(wrong)} read {source[wrong[0]]}{hint}")
     names = [n for n in names if n in kept]
+    names = _drop_inapplicable(cfg, adapter, names, targets, stage is not None, on_skip)
     missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
     if missing and any(reads[n] == "media" for n in names):
         raise PipelineError(f"{' and '.join(missing)} not found on PATH; install Debian's ffmpeg "
@@ -547,7 +596,10 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
             ex = cfg.execution_for(name, **execution)
             try:
                 if name in runs and runs[name].kind == "train":
-                    reports.append(run_train(ctx, runs[name], ex.device, on_wait))
+                    if task_of(TRAINERS.get(runs[name].implementation)) == "captions":
+                        reports.append(run_caption_train(ctx, runs[name], runs, ex.device, on_wait, on_epoch))
+                    else:
+                        reports.append(run_train(ctx, runs[name], ex.device, on_wait))
                     continue
                 if name in runs:
                     reports.append(run_evaluate(ctx, runs[name], runs, on_wait))

@@ -31,6 +31,7 @@ import numpy as np
 import yaml
 
 from .cache import hash_key
+from .captions import pairs_digest, task_of
 from .config import implementation
 from .registry import EVALUATORS, TRAINERS
 from .store import ClipResult, FeatureStore, StoreWriter, _atomic_write_text
@@ -56,6 +57,7 @@ class RunKeys:
     run_dir: Path
     views: dict[str, str] = field(default_factory=dict)  # modality -> upstream feature stage (train)
     upstream_runs: list[str] = field(default_factory=list)  # train stages an evaluate stage reads
+    init_from: str | None = None  # a train stage whose model this one starts from (fine-tuning)
 
 
 @dataclass
@@ -110,10 +112,24 @@ def resolve_runs(ctx: Any, names: list[str]) -> dict[str, RunKeys]:
                 raise TrainError(f"stage '{name}' has no {lacking[0]} upstream stage that applies to dataset "
                                  f"'{ctx.dataset}' (its upstream: {', '.join(spec.upstream) or 'none'}); add an "
                                  f"extract (media datasets) or import (feature datasets) stage of that modality")
-            key = hash_key({"implementation": spec.implementation, "version": impl.VERSION, "params": params,
-                            "views": {m: ctx.stages[s].store_key for m, s in sorted(views.items())},
-                            "labels": _labels_digest(ctx)})
-            runs[name] = RunKeys(name, spec.implementation, "train", params, key, root / f"{name}-{key}", views)
+            ident = {"implementation": spec.implementation, "version": impl.VERSION, "params": params,
+                     "views": {m: ctx.stages[s].store_key for m, s in sorted(views.items())}}
+            inits = [u for u in spec.upstream if u in runs and runs[u].kind == "train"]
+            if len(inits) > 1:
+                raise TrainError(f"stage '{name}' lists train stages {', '.join(inits)} upstream; it can start "
+                                 "from one model only")
+            if task_of(impl) == "captions":
+                ident["pairs"] = pairs_digest(ctx)
+                if inits:
+                    ident["init"] = runs[inits[0]].key
+            else:
+                if inits:
+                    raise TrainError(f"stage '{name}' ({spec.implementation}) cannot start from another run "
+                                     f"('{inits[0]}'); only captions trainers fine-tune")
+                ident["labels"] = _labels_digest(ctx)
+            key = hash_key(ident)
+            runs[name] = RunKeys(name, spec.implementation, "train", params, key, root / f"{name}-{key}", views,
+                                 init_from=inits[0] if inits else None)
         else:
             ups = [u for u in spec.upstream if u in runs and runs[u].kind == "train"]
             if not ups:
@@ -419,22 +435,79 @@ def run_evaluate(ctx: Any, rk: RunKeys, runs: dict[str, RunKeys],
                              seconds=time.perf_counter() - t0)
         rk.run_dir.mkdir(parents=True, exist_ok=True)
         ks = tuple(rk.params.get("ks", (1, 5, 10)))
+        captions = rk.implementation == "recall"
         rows: dict[str, Any] = {}
         for name in rk.upstream_runs:
             up = runs[name]
             if not (up.run_dir / "metrics.json").exists():
                 raise TrainError(f"train stage '{name}' has not completed ({up.run_dir}); "
                                  f"run `pipeline run train --dataset {ctx.dataset} --stage {name}`")
-            m = evaluate_folds(up.run_dir, ks, rk.params.get("pr_points", 11))
-            m.update({"run": str(up.run_dir), "implementation": up.implementation,
-                      "protocol": json.loads((up.run_dir / "metrics.json").read_text())["protocol"]})
+            done = json.loads((up.run_dir / "metrics.json").read_text())
+            if captions != (done.get("task") == "captions"):
+                raise TrainError(f"evaluate stage '{rk.name}' ({rk.implementation}) cannot read train stage '{name}' "
+                                 f"({up.implementation}): use 'recall' for captions trainers, 'retrieval' for the others")
+            if captions:
+                m = caption_recall_of_run(up.run_dir, ks, rk.params.get("folds", 1))
+                m["evaluated_on"] = done["evaluated_on"]
+            else:
+                m = evaluate_folds(up.run_dir, ks, rk.params.get("pr_points", 11))
+                m["protocol"] = done["protocol"]
+            m.update({"run": str(up.run_dir), "implementation": up.implementation})
             rows[name] = m
         (rk.run_dir / "params.yaml").write_text(_params_yaml(ctx, rk, {
             "runs": {n: str(runs[n].run_dir) for n in rk.upstream_runs}}))
-        plot_pr(rows, rk.run_dir / "pr_curve.png", f"{', '.join(rows)} on {ctx.dataset}")
-        metrics = {"stage": rk.name, "dataset": ctx.dataset, "key": rk.key, "runs": rows, "completed": time.time()}
+        if captions:
+            plot_recall(rk.upstream_runs, runs, rk.run_dir / "recall_curve.png", f"{', '.join(rows)} on {ctx.dataset}")
+        else:
+            plot_pr(rows, rk.run_dir / "pr_curve.png", f"{', '.join(rows)} on {ctx.dataset}")
+        metrics = {"stage": rk.name, "dataset": ctx.dataset, "key": rk.key, "runs": rows, "completed": time.time(),
+                   "task": "captions" if captions else "classes"}
         _atomic_json(rk.run_dir / "metrics.json", metrics)
     return RunReport(rk.name, "evaluate", rk.run_dir, False, metrics=metrics, seconds=time.perf_counter() - t0)
+
+
+def caption_recall_of_run(run_dir: Path, ks: tuple[int, ...] = (1, 5, 10), folds: int = 1) -> dict[str, Any]:
+    """Recall metrics of a captions train run's saved test embeddings."""
+    from models.metrics import caption_recall
+
+    with np.load(run_dir / "test_embeddings.npz") as z:
+        emb = {k: z[k] for k in ("image", "speech", "text") if k in z}
+        image_of = z["image_of"]
+    try:
+        return caption_recall(emb, image_of, ks, folds)
+    except ValueError as e:
+        raise TrainError(f"{run_dir}: {e}") from None
+
+
+def plot_recall(names: list[str], runs: dict[str, RunKeys], path: Path, title: str, max_k: int = 50) -> None:
+    """Recall@K against K (1..max_k) per run, image -> speech and speech -> image, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from models.metrics import caption_ranks, cosine_similarity
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for name in names:
+        with np.load(runs[name].run_dir / "test_embeddings.npz") as z:
+            i2c, c2i = caption_ranks(cosine_similarity(z["image"], z["speech"]), z["image_of"])
+        for ax, ranks in zip(axes, (i2c, c2i)):
+            k = np.arange(1, max_k + 1)
+            ax.plot(k, [100 * np.mean(ranks < kk) for kk in k], label=name)
+    for ax, d in zip(axes, ("image -> speech", "speech -> image")):
+        ax.set_title(d)
+        ax.set_xlabel("K")
+        ax.set_ylim(0, 101)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("Recall@K (%)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def table_rows(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

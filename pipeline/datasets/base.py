@@ -226,3 +226,59 @@ def is_media(path: Path) -> bool:
     """Whether the extension is one of the video or audio types we read."""
     return path.suffix.lower() in VIDEO_EXTENSIONS | AUDIO_EXTENSIONS and not path.name.startswith(".")
 
+
+
+MARKER = "synthetic.json"  # a generated dataset's params, written last: its presence marks the set complete
+
+
+class GeneratedDataset(DatasetAdapter):
+    """A dataset written by its own generator on first use: `_write(tmp)` fills a temporary folder,
+    which becomes `root` by one rename once complete (a killed generation leaves no half set)."""
+
+    def _write(self, tmp: Path) -> None:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Generate the set unless `root` already holds this exact configuration."""
+        import json
+        import shutil
+        import uuid
+        from dataclasses import asdict
+
+        from filelock import FileLock
+
+        params = asdict(self.config)
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root) + ".lock"):
+            marker = self.root / MARKER
+            if marker.exists():
+                found = json.loads(marker.read_text())
+                if found != params:
+                    raise DatasetError(
+                        f"dataset '{self.dataset_name}': {self.root} holds a {self.name} set generated with "
+                        f"{found}, not {params}; delete that folder or point `root` elsewhere")
+                return
+            if self.root.exists() and any(self.root.iterdir()):
+                raise DatasetError(f"dataset '{self.dataset_name}': {self.root} exists and is not a generated "
+                                   f"set (no {MARKER}); point `root` at a new folder")
+            tmp = self.root.with_name(f".tmp-{self.root.name}-{uuid.uuid4().hex[:8]}")
+            tmp.mkdir(parents=True)
+            try:
+                self._write(tmp)
+                (tmp / MARKER).write_text(json.dumps(params))
+                if self.root.exists():
+                    self.root.rmdir()
+                tmp.rename(self.root)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+
+    def generated(self, name: str) -> Path:
+        """A file of the generated set; a clear error when the set was not generated (or was damaged)."""
+        if not (self.root / MARKER).exists():
+            raise DatasetError(f"dataset '{self.dataset_name}': not generated yet under {self.root}; "
+                               f"`pipeline run extract --dataset {self.dataset_name}` generates it")
+        path = self.root / name
+        if not path.exists():
+            raise DatasetError(f"dataset '{self.dataset_name}': {path} is missing; delete {self.root} to regenerate")
+        return path

@@ -6,10 +6,7 @@ colour); every clip jitters both, so the task is learnable but not trivial.
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import shutil
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,13 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from ..registry import register_dataset
-from .base import Clip, DatasetAdapter, DatasetError, Manifest, class_balanced_folds
+from .base import MARKER, Clip, DatasetError, GeneratedDataset, Manifest, class_balanced_folds
 
 log = logging.getLogger(__name__)
 
 _PATTERNS = ["testsrc2", "smptebars", "rgbtestsrc", "pal75bars", "yuvtestsrc"]
 _NOISES = ["white", "pink", "brown"]
-_MARKER = "synthetic.json"
 
 
 @dataclass
@@ -83,40 +79,19 @@ def _render(path: Path, spec: dict, cfg: SyntheticConfig) -> None:
 
 
 @register_dataset
-class SyntheticDataset(DatasetAdapter):
+class SyntheticDataset(GeneratedDataset):
     """Generates its clips on first use under `root` (atomically), then reads them back."""
 
     name = "synthetic"
     Config = SyntheticConfig
-    layout = (f"ROOT/{_MARKER} (the generator's params), ROOT/manifest.csv (clip_id,path,label,fold),\n"
+    layout = (f"ROOT/{MARKER} (the generator's params), ROOT/manifest.csv (clip_id,path,label,fold),\n"
               "ROOT/clips/<class>/<clip>.mp4; written by the generator, not by hand")
 
     def _classes(self) -> list[str]:
         return [f"class{k:02d}" for k in range(self.config.n_classes)]
 
-    def prepare(self) -> None:
-        """Generate the clips unless `root` already holds this exact configuration."""
-        from filelock import FileLock
-
+    def _write(self, tmp: Path) -> None:
         cfg = self.config
-        self.root.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.root) + ".lock"):
-            marker = self.root / _MARKER
-            if marker.exists():
-                found = json.loads(marker.read_text())
-                if found != asdict(cfg):
-                    raise DatasetError(
-                        f"dataset '{self.dataset_name}': {self.root} holds a synthetic set generated with "
-                        f"{found}, not {asdict(cfg)}; delete that folder or point `root` elsewhere")
-                return
-            if self.root.exists() and any(self.root.iterdir()):
-                raise DatasetError(f"dataset '{self.dataset_name}': {self.root} exists and is not a synthetic "
-                                   "set (no synthetic.json); point `root` at a new folder")
-            self._generate()
-
-    def _generate(self) -> None:
-        cfg = self.config
-        tmp = self.root.with_name(f".tmp-{self.root.name}-{uuid.uuid4().hex[:8]}")
         jobs = []
         for k, cls in enumerate(self._classes()):
             (tmp / "clips" / cls).mkdir(parents=True, exist_ok=True)
@@ -124,30 +99,17 @@ class SyntheticDataset(DatasetAdapter):
                 jobs.append((f"{cls}/{cls}_{i:03d}", tmp / "clips" / cls / f"{cls}_{i:03d}.mp4", cls,
                              _clip_spec(k, i, cfg)))
         log.info("generating %d synthetic clips under %s", len(jobs), self.root)
-        try:
-            with ThreadPoolExecutor(max_workers=4) as pool:
-                list(pool.map(lambda j: _render(j[1], j[3], cfg), jobs))
-            folds = class_balanced_folds([j[0] for j in jobs], [j[2] for j in jobs], cfg.n_folds, cfg.seed)
-            with open(tmp / "manifest.csv", "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["clip_id", "path", "label", "fold"])
-                for (cid, path, cls, _), fold in zip(jobs, folds):
-                    w.writerow([cid, path.relative_to(tmp).as_posix(), cls, fold])
-            (tmp / _MARKER).write_text(json.dumps(asdict(cfg)))
-            if self.root.exists():
-                self.root.rmdir()
-            tmp.rename(self.root)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda j: _render(j[1], j[3], cfg), jobs))
+        folds = class_balanced_folds([j[0] for j in jobs], [j[2] for j in jobs], cfg.n_folds, cfg.seed)
+        with open(tmp / "manifest.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["clip_id", "path", "label", "fold"])
+            for (cid, path, cls, _), fold in zip(jobs, folds):
+                w.writerow([cid, path.relative_to(tmp).as_posix(), cls, fold])
 
     def manifest(self) -> Manifest:
-        path = self.root / "manifest.csv"
-        if not (self.root / _MARKER).exists():
-            raise DatasetError(f"dataset '{self.dataset_name}': not generated yet under {self.root}; "
-                               f"`pipeline run extract --dataset {self.dataset_name}` generates it")
-        if not path.exists():
-            raise DatasetError(f"dataset '{self.dataset_name}': {path} is missing; delete {self.root} to regenerate")
+        path = self.generated("manifest.csv")
         clips = []
         with open(path, newline="") as f:
             for row in csv.DictReader(f):

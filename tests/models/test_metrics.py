@@ -98,3 +98,75 @@ def test_chance_map_is_the_exact_expectation_over_all_rankings():
         s[list(perm)] = -np.arange(len(g), dtype=float)  # gallery item perm[r] at rank r
         aps.append(mean_average_precision(np.tile(s, (len(q), 1)), q, g))
     assert chance_average_precision(q, g) == pytest.approx(np.mean(aps), abs=1e-12)
+
+
+# --- Recall@K of captions (several per image) ------------------------------------------------------
+
+def _naive_caption_ranks(s: np.ndarray, image_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n_img, n_cap = s.shape
+    i2c = []
+    for i in range(n_img):
+        order = sorted(range(n_cap), key=lambda j: (-s[i, j], j))
+        i2c.append(min(order.index(j) for j in range(n_cap) if image_of[j] == i))
+    c2i = []
+    for j in range(n_cap):
+        order = sorted(range(n_img), key=lambda i: (-s[i, j], i))
+        c2i.append(order.index(image_of[j]))
+    return np.array(i2c), np.array(c2i)
+
+
+def test_caption_ranks_match_a_loop_with_ties_and_uneven_captions():
+    from models.metrics import caption_ranks
+
+    rng = np.random.default_rng(0)
+    image_of = np.array([0, 0, 1, 2, 2, 2, 3, 1, 0])
+    s = rng.integers(0, 4, size=(4, 9)).astype(np.float32)  # many ties
+    got = caption_ranks(s, image_of, block=2)
+    want = _naive_caption_ranks(s, image_of)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_recall_summary_medr_meanr_and_perfect_retrieval():
+    from models.metrics import rank_summary, recall_metrics
+
+    r = rank_summary(np.array([0, 0, 3, 9, 20]), (1, 5, 10))
+    assert r == {"r@1": 40.0, "r@5": 60.0, "r@10": 80.0, "medr": 4.0, "meanr": pytest.approx(7.4)}
+    assert rank_summary(np.array([0, 1]))["medr"] == 1.0  # floor(0.5) + 1
+    images = np.eye(6)
+    image_of = np.repeat(np.arange(6), 5)
+    m = recall_metrics(images, images[image_of] + 0.01, image_of)
+    assert m["image2speech"]["r@1"] == 100.0 and m["speech2image"]["medr"] == 1.0
+    assert m["rsum"] == 600.0 and m["n_images"] == 6 and m["n_captions"] == 30
+
+
+def test_chance_recall_is_what_random_rankings_get():
+    from models.metrics import caption_ranks, chance_recall
+
+    rng = np.random.default_rng(3)
+    image_of = np.repeat(np.arange(20), 5)
+    hits = {"i": [], "c": []}
+    for _ in range(400):
+        i2c, c2i = caption_ranks(rng.random((20, 100)), image_of)
+        hits["i"].append(np.mean(i2c < 5))
+        hits["c"].append(np.mean(c2i < 5))
+    chance = chance_recall(image_of, (5,))
+    assert 100 * np.mean(hits["i"]) == pytest.approx(chance["image2caption"]["r@5"], abs=1.5)
+    assert 100 * np.mean(hits["c"]) == pytest.approx(chance["caption2image"]["r@5"], abs=1.5)
+    assert chance["caption2image"]["r@5"] == 25.0
+
+
+def test_recall_over_folds_averages_slices_of_images():
+    from models.metrics import recall_metrics
+
+    rng = np.random.default_rng(4)
+    images = rng.normal(size=(10, 8))
+    image_of = np.repeat(np.arange(10), 2)
+    caps = images[image_of] + rng.normal(size=(20, 8))
+    whole = recall_metrics(images, caps, image_of, folds=1)
+    halves = [recall_metrics(images[p], caps[np.isin(image_of, p)], np.repeat(np.arange(5), 2))
+              for p in (np.arange(5), np.arange(5, 10))]
+    two = recall_metrics(images, caps, image_of, folds=2)
+    assert two["image2speech"]["r@1"] == pytest.approx(np.mean([h["image2speech"]["r@1"] for h in halves]))
+    assert two["folds"] == 2 and whole["folds"] == 1
+    with pytest.raises(ValueError, match="folds"):
+        recall_metrics(images, caps, image_of, folds=11)
