@@ -526,8 +526,8 @@ def _drop_inapplicable(cfg: PipelineConfig, adapter: DatasetAdapter, names: list
         raise PipelineError(f"stage '{targets[0]}' does not apply to dataset '{adapter.dataset_name}': "
                             f"{why[targets[0]]}")
     needed: set[str] = set()
-    for n in names:
-        if n not in dropped:
+    for n in targets:
+        if n in names and n not in dropped:
             needed.update(cfg.order([n]))
     for n in names:
         if n in dropped and on_skip:

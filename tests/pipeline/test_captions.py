@@ -1,0 +1,163 @@
+"""VASE stages end to end on a tiny generated spoken-caption corpus: run directory, Recall@K, embeddings,
+epoch checkpoints and resume, stage 2 from stage 1, the evaluate table, and stages that do not apply."""
+import json
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import open_store
+from pipeline.config import load_config
+from pipeline.datasets.spoken_shapes import SpokenShapesConfig, SpokenShapesDataset
+from pipeline.runner import PipelineError, run
+
+from ..conftest import TINY, cli, write_config
+
+SHAPES = {"n_images": 8, "captions_per_image": 2, "n_val": 2, "n_test": 2, "size": 32, "seed": 0}
+SMALL = {"width": 0.0625, "embed_size": 16, "max_frames": 64, "batch_size": 4, "epochs": 2, "lr": 1e-3,
+         "min_word_count": 1}
+STAGES = {
+    "audio": {"group": "extract", "implementation": "audio", "params": {"sample_rate": 16000}},
+    "logmel-davenet": {"group": "extract", "implementation": "logmel", "upstream": ["audio"],
+                       "params": {"preset": "davenet"}},
+    "vgg16": {"group": "extract", "implementation": "vgg16", "params": {"weights": "random:0", "fps": 1.0}},
+    "vase-2s": {"group": "train", "implementation": "vase", "upstream": ["logmel-davenet", "vgg16"],
+                "params": {**SMALL, "streams": 2}},
+    "vase-3s": {"group": "train", "implementation": "vase", "upstream": ["logmel-davenet", "vgg16"],
+                "params": {**SMALL, "streams": 3}},
+    "vase-3s-finetune": {"group": "train", "implementation": "vase",
+                         "upstream": ["logmel-davenet", "vgg16", "vase-3s"],
+                         "params": {**SMALL, "streams": 3, "lr": 1e-4, "epochs": 1}},
+    "evaluate-speech": {"group": "evaluate", "implementation": "recall",
+                        "upstream": ["vase-2s", "vase-3s", "vase-3s-finetune"], "params": {"ks": [1, 5, 10]}},
+}
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "shapes"
+    SpokenShapesDataset("shapes", root, SpokenShapesConfig(**SHAPES)).prepare()
+    return root
+
+
+@pytest.fixture
+def project(tmp_path: Path, shapes_root: Path) -> Path:
+    return write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                        {"shapes": {"adapter": "spoken_shapes", "root": str(shapes_root), "params": SHAPES}}, STAGES)
+
+
+def test_spoken_shapes_are_real_speech_grouped_by_image(shapes_root):
+    m = SpokenShapesDataset("shapes", shapes_root, SpokenShapesConfig(**SHAPES)).manifest()
+    assert len(m) == 16 and len({c.group for c in m.clips}) == 8
+    assert {c.split for c in m.clips} == {"train", "val", "test"}
+    assert sum(c.split == "test" for c in m.clips) == 4
+    c = m.clips[0]
+    shape = next(s for s in ("circle", "square", "triangle", "cross") if s in c.text[0])
+    assert shape in m.clips[1].text[0] and m.clips[1].group == c.group  # both captions name the same picture
+    with wave.open(str(c.media["audio"])) as w:
+        seconds = w.getnframes() / w.getframerate()
+        samples = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    assert 0.8 < seconds < 8 and np.abs(samples).max() > 1000  # audible speech, not silence
+    assert c.media["image"].read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(Exception, match="generated with"):
+        SpokenShapesDataset("shapes", shapes_root, SpokenShapesConfig(**{**SHAPES, "seed": 5})).prepare()
+
+
+def test_vase_stage_writes_a_complete_run(project):
+    (rep,) = [r for r in run("train", stage="vase-2s", config=project) if getattr(r, "kind", "") == "train"]
+    d = rep.run_dir
+    for f in ("params.yaml", "checkpoint.pt", "model_best.pt", "model.pt", "history.json", "training_curve.png",
+              "test_embeddings.npz", "metrics.json"):
+        assert (d / f).exists(), f
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["task"] == "captions" and m["evaluated_on"] == "test" and m["n_images"] == 2 and m["n_captions"] == 4
+    for direction in ("image2speech", "speech2image"):
+        assert set(m[direction]) == {"r@1", "r@5", "r@10", "medr", "meanr"}
+    assert m["rsum"] == pytest.approx(sum(m[d][f"r@{k}"] for d in ("image2speech", "speech2image") for k in (1, 5, 10)))
+    hist = json.loads((d / "history.json").read_text())
+    assert len(hist["loss"]) == 2 and len(hist["val_rsum"]) == 2
+    assert m["best_epoch"] == int(np.argmax(hist["val_rsum"])) + 1
+    audio = open_store(d / "embeddings" / "audio")
+    visual = open_store(d / "embeddings" / "visual")
+    assert len(audio) == 16 and audio["img0000_0"].shape == (1, 16)
+    # both captions of one image share its image embedding
+    assert np.array_equal(visual["img0000_0"], visual["img0000_1"])
+    with np.load(d / "test_embeddings.npz") as z:
+        from models.metrics import caption_recall
+
+        again = caption_recall({k: z[k] for k in ("image", "speech")}, z["image_of"])
+    assert again["rsum"] == m["rsum"]
+    state = torch.load(d / "model.pt", weights_only=True)
+    assert state["best_epoch"] + 1 == m["best_epoch"]
+    # rerun: reused, nothing trained
+    (again_rep,) = [r for r in run("train", stage="vase-2s", config=project) if getattr(r, "kind", "") == "train"]
+    assert again_rep.reused and again_rep.run_dir == d
+
+
+def test_interrupted_training_resumes_after_the_last_epoch(project, monkeypatch):
+    from models.vase import VASETrainer
+
+    cfg = load_config(project, ["vase-2s.epochs=3"])
+    real = VASETrainer.evaluate
+    calls = {"n": 0}
+
+    def dies_in_epoch_two(self, data, folds=1):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, data, folds)
+
+    monkeypatch.setattr(VASETrainer, "evaluate", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        run("train", stage="vase-2s", config=cfg)
+    monkeypatch.setattr(VASETrainer, "evaluate", real)
+    run_dirs = list((cfg.cache / "runs" / "shapes").glob("vase-2s-*"))
+    assert len(run_dirs) == 1 and not (run_dirs[0] / "metrics.json").exists()
+    ckpt = torch.load(run_dirs[0] / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 0  # epoch 1 committed, epoch 2 lost
+    reports = run("train", stage="vase-2s", config=cfg)
+    m = reports[-1].metrics
+    assert m["resumed_at_epoch"] == 1 and len(json.loads((run_dirs[0] / "history.json").read_text())["loss"]) == 3
+
+
+def test_finetune_starts_from_stage_one_and_evaluate_tabulates(project):
+    out = cli("run", "evaluate", "--config", str(project), "--no-progress").stdout
+    assert "evaluate-speech: evaluated" in out
+    for name in ("vase-2s", "vase-3s", "vase-3s-finetune"):
+        assert name in out
+    assert "R@1" in out and "rsum" in out and "recall_curve.png" in out
+    runs = {p.name.rsplit("-", 1)[0]: p for p in (Path(project).parent / "cache" / "runs" / "shapes").iterdir()}
+    params = (runs["vase-3s-finetune"] / "params.yaml").read_text()
+    assert "init_from" in params and runs["vase-3s"].name in params
+    m = json.loads((runs["evaluate-speech"] / "metrics.json").read_text())
+    assert set(m["runs"]) == {"vase-2s", "vase-3s", "vase-3s-finetune"}
+    assert "image2text" in m["runs"]["vase-3s"] and "image2text" not in m["runs"]["vase-2s"]
+    assert (runs["evaluate-speech"] / "recall_curve.png").stat().st_size > 1000
+    # stage 1's key is part of stage 2's: a new stage-1 margin means a new stage-2 run
+    cfg = load_config(project, ["vase-3s.margin=0.3"])
+    from pipeline.runner import resolve
+    from pipeline.train import resolve_runs
+
+    ctx = resolve(cfg, "shapes", only=["vase-3s-finetune"])
+    assert resolve_runs(ctx, ["vase-3s", "vase-3s-finetune"])["vase-3s-finetune"].run_dir != runs["vase-3s-finetune"]
+
+
+def test_stages_that_do_not_apply_are_skipped_or_refused(tmp_path, shapes_root, tiny_synthetic_root):
+    stages = {**STAGES, "cca": {"group": "train", "implementation": "cca", "upstream": ["audio", "vgg16"],
+                                "params": {"n_components": 1}}}
+    project = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                           {"shapes": {"adapter": "spoken_shapes", "root": str(shapes_root), "params": SHAPES},
+                            "tiny": {"adapter": "synthetic", "root": str(tiny_synthetic_root), "params": TINY}},
+                           stages)
+    with pytest.raises(PipelineError, match="does not apply.*class labels"):
+        run("train", stage="cca", dataset="shapes", config=project)
+    with pytest.raises(PipelineError, match="does not apply.*paired with images"):
+        run("train", stage="vase-2s", dataset="tiny", config=project)
+    skipped = []
+    reports = run("train", dataset="tiny", config=project, on_skip=lambda n, why: skipped.append(n))
+    assert set(skipped) == {"vase-2s", "vase-3s", "vase-3s-finetune"}
+    assert [r.name for r in reports if getattr(r, "kind", "") == "train"] == ["cca"]
+    # the VASE-only log-mel stage was not computed for a dataset no VASE stage runs on
+    assert not list((tmp_path / "cache" / "stores" / "tiny").glob("logmel-davenet-*"))
