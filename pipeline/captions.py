@@ -161,12 +161,9 @@ def plot_history(history: dict[str, list[float]], path: Path, title: str) -> Non
     ax2.set_title("validation rsum (R@1+5+10, both ways)")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    from .train import save_figure
+
+    save_figure(fig, path, title, dpi=100)
 
 
 def _write_embeddings(ctx: Any, rk: Any, data: dict[str, Any], trainer: Any) -> dict[str, np.ndarray]:

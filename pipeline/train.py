@@ -305,6 +305,18 @@ def evaluate_folds(run_dir: Path, ks: tuple[int, ...] = (1, 5, 10), points: int 
     return {"folds": per_fold, **summarise(per_fold)}
 
 
+def save_figure(fig: Any, path: Path, title: str, dpi: int = 110) -> None:
+    """Title, lay out and write a matplotlib figure as PNG, atomically (temporary name, then rename)."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def plot_pr(curves: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     """One PR-curve PNG: a line per (name, direction)."""
     import matplotlib
@@ -324,12 +336,7 @@ def plot_pr(curves: dict[str, dict[str, Any]], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("interpolated precision")
-    fig.suptitle(title)
-    fig.tight_layout()
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, title)
 
 
 def _write_embeddings(ctx: Any, rk: RunKeys, views: Views, trainer: Any, model_on: str) -> None:
@@ -502,12 +509,7 @@ def plot_recall(names: list[str], runs: dict[str, RunKeys], path: Path, title: s
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("Recall@K (%)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, title)
 
 
 def table_rows(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -101,3 +101,18 @@ def test_frames_are_preprocessed_like_torchvision(tmp_path, clip_factory):
     reference = Inception_V3_Weights.IMAGENET1K_V1.transforms()(frames)  # resize, crop, normalise
     _, normalize, _ = ex._runtime
     np.testing.assert_allclose(normalize(torch.from_numpy(ours)).numpy(), reference.numpy(), atol=1e-5)
+
+
+def test_a_picture_shared_by_several_clips_goes_through_the_cnn_once(monkeypatch):
+    from extractors.vgg16 import VGG16
+
+    ex = VGG16(VGG16.Config(weights="random:0"))
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 255, size=(1, 224, 224, 3), dtype=np.uint8) for _ in range(2))
+    seen = []
+    real = VGG16._compute
+    monkeypatch.setattr(VGG16, "_compute", lambda self, inputs: seen.append(len(inputs)) or real(self, inputs))
+    out = ex.compute([a, b, a.copy(), a, b])
+    assert seen == [2]  # two distinct pictures
+    assert np.array_equal(out[0], out[2]) and np.array_equal(out[1], out[4]) and not np.array_equal(out[0], out[1])
+    assert np.allclose(out[0], real(ex, [a])[0], atol=1e-5)

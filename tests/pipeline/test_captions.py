@@ -135,6 +135,10 @@ def test_finetune_starts_from_stage_one_and_evaluate_tabulates(project):
     assert set(m["runs"]) == {"vase-2s", "vase-3s", "vase-3s-finetune"}
     assert "image2text" in m["runs"]["vase-3s"] and "image2text" not in m["runs"]["vase-2s"]
     assert (runs["evaluate-speech"] / "recall_curve.png").stat().st_size > 1000
+    page = Path(project).parent / "report.html"
+    rep = cli("report", "--config", str(project), "--out", str(page)).stdout
+    assert "shapes: Recall@K on test [random-weight features]" in rep and "vase-3s-finetune" in rep
+    assert "Spoken caption retrieval" in page.read_text() and page.read_text().count("<img") == 3
     # stage 1's key is part of stage 2's: a new stage-1 margin means a new stage-2 run
     cfg = load_config(project, ["vase-3s.margin=0.3"])
     from pipeline.runner import resolve
