@@ -407,10 +407,17 @@ def status(config: PipelineConfig, dataset: str | None) -> list[dict[str, Any]]:
 
 def _run_status(ctx: Context, names: list[str]) -> list[dict[str, Any]]:
     """Train/evaluate stages: up to date / partial k folds / missing / stale, by their run directories."""
+    from .captions import applies
     from .train import TrainError, resolve_runs
 
     rows = []
     for name in names:
+        impl_name = ctx.config.stages[name].implementation
+        why = applies(TRAINERS.get(impl_name), ctx.manifest) if impl_name in TRAINERS and ctx.manifest else None
+        if why:
+            rows.append({"stage": name, "state": f"does not apply: {why}", "done": 0, "total": 0, "failed": 0,
+                         "store": None})
+            continue
         try:
             rk = resolve_runs(ctx, [name]).get(name)
         except TrainError as e:

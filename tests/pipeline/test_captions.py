@@ -163,5 +163,9 @@ def test_stages_that_do_not_apply_are_skipped_or_refused(tmp_path, shapes_root, 
     reports = run("train", dataset="tiny", config=project, on_skip=lambda n, why: skipped.append(n))
     assert set(skipped) == {"vase-2s", "vase-3s", "vase-3s-finetune"}
     assert [r.name for r in reports if getattr(r, "kind", "") == "train"] == ["cca"]
+    from pipeline.runner import status
+
+    states = {r["stage"]: r["state"] for r in status(load_config(project), "tiny")}
+    assert states["vase-2s"].startswith("does not apply: it trains on captions") and states["cca"] == "up to date"
     # the VASE-only log-mel stage was not computed for a dataset no VASE stage runs on
     assert not list((tmp_path / "cache" / "stores" / "tiny").glob("logmel-davenet-*"))
