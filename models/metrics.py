@@ -295,3 +295,4 @@ class Recall:
     VERSION: ClassVar[int] = 1
     Config: ClassVar[type] = RecallConfig
     reads: ClassVar[None] = None
+    task: ClassVar[str] = "captions"  # reads captions train runs (see pipeline.captions.task_of)

@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 
 from .cache import hash_key
 from .registry import TRAINERS
-from .store import ClipResult, FeatureStore, StoreWriter
+from .store import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ _PRELOAD_BYTES = 1 << 30  # speech features smaller than this are read once and 
 
 
 def task_of(impl: Any) -> str:
-    """What a trainer learns from: 'classes' (labelled clip vectors) or 'captions' (paired items)."""
+    """What a trainer learns from, or an evaluator reads: 'classes' (labelled clip vectors) or 'captions' (paired items)."""
     return getattr(impl, "task", "classes")
 
 
@@ -179,24 +178,18 @@ def _write_embeddings(ctx: Any, rk: Any, data: dict[str, Any], trainer: Any) -> 
                 continue
             for cid, row in zip(data[role].clip_ids, arr):
                 per_clip.setdefault(view, {})[cid] = row
+    from .train import write_embedding_store
+
     for view, rows in per_clip.items():
-        path = rk.run_dir / "embeddings" / view
-        if path.exists():
-            shutil.rmtree(path)
-        dim = len(next(iter(rows.values())))
-        attrs = {"key": rk.key, "stage": rk.name, "dataset": ctx.dataset, "extractor": rk.implementation,
-                 "kind": "embedding", "modality": view, "dims": [dim], "dtype": "float32", "frame_rate": None,
-                 "params": rk.params, "model": "the best validation epoch",
-                 "how_to_read": "one row per caption (visual: its image's): pipeline.open_store(path)[clip_id][0]"}
         ids = [c.clip_id for c in ctx.manifest.clips if c.clip_id in rows]
-        StoreWriter(path, attrs, ctx.config.backend).write_shard(hash_key([rk.key, view]), [
-            ClipResult(cid, ctx.clip_keys[cid], rows[cid][None].astype(np.float32), None) for cid in ids])
+        write_embedding_store(ctx, rk, view, ids, np.stack([rows[cid] for cid in ids]), "the best validation epoch",
+                              row="caption (visual: its image's)")
     return test
 
 
 def run_caption_train(ctx: Any, rk: Any, runs: dict[str, Any], device: str = "auto",
                       on_wait: Callable[[str], None] | None = None,
-                      on_epoch: Callable[[int, int, float], None] | None = None) -> Any:
+                      on_epoch: Callable[[str, int, int, float], None] | None = None) -> Any:
     """Train (or resume) a captions trainer, select by validation rsum, evaluate the test split."""
     import torch
 
@@ -245,7 +238,7 @@ def run_caption_train(ctx: Any, rk: Any, runs: dict[str, Any], device: str = "au
             _atomic_save(tr.checkpoint(), ckpt_path)  # after model_best: a resume never lacks the best so far
             _atomic_json(rk.run_dir / "history.json", tr.history)
             if on_epoch:
-                on_epoch(tr.epoch + 1, cfg.epochs, tr.history["val_rsum"][-1])
+                on_epoch(rk.name, tr.epoch + 1, cfg.epochs, tr.history["val_rsum"][-1])
 
         try:
             trainer.fit_pairs(data["train"], data["val"], on_epoch=checkpoint)
@@ -270,13 +263,18 @@ def run_caption_train(ctx: Any, rk: Any, runs: dict[str, Any], device: str = "au
 
 
 
+def chance_rsum(m: dict[str, Any]) -> float:
+    """The rsum (R@1+5+10, image <-> speech) a random ranking gets, from a captions run's metrics."""
+    return float(sum(v for d in ("image2speech", "speech2image") for v in m["chance"][d].values()))
+
+
 def _cell(m: dict[str, Any], d: str) -> str:
     return f"{m[d]['r@1']:5.1f} {m[d]['r@5']:5.1f} {m[d]['r@10']:5.1f} {m[d]['medr']:5.0f}"
 
 
 def recall_line(m: dict[str, Any]) -> str:
     """'image->speech R@1/5/10 ..., speech->image ..., rsum ... (chance ...)' for one captions run."""
-    chance = sum(v for d in ("image2speech", "speech2image") for k, v in m["chance"][d].items())
+    chance = chance_rsum(m)
     parts = [f"{d.replace('2', '->')} R@1/5/10 {m[d]['r@1']:.1f}/{m[d]['r@5']:.1f}/{m[d]['r@10']:.1f}, "
              f"medr {m[d]['medr']:.0f}" for d in ("image2speech", "speech2image")]
     return (f"{'; '.join(parts)}; rsum {m['rsum']:.1f} (chance {chance:.1f}) on {m['n_images']} "
@@ -289,7 +287,7 @@ def recall_table(runs: dict[str, dict[str, Any]]) -> str:
             f"{'':<18} {'R@1   R@5  R@10  medr':>23}   {'R@1   R@5  R@10  medr':>23}")
     lines = [head, "-" * len(head.splitlines()[0])]
     for name, m in runs.items():
-        chance = sum(v for d in ("image2speech", "speech2image") for v in m["chance"][d].values())
+        chance = chance_rsum(m)
         lines.append(f"{name:<18} {_cell(m, 'image2speech'):>23}   {_cell(m, 'speech2image'):>23} "
                      f"{m['rsum']:7.1f} {chance:7.1f} {m['n_images']:>6}")
     return "\n".join(lines)

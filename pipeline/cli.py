@@ -99,6 +99,9 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
         cfg = load_config(config_path, overrides, cache)
         reports = run(group, dataset=dataset, stage=stage, config=cfg, strict=False, on_plan=on_plan,
                       on_progress=on_progress, on_wait=lambda m: click.echo(m, err=True),
+                      on_skip=lambda n, why: click.echo(f"{n}: skipped, it does not apply to this dataset: {why}"),
+                      on_epoch=None if no_progress else lambda n, e, total, rsum: click.echo(
+                          f"{n}: epoch {e}/{total}, validation rsum {rsum:.1f}", err=True),
                       workers=workers, executor=executor, scheduler=scheduler, shard_size=shard_size,
                       device=device, batch_size=batch_size, progress=not no_progress)
     except (ConfigError, DatasetError, PipelineError, StoreError, MediaError, ExecutorError, WeightsError,

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from .captions import chance_rsum
 from .train import DIRECTIONS
 
 
@@ -90,7 +91,7 @@ def write_html(rows: list[dict[str, Any]], out: Path) -> Path:
             m = r["metrics"]
             nums = "".join(f"<td>{m[d][k]:.1f}</td>" for d in ("image2speech", "speech2image")
                            for k in ("r@1", "r@5", "r@10", "medr"))
-            chance = sum(v for d in ("image2speech", "speech2image") for v in m["chance"][d].values())
+            chance = chance_rsum(m)
             recall.append(f"<tr><td>{e(r['dataset'])}</td><td>{e(r['stage'])}</td><td>{e(r['features'])}</td>{nums}"
                           f"<td>{m['rsum']:.1f}</td><td>{chance:.1f}</td><td>{m['n_images']} "
                           f"({e(str(m.get('evaluated_on')))})</td><td><code>{e(_params(r['params']))}</code></td>"

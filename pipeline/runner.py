@@ -116,16 +116,20 @@ def make_adapter(config: PipelineConfig, dataset: str | None) -> DatasetAdapter:
 
 def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
             need_manifest: bool = True, only: list[str] | None = None,
-            errors: dict[str, str] | None = None) -> Context:
+            errors: dict[str, str] | None = None, manifest: Manifest | None = None) -> Context:
     """Compute store keys for `dataset` (the `only` stages and their upstream, else all) and the
     manifest's clip keys. With `errors`, a stage whose key cannot be computed (e.g. its weights are
-    missing) is recorded there, with everything downstream of it, instead of raising."""
+    missing) is recorded there, with everything downstream of it, instead of raising. `manifest`:
+    one already read for this dataset (after prepare), not read again."""
     adapter = make_adapter(config, dataset)
-    manifest, clip_keys = None, {}
-    if need_manifest:
+    clip_keys: dict[str, str] = {}
+    if not need_manifest:
+        manifest = None
+    elif manifest is None:
         if prepare:
             adapter.prepare()
         manifest = adapter.manifest()
+    if manifest is not None:
         clip_keys = manifest.clip_keys(DigestMemo(cache_paths(config.cache)["digests"]))
     stages: dict[str, StageKeys] = {}
     from extractors.weights import WeightsError
@@ -507,19 +511,21 @@ def collect_garbage(config: PipelineConfig, dry_run: bool = False) -> tuple[list
 
 
 def _drop_inapplicable(cfg: PipelineConfig, adapter: DatasetAdapter, names: list[str], targets: list[str],
-                       explicit: bool, on_skip: Callable[[str, str], None] | None) -> list[str]:
-    """`names` without the train stages that cannot learn from this dataset (and what only they need).
-    Asked for by name (`--stage`), such a stage is an error that says why."""
+                       explicit: bool, on_skip: Callable[[str, str], None] | None
+                       ) -> tuple[list[str], Manifest | None]:
+    """`names` without the train stages that cannot learn from this dataset (and what only they need),
+    and the manifest read to decide (None when no train stage is among `names`). Asked for by name
+    (`--stage`), such a stage is an error that says why."""
     from .captions import applies
 
     trainers = [n for n in names if cfg.stages[n].implementation in TRAINERS]
     if not trainers:
-        return names
+        return names, None
     adapter.prepare()
     manifest = adapter.manifest()
     why = {n: r for n in trainers if (r := applies(TRAINERS.get(cfg.stages[n].implementation), manifest))}
     if not why:
-        return names
+        return names, manifest
     dropped = set(why)
     for n in cfg.order(names):  # downstream run stages whose run upstream is all dropped go too
         ups = [u for u in cfg.stages[n].upstream if u in names and _is_run_stage_name(cfg, u)]
@@ -541,7 +547,7 @@ def _drop_inapplicable(cfg: PipelineConfig, adapter: DatasetAdapter, names: list
             on_skip(n, why[n])
         elif n in dropped:
             log.info("stage '%s' skipped on dataset '%s': %s", n, adapter.dataset_name, why[n])
-    return [n for n in names if n in needed]
+    return [n for n in names if n in needed], manifest
 
 
 def _is_run_stage_name(cfg: PipelineConfig, name: str) -> bool:
@@ -557,7 +563,7 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
         on_progress: Callable[[int], None] | None = None, on_wait: Callable[[str], None] | None = None,
         on_plan: Callable[[StageReport, int], None] | None = None,
         on_skip: Callable[[str, str], None] | None = None,
-        on_epoch: Callable[[int, int, float], None] | None = None,
+        on_epoch: Callable[[str, int, int, float], None] | None = None,
         **execution: Any) -> list[Any]:
     """Run a group (or one stage) and everything upstream for a dataset; return a report per stage
     (a StageReport per feature stage, a pipeline.train.RunReport per train/evaluate stage)."""
@@ -585,12 +591,12 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
         raise PipelineError(f"dataset '{adapter.dataset_name}' holds {adapter.kind}, but stage(s) "
                             f"{', '.join(wrong)} read {source[wrong[0]]}{hint}")
     names = [n for n in names if n in kept]
-    names = _drop_inapplicable(cfg, adapter, names, targets, stage is not None, on_skip)
+    names, manifest = _drop_inapplicable(cfg, adapter, names, targets, stage is not None, on_skip)
     missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
     if missing and any(reads[n] == "media" for n in names):
         raise PipelineError(f"{' and '.join(missing)} not found on PATH; install Debian's ffmpeg "
                             "(apt-get install ffmpeg) or run `bash .ci/setup`")
-    ctx = resolve(cfg, dataset, prepare=True, only=names)
+    ctx = resolve(cfg, dataset, prepare=True, only=names, manifest=manifest)
     from .executors import Executor
 
     try:

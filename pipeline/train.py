@@ -339,21 +339,24 @@ def plot_pr(curves: dict[str, dict[str, Any]], path: Path, title: str) -> None:
     save_figure(fig, path, title)
 
 
+def write_embedding_store(ctx: Any, rk: RunKeys, modality: str, clip_ids: list[str], emb: np.ndarray,
+                          model_on: str, row: str = "clip") -> None:
+    """A run's embeddings of one modality as a store under run_dir/embeddings/ (one row per clip, replaced whole)."""
+    path = rk.run_dir / "embeddings" / modality
+    if path.exists():
+        shutil.rmtree(path)
+    attrs = {"key": rk.key, "stage": rk.name, "dataset": ctx.dataset, "extractor": rk.implementation,
+             "kind": "embedding", "modality": modality, "dims": [int(emb.shape[1])], "dtype": "float32",
+             "frame_rate": None, "params": rk.params, "model": model_on,
+             "how_to_read": f"one row per {row}: pipeline.open_store(path)[clip_id][0]"}
+    StoreWriter(path, attrs, ctx.config.backend).write_shard(hash_key([rk.key, modality]), [
+        ClipResult(cid, ctx.clip_keys[cid], emb[i:i + 1].astype(np.float32), None) for i, cid in enumerate(clip_ids)])
+
+
 def _write_embeddings(ctx: Any, rk: RunKeys, views: Views, trainer: Any, model_on: str) -> None:
-    out = rk.run_dir / "embeddings"
     a, v = trainer.transform(views.audio, views.visual)
     for modality, emb in (("audio", a), ("visual", v)):
-        path = out / modality
-        if path.exists():
-            shutil.rmtree(path)
-        attrs = {"key": rk.key, "stage": rk.name, "dataset": ctx.dataset, "extractor": rk.implementation,
-                 "kind": "embedding", "modality": modality, "dims": [int(emb.shape[1])], "dtype": "float32",
-                 "frame_rate": None, "params": rk.params, "model": model_on,
-                 "how_to_read": "one row per clip: pipeline.open_store(path)[clip_id][0]"}
-        writer = StoreWriter(path, attrs, ctx.config.backend)
-        writer.write_shard(hash_key([rk.key, modality]), [
-            ClipResult(cid, ctx.clip_keys[cid], emb[i:i + 1].astype(np.float32), None)
-            for i, cid in enumerate(views.clip_ids)])
+        write_embedding_store(ctx, rk, modality, views.clip_ids, emb, model_on)
 
 
 def run_train(ctx: Any, rk: RunKeys, device: str = "auto", on_wait: Callable[[str], None] | None = None,
@@ -442,7 +445,7 @@ def run_evaluate(ctx: Any, rk: RunKeys, runs: dict[str, RunKeys],
                              seconds=time.perf_counter() - t0)
         rk.run_dir.mkdir(parents=True, exist_ok=True)
         ks = tuple(rk.params.get("ks", (1, 5, 10)))
-        captions = rk.implementation == "recall"
+        captions = task_of(EVALUATORS.get(rk.implementation)) == "captions"
         rows: dict[str, Any] = {}
         for name in rk.upstream_runs:
             up = runs[name]

@@ -163,6 +163,8 @@ def test_stages_that_do_not_apply_are_skipped_or_refused(tmp_path, shapes_root, 
     reports = run("train", dataset="tiny", config=project, on_skip=lambda n, why: skipped.append(n))
     assert set(skipped) == {"vase-2s", "vase-3s", "vase-3s-finetune"}
     assert [r.name for r in reports if getattr(r, "kind", "") == "train"] == ["cca"]
+    out = cli("run", "train", "--dataset", "tiny", "--config", str(project), "--no-progress").stdout
+    assert "vase-2s: skipped, it does not apply to this dataset: it trains on captions" in out
     from pipeline.runner import status
 
     states = {r["stage"]: r["state"] for r in status(load_config(project), "tiny")}
