@@ -23,10 +23,13 @@ class FrameConfig:
     weights: str = "imagenet"
     fps: float = 1.0
     pool: Literal["none", "mean", "max"] = "none"
+    crop_size: int | None = None  # CNN input side; None: the weights' own (resize keeps the weights' resize : crop)
 
     def __post_init__(self) -> None:
         if self.fps <= 0:
             raise ValueError(f"fps must be > 0, got {self.fps}")
+        if self.crop_size is not None and self.crop_size < 32:
+            raise ValueError(f"crop_size must be >= 32 (or null: the weights' own), got {self.crop_size}")
 
 
 def torchvision_imagenet(enum_name: str) -> dict[str, PretrainedWeights]:
@@ -45,6 +48,7 @@ class FrameExtractor(Extractor):
     arch: ClassVar[str]
     resize_size: ClassVar[int]
     crop_size: ClassVar[int]
+    min_crop: ClassVar[int] = 32  # the smallest input the network takes
 
     @classmethod
     def pretrained(cls) -> dict[str, PretrainedWeights]:
@@ -69,15 +73,32 @@ class FrameExtractor(Extractor):
         return OutputSpec("visual", self.frame_dims(), "float32", None if pooled else float(self.config.fps),
                           {"fps": self.config.fps, "pool": self.config.pool, "weights": self.config.weights,
                            "random_weights": self.weights.is_random, "arch": self.arch,
-                           "input_size": self.crop_size})
+                           "input_size": self.input_size()[1]})
 
     @functools.cached_property
-    def _preprocess(self) -> Any:
+    def preprocessing(self) -> Any:
         """The weights' bound ImageClassification transform (resize, crop, mean, std, interpolation)."""
         return self.pretrained()["imagenet"].transforms()
 
     def load(self, clip: Any, upstream: Any = None) -> np.ndarray:
         """Frames at `fps`, native size, then the weights' resize + centre crop: uint8 [T, crop, crop, 3]."""
+        import torchvision.transforms.functional as TF
+
+        x = TF.center_crop(self.decode_resized(clip), [self.input_size()[1]])
+        return x.permute(0, 2, 3, 1).contiguous().numpy()
+
+    def input_size(self, crop_size: int | None = None) -> tuple[int, int]:
+        """(resize, crop): the shorter side is resized to the first, then the centre crop x crop square is
+        the input; the weights' own sizes unless `crop_size` (or the config's) is given, the resize then
+        scaled by the weights' resize : crop ratio."""
+        crop = int(crop_size or self.config.crop_size or self.crop_size)
+        if crop < self.min_crop:
+            raise ValueError(f"{self.arch} takes inputs of at least {self.min_crop} x {self.min_crop}; crop_size is {crop}")
+        return max(crop, round(self.resize_size * crop / self.crop_size)), crop
+
+    def decode_resized(self, clip: Any, resize_size: int | None = None) -> Any:
+        """A clip's frames at `fps`, shorter side resized to `resize_size` (default: `input_size()`'s) with
+        the weights' interpolation, not cropped: a uint8 tensor [T, 3, H, W]."""
         import torch
         import torchvision.transforms.functional as TF
 
@@ -87,11 +108,18 @@ class FrameExtractor(Extractor):
             raise MediaError("no video stream: the file has no picture to sample")
         duration = clip.end - clip.start if clip.start is not None and clip.end is not None else None
         frames = decode_frames(path, self.config.fps, None, start=clip.start, duration=duration, info=info)
-        t = self._preprocess
+        t = self.preprocessing
         x = torch.from_numpy(frames).permute(0, 3, 1, 2)
-        x = TF.resize(x, t.resize_size, interpolation=t.interpolation, antialias=t.antialias)
-        x = TF.center_crop(x, t.crop_size)
-        return x.permute(0, 2, 3, 1).contiguous().numpy()
+        return TF.resize(x, [resize_size or self.input_size()[0]], interpolation=t.interpolation,
+                         antialias=t.antialias)
+
+    def network(self) -> Any:
+        """The torch module of `build()` with this stage's weights (random weights seeded as the stage seeds them)."""
+        import torch
+
+        if self.weights.is_random:
+            torch.manual_seed(self.weights.seed)
+        return self.build(self.weights)
 
     @functools.cached_property
     def _runtime(self) -> tuple[Any, Any, Any]:
@@ -99,10 +127,8 @@ class FrameExtractor(Extractor):
 
         announce_random(self.arch, self.weights)
         device = _torch.pick_device(self.execution.device if self.execution else "auto")
-        if self.weights.is_random:
-            torch.manual_seed(self.weights.seed)
-        model = _torch.prepare_model(self.build(self.weights), device, image=True)
-        t = self._preprocess
+        model = _torch.prepare_model(self.network(), device, image=True)
+        t = self.preprocessing
         mean = torch.tensor(t.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(t.std, device=device).view(1, 3, 1, 1)
 

@@ -26,6 +26,7 @@ class InceptionV3(FrameExtractor):
     arch = "inception_v3"
     resize_size = 342
     crop_size = 299
+    min_crop = 75
 
     @classmethod
     def pretrained(cls) -> dict[str, PretrainedWeights]:

@@ -1,5 +1,6 @@
 """`vgg16`: torchvision VGG16 per sampled frame: `fc7` (4096, after its ReLU) or `block5_conv3`
-(a 14 x 14 x 512 map after its ReLU, for attention models), ImageNet preprocessing bound to the weights."""
+(a 14 x 14 x 512 map after its ReLU at 224 x 224, for attention models), ImageNet preprocessing bound
+to the weights."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,7 +33,8 @@ class VGG16(FrameExtractor):
         return torchvision_imagenet("VGG16_Weights")
 
     def frame_dims(self) -> tuple[int, ...]:
-        return (4096,) if self.config.layer == "fc7" else (14, 14, 512)
+        side = self.input_size()[1] // 16  # four 2x2 pools before conv5_3: 14 at 224
+        return (4096,) if self.config.layer == "fc7" else (side, side, 512)
 
     def build(self, weights: ResolvedWeights) -> Any:
         import torch

@@ -11,7 +11,9 @@ epoch: resume point), model_best.pt (the best epoch so far), history.json and tr
 then model.pt (the selected model), test_embeddings.npz, embeddings/{audio,visual[,text]} stores
 (one row per caption; visual = its image's embedding) and metrics.json, written last.
 A stage whose upstream holds another captions train stage starts from that run's model.pt
-(weights only, fresh optimizer: VASE's stage 2).
+(weights only, fresh optimizer: VASE's stage 2). With `finetune_cnn` the visual stage's CNN (its
+architecture and weights) becomes the first layer of the image branch and trains on the raw pictures,
+decoded and resized exactly as that stage decoded them.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 VAL_SPLITS = ("val", "dev", "valid", "validation")
 _PRELOAD_BYTES = 1 << 30  # speech features smaller than this are read once and kept in memory
+_PICTURE_BYTES = 2 << 30  # decoded pictures (finetune_cnn) kept in memory up to this much
 
 
 def task_of(impl: Any) -> str:
@@ -73,8 +76,72 @@ class _SpeechReader:
         return out
 
 
-def load_pairs(ctx: Any, rk: Any, frames: int, need_text: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """CaptionData per role (train, val, test) and what was used (splits, counts, left-out clips)."""
+class _Pictures:
+    """Raw pictures decoded as the visual stage decodes them (uint8 `[3, H, W]`, shorter side resized,
+    not cropped), several at a time (ffmpeg runs in threads), kept in memory up to `budget` bytes."""
+
+    def __init__(self, extractor: Any, resize_size: int, budget: int = _PICTURE_BYTES) -> None:
+        self.extractor, self.resize_size, self.budget = extractor, resize_size, budget
+        self.cache: dict[str, Any] = {}
+        self.held = 0
+
+    def _decode(self, clip: Any) -> Any:
+        frames = self.extractor.decode_resized(clip, self.resize_size)
+        return frames[len(frames) // 2].contiguous()  # a still picture has one frame; a video, its middle one
+
+    def reader(self, clips: list[Any]) -> Callable[[np.ndarray], list[Any]]:
+        """`read(indices)`: the pictures of `clips[i]` for i in indices."""
+
+        def read(idx: np.ndarray) -> list[Any]:
+            from concurrent.futures import ThreadPoolExecutor
+
+            want = [clips[int(i)] for i in idx]
+            todo = list({c.clip_id: c for c in want if c.clip_id not in self.cache}.values())
+            got: dict[str, Any] = {}
+            if todo:
+                with ThreadPoolExecutor(max_workers=min(len(todo), max(2, os.cpu_count() or 1), 8)) as pool:
+                    got = dict(zip((c.clip_id for c in todo), pool.map(self._decode, todo)))
+                for cid, img in got.items():
+                    if self.held + img.numel() <= self.budget:
+                        self.cache[cid] = img
+                        self.held += img.numel()
+            return [self.cache[c.clip_id] if c.clip_id in self.cache else got[c.clip_id] for c in want]
+
+        return read
+
+
+def image_cnn(ctx: Any, rk: Any, crop_size: int | None) -> tuple[Any, _Pictures]:
+    """The visual stage's CNN, to fine-tune as the image branch, and a reader of the raw pictures
+    (at the stage's own input size unless `crop_size` is given)."""
+    from extractors._frames import FrameExtractor
+    from models.vase import ImageCNN
+
+    from .registry import EXTRACTORS
+    from .train import TrainError
+
+    stage = ctx.stages[rk.views["visual"]]
+    cls = EXTRACTORS.get(stage.implementation)
+    if not (isinstance(cls, type) and issubclass(cls, FrameExtractor)):
+        raise TrainError(f"finetune_cnn trains the CNN of the visual stage end to end, and stage '{stage.name}' "
+                         f"({stage.implementation}) runs no CNN on pictures; use a CNN stage (vgg16) or drop finetune_cnn")
+    ext = cls(cls.Config(**stage.params))
+    dims = ext.frame_dims()
+    if len(dims) != 1:
+        raise TrainError(f"finetune_cnn needs a CNN that gives one vector per picture; stage '{stage.name}' gives "
+                         f"{list(dims)} maps (its layer param): use layer fc7")
+    try:
+        resize, crop = ext.input_size(crop_size)
+    except ValueError as e:
+        raise TrainError(f"finetune_cnn: {e}") from None
+    t = ext.preprocessing
+    cnn = ImageCNN(ext.network, int(dims[0]), tuple(t.mean), tuple(t.std), crop, stage.implementation)
+    return cnn, _Pictures(ext, resize)
+
+
+def load_pairs(ctx: Any, rk: Any, frames: int, need_text: bool, pictures: _Pictures | None = None,
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """CaptionData per role (train, val, test) and what was used (splits, counts, left-out clips); with
+    `pictures`, each role reads its images' raw pictures too."""
     from models.vase import CaptionData
 
     from .runner import require_complete
@@ -87,6 +154,9 @@ def load_pairs(ctx: Any, rk: Any, frames: int, need_text: bool) -> tuple[dict[st
     if not dims or len(dims) != 1:
         raise TrainError(f"stage '{rk.views['audio']}' gives rows of {dims}; a captions trainer reads log-mel frames "
                          "[T, n_mels] (the logmel extractor with preset davenet)")
+    if pictures is not None and not any("image" in c.media for c in ctx.manifest.clips):
+        raise TrainError(f"finetune_cnn trains the CNN on the dataset's raw pictures, and dataset '{ctx.dataset}' has "
+                         "none (its clips carry no 'image' media); drop finetune_cnn to train on the stored features")
     skipped: dict[str, str] = {}
     keep = []
     for c in ctx.manifest.clips:
@@ -98,6 +168,8 @@ def load_pairs(ctx: Any, rk: Any, frames: int, need_text: bool) -> tuple[dict[st
                                   f"{stores[missing[0]].failures.get(c.clip_id, 'not computed')}")
         elif need_text and not c.text:
             skipped[c.clip_id] = "no transcript (three streams need one)"
+        elif pictures is not None and "image" not in c.media:
+            skipped[c.clip_id] = "no raw picture (finetune_cnn trains the CNN on the dataset's images)"
         else:
             keep.append(c)
     if skipped:
@@ -122,10 +194,12 @@ def load_pairs(ctx: Any, rk: Any, frames: int, need_text: bool) -> tuple[dict[st
             first.setdefault(c.group, c.clip_id)
         index = {g: i for i, g in enumerate(groups)}
         ids = [c.clip_id for c in clips]
+        by_id = {c.clip_id: c for c in clips}
         out[role] = CaptionData(ids, np.array([index[c.group] for c in clips], dtype=np.int64),
                                 stores["visual"].clip_means([first[g] for g in groups]).astype(np.float32),
                                 _SpeechReader(stores["audio"], ids, frames, preload),
-                                [c.text[0] if c.text else "" for c in clips], groups)
+                                [c.text[0] if c.text else "" for c in clips], groups,
+                                pictures.reader([by_id[first[g]] for g in groups]) if pictures else None)
     info = {"splits": {"train": "train", "val": val_name, "test": "test" if "test" in by_split else val_name},
             "captions": {r: len(d) for r, d in out.items()}, "images": {r: len(d.images) for r, d in out.items()},
             "left_out": len(skipped)}
@@ -205,7 +279,8 @@ def run_caption_train(ctx: Any, rk: Any, runs: dict[str, Any], device: str = "au
         for stage in rk.views.values():
             held.enter_context(reading(ctx.config.cache, ctx.stages[stage].store_path))
         cfg = impl.Config(**rk.params)
-        data, info = load_pairs(ctx, rk, cfg.max_frames, need_text=cfg.streams == 3)
+        cnn, pictures = image_cnn(ctx, rk, cfg.crop_size) if getattr(cfg, "finetune_cnn", False) else (None, None)
+        data, info = load_pairs(ctx, rk, cfg.max_frames, need_text=cfg.streams == 3, pictures=pictures)
         rk.run_dir.mkdir(parents=True, exist_ok=True)
         init = runs[rk.init_from].run_dir if rk.init_from else None
         (rk.run_dir / "params.yaml").write_text(_params_yaml(ctx, rk, {
@@ -214,8 +289,10 @@ def run_caption_train(ctx: Any, rk: Any, runs: dict[str, Any], device: str = "au
                              "random_weights": bool(ctx.stages[s].attrs.get("random_weights"))}
                          for m, s in rk.views.items()},
             "init_from": {"stage": rk.init_from, "run": str(init)} if init else None,
-            **info, "device": device}))
-        trainer = impl(cfg, device)
+            **info, "device": device,
+            "finetune_cnn": {"cnn": cnn.name, "crop_size": cnn.crop_size, "resize_size": pictures.resize_size,
+                             "augment": "random resized crop (scale 0.08-1) + horizontal flip"} if cnn else None}))
+        trainer = impl(cfg, device, cnn=cnn) if cnn else impl(cfg, device)
         ckpt_path = rk.run_dir / "checkpoint.pt"
         resumed_at = 0
         if ckpt_path.exists():

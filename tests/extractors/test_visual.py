@@ -103,6 +103,31 @@ def test_frames_are_preprocessed_like_torchvision(tmp_path, clip_factory):
     np.testing.assert_allclose(normalize(torch.from_numpy(ours)).numpy(), reference.numpy(), atol=1e-5)
 
 
+def test_crop_size_scales_the_resize_and_the_maps(tmp_path, clip_factory):
+    import pytest
+    import torch
+    import torchvision.transforms.functional as TF
+
+    from extractors.inception_v3 import InceptionV3, InceptionV3Config
+    from extractors.vgg16 import VGG16, VGG16Config
+    from pipeline.datasets import Clip
+    from pipeline.media import decode_frames
+
+    path = clip_factory(tmp_path / "a.mp4", seconds=1.0)
+    ex = VGG16(VGG16Config(weights="random:0", layer="block5_conv3", crop_size=64))
+    assert ex.input_size() == (73, 64) and ex.frame_dims() == (4, 4, 512)  # 256:224 kept; 14 x 14 at 224
+    ours = ex.load(Clip("a", {"video": path}))
+    frames = torch.from_numpy(decode_frames(path, 1.0)).permute(0, 3, 1, 2)
+    reference = TF.center_crop(TF.resize(frames, [73], antialias=True), [64]).permute(0, 2, 3, 1).numpy()
+    assert ours.shape == (1, 64, 64, 3) and np.array_equal(ours, reference)
+    assert ex.compute([ours])[0].shape == (1, 4, 4, 512)
+    assert VGG16(VGG16Config(weights="random:0")).input_size() == (256, 224)
+    with pytest.raises(ValueError, match="at least 75"):
+        InceptionV3(InceptionV3Config(weights="random:0", crop_size=64)).input_size()
+    with pytest.raises(ValueError, match="crop_size must be >= 32"):
+        VGG16Config(crop_size=16)
+
+
 def test_a_picture_shared_by_several_clips_goes_through_the_cnn_once(monkeypatch):
     from extractors.vgg16 import VGG16
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.vase import (CaptionData, DavenetEncoder, ImageEncoder, TextEncoder, VASEConfig, VASETrainer,
+from models.vase import (CaptionData, DavenetEncoder, ImageCNN, ImageEncoder, TextEncoder, VASEConfig, VASETrainer,
                          build_vocab, encode_captions, tokenize)
 
 TINY = {"width": 0.125, "embed_size": 32, "max_frames": 128, "batch_size": 8, "lr": 2e-3, "min_word_count": 1}
@@ -121,3 +121,90 @@ def test_config_checks_and_default_smoothing():
     assert VASEConfig(smooth=1.5).smoothing == 1.5
     with pytest.raises(ValueError, match="batch_size"):
         VASEConfig(batch_size=1)
+
+
+def _tiny_cnn() -> torch.nn.Module:
+    torch.manual_seed(5)  # the same initial weights every build, as a pretrained CNN would have
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+                               torch.nn.Flatten(1), torch.nn.Linear(32, 16), torch.nn.ReLU())
+
+
+CNN = ImageCNN(_tiny_cnn, 16, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3), crop_size=24)
+
+
+def _with_pictures(n_img: int, per: int, seed: int) -> tuple[CaptionData, list[torch.Tensor]]:
+    """The planted captions, each image also a raw picture (uint8 [3, 30, 40]); stored features are the
+    tiny CNN's output on the centre crop, as an extract stage would have stored them."""
+    data = _planted(n_img, per, seed)
+    rng = np.random.default_rng(seed)
+    pics = [torch.from_numpy(rng.integers(0, 256, (3, 30, 40), dtype=np.uint8)) for _ in range(n_img)]
+    mean, std = torch.tensor(CNN.mean).view(3, 1, 1), torch.tensor(CNN.std).view(3, 1, 1)
+    crops = torch.stack([(p[:, 3:27, 8:32].float() / 255 - mean) / std for p in pics])
+    with torch.no_grad():
+        data.images = CNN.build()(crops).numpy()
+    data.pictures = lambda idx: [pics[int(i)] for i in idx]
+    return data, pics
+
+
+def test_finetune_cnn_trains_the_cnn_on_augmented_pictures():
+    data, pics = _with_pictures(6, 2, 4)
+    tr = VASETrainer({**TINY, "epochs": 2, "finetune_cnn": True}, "cpu", cnn=CNN)
+    seen: list[tuple[bool, torch.Tensor]] = []
+    tr.build(16)
+    tr.model.image.cnn.register_forward_hook(lambda m, inp, out: seen.append((m.training, inp[0].detach().clone())))
+    tr.fit_pairs(data, data)
+    train_in = [x for training, x in seen if training]
+    eval_in = [x for training, x in seen if not training]
+    assert train_in and all(x.shape[1:] == (3, 24, 24) for x in train_in)
+    # evaluation sees the centre crop, normalised with the CNN's mean and std, the same every time
+    mean, std = torch.tensor(CNN.mean).view(3, 1, 1), torch.tensor(CNN.std).view(3, 1, 1)
+    assert torch.allclose(eval_in[0][0], (pics[0][:, 3:27, 8:32].float() / 255 - mean) / std, atol=1e-6)
+    assert torch.equal(eval_in[0], eval_in[-1])
+    # training sees random crops and flips: no training input is a centre crop
+    centre = eval_in[0]
+    assert not any(torch.allclose(x[0], c, atol=1e-3) for x in train_in for c in centre)
+    # the CNN's weights moved (end to end), from the CNN's own initial weights
+    fresh = CNN.build().state_dict()
+    cnn_keys = [k for k in tr.state_dict()["model"] if k.startswith("image.cnn.")]
+    assert len(cnn_keys) == len(fresh)
+    assert any(not torch.allclose(tr.state_dict()["model"][k], fresh[k.removeprefix("image.cnn.")]) for k in cnn_keys)
+
+
+def test_finetune_cnn_starts_where_a_stored_feature_model_left_off():
+    data, _ = _with_pictures(6, 2, 5)
+    stage1 = VASETrainer({**TINY, "epochs": 2}, "cpu").fit_pairs(data, data)
+    stage2 = VASETrainer({**TINY, "finetune_cnn": True, "lr": 1e-5}, "cpu", cnn=CNN).build(16).init_from(
+        stage1.state_dict())
+    a, b = stage1.encode(data), stage2.encode(data)
+    # the CNN on the centre crop reproduces the stored features, so every embedding agrees before any step
+    assert np.allclose(a["image"], b["image"], atol=1e-5) and np.allclose(a["speech"], b["speech"], atol=1e-6)
+
+
+def test_finetune_cnn_resumes_with_the_same_augmentation():
+    data, _ = _with_pictures(6, 2, 6)
+    cfg = {**TINY, "epochs": 3, "finetune_cnn": True}
+    straight = VASETrainer(cfg, "cpu", cnn=CNN).fit_pairs(data, data)
+    saved = {}
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_one(tr, improved):
+        saved["ckpt"] = tr.checkpoint()
+        raise Stop
+
+    with pytest.raises(Stop):
+        VASETrainer(cfg, "cpu", cnn=CNN).fit_pairs(data, data, on_epoch=stop_after_one)
+    resumed = VASETrainer(cfg, "cpu", cnn=CNN).resume(saved["ckpt"]).fit_pairs(data, data)
+    assert resumed.history["loss"] == pytest.approx(straight.history["loss"], rel=1e-5)
+    for k, v in straight.state_dict()["model"].items():
+        assert torch.allclose(v, resumed.state_dict()["model"][k], atol=1e-6), k
+
+
+def test_finetune_cnn_needs_the_cnn_and_the_pictures():
+    with pytest.raises(ValueError, match="pass the CNN"):
+        VASETrainer({**TINY, "finetune_cnn": True}, "cpu")
+    data = _planted(4, 2, 7)
+    data.images = data.images[:, :16]
+    with pytest.raises(ValueError, match="without them"):
+        VASETrainer({**TINY, "finetune_cnn": True}, "cpu", cnn=CNN).fit_pairs(data, data)

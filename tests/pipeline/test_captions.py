@@ -171,3 +171,31 @@ def test_stages_that_do_not_apply_are_skipped_or_refused(tmp_path, shapes_root, 
     assert states["vase-2s"].startswith("does not apply: it trains on captions") and states["cca"] == "up to date"
     # the VASE-only log-mel stage was not computed for a dataset no VASE stage runs on
     assert not list((tmp_path / "cache" / "stores" / "tiny").glob("logmel-davenet-*"))
+
+
+def test_finetune_cnn_trains_vgg16_end_to_end_on_the_raw_pictures(project):
+    cfg = load_config(project, ["vgg16.crop_size=32", "vase-3s-finetune.finetune_cnn=true"])
+    (rep,) = [r for r in run("train", stage="vase-3s-finetune", config=cfg) if r.name == "vase-3s-finetune"]
+    params = (rep.run_dir / "params.yaml").read_text()
+    assert "finetune_cnn:" in params and "crop_size: 32" in params and "random resized crop" in params
+    state = torch.load(rep.run_dir / "model.pt", weights_only=True)
+    cnn_keys = sorted(k for k in state["model"] if k.startswith("image.cnn."))
+    assert cnn_keys, "the fine-tuned VGG16 is part of the saved model"
+
+    from models.vase import VASEConfig, VASETrainer
+    from pipeline.captions import image_cnn, load_pairs
+    from pipeline.runner import resolve
+    from pipeline.train import resolve_runs
+
+    ctx = resolve(load_config(project, ["vgg16.crop_size=32"]), "shapes", only=["vase-3s-finetune"])
+    rk = resolve_runs(ctx, ["vase-3s", "vase-3s-finetune"])["vase-3s-finetune"]
+    cnn, pictures = image_cnn(ctx, rk, None)
+    assert (pictures.resize_size, cnn.crop_size, cnn.dim) == (37, 32, 4096)  # VGG16's 256:224, at 32
+    fresh = cnn.build().eval()  # the vgg16 stage's random:0 network
+    assert any(not torch.equal(state["model"][k], fresh.state_dict()[k.removeprefix("image.cnn.")]) for k in cnn_keys)
+    # the pictures reach the CNN decoded, resized and cropped as the vgg16 stage did: same fc7 as its store
+    data, _ = load_pairs(ctx, rk, 64, need_text=True, pictures=pictures)
+    tr = VASETrainer(VASEConfig(**{**SMALL, "streams": 3, "finetune_cnn": True}), "cpu", cnn=cnn)
+    with torch.no_grad():
+        fc7 = fresh(tr._pictures(data["train"], np.arange(3), train=False)).numpy()
+    assert np.allclose(fc7, data["train"].images[:3], rtol=1e-4, atol=1e-5)
