@@ -411,15 +411,13 @@ def status(config: PipelineConfig, dataset: str | None) -> list[dict[str, Any]]:
 
 def _run_status(ctx: Context, names: list[str]) -> list[dict[str, Any]]:
     """Train/evaluate stages: up to date / partial k folds / missing / stale, by their run directories."""
-    from .captions import applies
     from .train import TrainError, resolve_runs
 
     rows = []
+    skip = inapplicable(ctx.config, ctx.manifest, names) if ctx.manifest else {}
     for name in names:
-        impl_name = ctx.config.stages[name].implementation
-        why = applies(TRAINERS.get(impl_name), ctx.manifest) if impl_name in TRAINERS and ctx.manifest else None
-        if why:
-            rows.append({"stage": name, "state": f"does not apply: {why}", "done": 0, "total": 0, "failed": 0,
+        if name in skip:
+            rows.append({"stage": name, "state": f"does not apply: {skip[name]}", "done": 0, "total": 0, "failed": 0,
                          "store": None})
             continue
         try:
@@ -510,31 +508,38 @@ def collect_garbage(config: PipelineConfig, dry_run: bool = False) -> tuple[list
     return removed, skipped
 
 
+def inapplicable(cfg: PipelineConfig, manifest: Manifest, names: list[str]) -> dict[str, str]:
+    """Why each run stage among `names` cannot run on this manifest: train stages that cannot learn
+    from it, evaluate stages whose train stages all cannot, and stages starting from one that cannot."""
+    from .captions import applies
+
+    why = {n: r for n in names if cfg.stages[n].implementation in TRAINERS
+           and (r := applies(TRAINERS.get(cfg.stages[n].implementation), manifest))}
+    for n in cfg.order(names) if why else []:
+        ups = [u for u in cfg.stages[n].upstream if u in names and _is_run_stage_name(cfg, u)]
+        if n in why or not ups:
+            continue
+        if all(u in why for u in ups):
+            why[n] = "every train stage it reads does not apply"
+        elif any(u in why for u in ups) and cfg.stages[n].implementation in TRAINERS:
+            why[n] = f"it starts from '{next(u for u in ups if u in why)}', which does not apply"
+    return why
+
+
 def _drop_inapplicable(cfg: PipelineConfig, adapter: DatasetAdapter, names: list[str], targets: list[str],
                        explicit: bool, on_skip: Callable[[str, str], None] | None
                        ) -> tuple[list[str], Manifest | None]:
     """`names` without the train stages that cannot learn from this dataset (and what only they need),
     and the manifest read to decide (None when no train stage is among `names`). Asked for by name
     (`--stage`), such a stage is an error that says why."""
-    from .captions import applies
-
-    trainers = [n for n in names if cfg.stages[n].implementation in TRAINERS]
-    if not trainers:
+    if not any(cfg.stages[n].implementation in TRAINERS for n in names):
         return names, None
     adapter.prepare()
     manifest = adapter.manifest()
-    why = {n: r for n in trainers if (r := applies(TRAINERS.get(cfg.stages[n].implementation), manifest))}
+    why = inapplicable(cfg, manifest, names)
     if not why:
         return names, manifest
     dropped = set(why)
-    for n in cfg.order(names):  # downstream run stages whose run upstream is all dropped go too
-        ups = [u for u in cfg.stages[n].upstream if u in names and _is_run_stage_name(cfg, u)]
-        if ups and all(u in dropped for u in ups) and n not in dropped:
-            dropped.add(n)
-            why[n] = "every train stage it reads was skipped"
-        elif ups and any(u in dropped for u in ups) and cfg.stages[n].implementation in TRAINERS:
-            dropped.add(n)
-            why[n] = f"it starts from '{next(u for u in ups if u in dropped)}', which was skipped"
     if explicit and targets[0] in dropped:
         raise PipelineError(f"stage '{targets[0]}' does not apply to dataset '{adapter.dataset_name}': "
                             f"{why[targets[0]]}")

@@ -150,7 +150,9 @@ def test_finetune_starts_from_stage_one_and_evaluate_tabulates(project):
 
 def test_stages_that_do_not_apply_are_skipped_or_refused(tmp_path, shapes_root, tiny_synthetic_root):
     stages = {**STAGES, "cca": {"group": "train", "implementation": "cca", "upstream": ["audio", "vgg16"],
-                                "params": {"n_components": 1}}}
+                                "params": {"n_components": 1}},
+              "evaluate": {"group": "evaluate", "implementation": "retrieval", "upstream": ["cca"],
+                           "params": {"ks": [1]}}}
     project = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
                            {"shapes": {"adapter": "spoken_shapes", "root": str(shapes_root), "params": SHAPES},
                             "tiny": {"adapter": "synthetic", "root": str(tiny_synthetic_root), "params": TINY}},
@@ -169,6 +171,11 @@ def test_stages_that_do_not_apply_are_skipped_or_refused(tmp_path, shapes_root, 
 
     states = {r["stage"]: r["state"] for r in status(load_config(project), "tiny")}
     assert states["vase-2s"].startswith("does not apply: it trains on captions") and states["cca"] == "up to date"
+    assert states["vase-3s-finetune"].startswith("does not apply")
+    # on the caption corpus the MAP evaluate stage does not apply either (its only train stage does not)
+    states = {r["stage"]: r["state"] for r in status(load_config(project), "shapes")}
+    assert states["evaluate"] == "does not apply: every train stage it reads does not apply"
+    assert states["cca"].startswith("does not apply: it trains on class-labelled clips")
     # the VASE-only log-mel stage was not computed for a dataset no VASE stage runs on
     assert not list((tmp_path / "cache" / "stores" / "tiny").glob("logmel-davenet-*"))
 
