@@ -25,6 +25,9 @@ class FrameConfig:
     pool: Literal["none", "mean", "max"] = "none"
     crop_size: int | None = None  # CNN input side; None: the weights' own (resize keeps the weights' resize : crop)
 
+    # added after stores were cached: at these values they stay out of the store key, so those stores stay valid
+    KEY_NEUTRAL: ClassVar[dict[str, Any]] = {"crop_size": None}
+
     def __post_init__(self) -> None:
         if self.fps <= 0:
             raise ValueError(f"fps must be > 0, got {self.fps}")

@@ -78,13 +78,18 @@ class VASEConfig:
     finetune_cnn: bool = False  # train the image CNN end to end on raw pictures (needs the dataset's images)
     crop_size: int | None = None  # CNN input side with finetune_cnn; None: the visual stage's (224 for VGG16)
 
+    # added after runs were cached: at these values they stay out of the run key, so those runs stay valid
+    KEY_NEUTRAL: ClassVar[dict[str, Any]] = {"finetune_cnn": False, "crop_size": None}
+
     def __post_init__(self) -> None:
         checks = [(self.streams in (2, 3), "streams must be 2 or 3"), (self.embed_size >= 1, "embed_size must be >= 1"),
                   (self.width > 0, "width must be > 0"), (self.max_frames >= 16, "max_frames must be >= 16"),
                   (self.epochs >= 1, "epochs must be >= 1"), (self.batch_size >= 2, "batch_size must be >= 2"),
                   (self.lr > 0, "lr must be > 0"), (self.lr_update >= 1, "lr_update must be >= 1"),
                   (self.rec_rounds >= 0, "rec_rounds must be >= 0"), (self.eval_folds >= 1, "eval_folds must be >= 1"),
-                  (self.crop_size is None or self.crop_size >= 16, "crop_size must be >= 16 (or null: the CNN's)")]
+                  (self.crop_size is None or self.crop_size >= 16, "crop_size must be >= 16 (or null: the CNN's)"),
+                  (self.crop_size is None or self.finetune_cnn, "crop_size is the fine-tuned CNN's input side: "
+                   "it needs finetune_cnn: true (stored features have the visual stage's crop_size)")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
@@ -165,6 +170,10 @@ class CNNImageEncoder(ImageEncoder):
 
     def __init__(self, cnn: nn.Module, in_dim: int = 4096, embed_size: int = 1024) -> None:
         super().__init__(in_dim, embed_size)
+        if getattr(cnn, "aux_logits", False):
+            # torchvision's Inception-V3 would also return its auxiliary classifier's logits in training
+            # mode (and that branch fails on inputs under 299 px); the embedding uses the main output only
+            cnn.aux_logits, cnn.AuxLogits = False, None
         self.cnn = cnn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -313,8 +322,11 @@ class VASETrainer(Trainer):
     def checkpoint(self) -> dict[str, Any]:
         """Everything to resume training after the last completed epoch."""
         assert self.model is not None and self.optimizer is not None
+        rng = {"torch_rng": torch.get_rng_state()}
+        if self.torch_device.type == "cuda":  # dropout in a fine-tuned CNN draws from the CUDA generator
+            rng["cuda_rng"] = torch.cuda.get_rng_state_all()
         return {**self.state_dict(), "current": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "epoch": int(self.epoch), "history": self.history, "torch_rng": torch.get_rng_state()}
+                "epoch": int(self.epoch), "history": self.history, **rng}
 
     def resume(self, ckpt: dict[str, Any]) -> "VASETrainer":
         """Continue from `checkpoint()`: current weights, optimizer, epoch, best model so far, history."""
@@ -326,6 +338,8 @@ class VASETrainer(Trainer):
         self.best_epoch, self.best_rsum = int(ckpt["best_epoch"]), float(ckpt["best_rsum"])
         self.best_state = ckpt["model"]
         torch.set_rng_state(ckpt["torch_rng"])
+        if self.torch_device.type == "cuda" and "cuda_rng" in ckpt:
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
         return self
 
     # -- training ----------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ class _Pictures:
 
     def _decode(self, clip: Any) -> Any:
         frames = self.extractor.decode_resized(clip, self.resize_size)
-        return frames[len(frames) // 2].contiguous()  # a still picture has one frame; a video, its middle one
+        return frames[len(frames) // 2].clone()  # a still picture has one frame; a video, its middle one
 
     def reader(self, clips: list[Any]) -> Callable[[np.ndarray], list[Any]]:
         """`read(indices)`: the pictures of `clips[i]` for i in indices."""
@@ -113,28 +113,34 @@ class _Pictures:
 def image_cnn(ctx: Any, rk: Any, crop_size: int | None) -> tuple[Any, _Pictures]:
     """The visual stage's CNN, to fine-tune as the image branch, and a reader of the raw pictures
     (at the stage's own input size unless `crop_size` is given)."""
+    stage = ctx.stages[rk.views["visual"]]
+    return stage_cnn(stage.name, stage.implementation, stage.params, crop_size)
+
+
+def stage_cnn(name: str, implementation: str, params: dict[str, Any], crop_size: int | None,
+              ) -> tuple[Any, _Pictures]:
+    """The CNN of a visual stage (its architecture, weights and preprocessing) and a picture reader."""
     from extractors._frames import FrameExtractor
     from models.vase import ImageCNN
 
     from .registry import EXTRACTORS
     from .train import TrainError
 
-    stage = ctx.stages[rk.views["visual"]]
-    cls = EXTRACTORS.get(stage.implementation)
+    cls = EXTRACTORS.get(implementation)
     if not (isinstance(cls, type) and issubclass(cls, FrameExtractor)):
-        raise TrainError(f"finetune_cnn trains the CNN of the visual stage end to end, and stage '{stage.name}' "
-                         f"({stage.implementation}) runs no CNN on pictures; use a CNN stage (vgg16) or drop finetune_cnn")
-    ext = cls(cls.Config(**stage.params))
+        raise TrainError(f"finetune_cnn trains the CNN of the visual stage end to end, and stage '{name}' "
+                         f"({implementation}) runs no CNN on pictures; use a CNN stage (vgg16) or drop finetune_cnn")
+    ext = cls(cls.Config(**params))
     dims = ext.frame_dims()
     if len(dims) != 1:
-        raise TrainError(f"finetune_cnn needs a CNN that gives one vector per picture; stage '{stage.name}' gives "
+        raise TrainError(f"finetune_cnn needs a CNN that gives one vector per picture; stage '{name}' gives "
                          f"{list(dims)} maps (its layer param): use layer fc7")
     try:
         resize, crop = ext.input_size(crop_size)
     except ValueError as e:
         raise TrainError(f"finetune_cnn: {e}") from None
     t = ext.preprocessing
-    cnn = ImageCNN(ext.network, int(dims[0]), tuple(t.mean), tuple(t.std), crop, stage.implementation)
+    cnn = ImageCNN(ext.network, int(dims[0]), tuple(t.mean), tuple(t.std), crop, implementation)
     return cnn, _Pictures(ext, resize)
 
 
@@ -290,7 +296,9 @@ def run_caption_train(ctx: Any, rk: Any, runs: dict[str, Any], device: str = "au
                          for m, s in rk.views.items()},
             "init_from": {"stage": rk.init_from, "run": str(init)} if init else None,
             **info, "device": device,
-            "finetune_cnn": {"cnn": cnn.name, "crop_size": cnn.crop_size, "resize_size": pictures.resize_size,
+            "finetune_cnn": {"stage": rk.views["visual"], "implementation": cnn.name,
+                             "params": ctx.stages[rk.views["visual"]].params, "crop_size": cnn.crop_size,
+                             "resize_size": pictures.resize_size,
                              "augment": "random resized crop (scale 0.08-1) + horizontal flip"} if cnn else None}))
         trainer = impl(cfg, device, cnn=cnn) if cnn else impl(cfg, device)
         ckpt_path = rk.run_dir / "checkpoint.pt"

@@ -199,6 +199,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
+def key_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
+    """`params` as they enter a cache key: a param added to a Config after its stores or runs were cached
+    (listed in the Config's KEY_NEUTRAL with the value that keeps the old behaviour) is left out at that
+    value, so adding it does not invalidate every existing cache entry."""
+    neutral = getattr(cls, "KEY_NEUTRAL", {})
+    return {k: v for k, v in params.items() if not (k in neutral and v == neutral[k])}
+
+
 def coerce_params(cls: type, params: dict[str, Any] | None, where: str) -> dict[str, Any]:
     """Check `params` against the dataclass `cls` (names and types); return them with defaults filled."""
     params = params or {}

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .cache import DigestMemo, hash_key
-from .config import ConfigError, ExecutionParams, PipelineConfig, implementation, load_config
+from .config import ConfigError, ExecutionParams, PipelineConfig, implementation, key_params, load_config
 from .datasets import Clip, DatasetAdapter, Manifest
 from .registry import DATASETS, TRAINERS
 from .store import ClipResult, FeatureStore, StoreWriter, read_commits, write_failures_log
@@ -161,7 +161,7 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
             errors[name] = str(e)
             continue
         store_key = hash_key({
-            "implementation": spec.implementation, "version": impl.VERSION, "params": params,
+            "implementation": spec.implementation, "version": impl.VERSION, "params": key_params(impl.Config, params),
             "weights": weights, "upstream": [stages[u].store_key for u in spec.upstream],
             "dataset": adapter.dataset_name, "backend": config.backend})
         attrs = {

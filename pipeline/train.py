@@ -32,7 +32,7 @@ import yaml
 
 from .cache import hash_key
 from .captions import pairs_digest, task_of
-from .config import implementation
+from .config import implementation, key_params
 from .registry import EVALUATORS, TRAINERS
 from .store import ClipResult, FeatureStore, StoreWriter, _atomic_write_text
 
@@ -112,7 +112,8 @@ def resolve_runs(ctx: Any, names: list[str]) -> dict[str, RunKeys]:
                 raise TrainError(f"stage '{name}' has no {lacking[0]} upstream stage that applies to dataset "
                                  f"'{ctx.dataset}' (its upstream: {', '.join(spec.upstream) or 'none'}); add an "
                                  f"extract (media datasets) or import (feature datasets) stage of that modality")
-            ident = {"implementation": spec.implementation, "version": impl.VERSION, "params": params,
+            ident = {"implementation": spec.implementation, "version": impl.VERSION,
+                     "params": key_params(impl.Config, params),
                      "views": {m: ctx.stages[s].store_key for m, s in sorted(views.items())}}
             inits = [u for u in spec.upstream if u in runs and runs[u].kind == "train"]
             if len(inits) > 1:
@@ -262,7 +263,15 @@ def load_trainer(run_dir: str | os.PathLike, fold: str | None = None, device: st
     info = yaml.safe_load((run_dir / "params.yaml").read_text())
     impl = TRAINERS.get(info["implementation"])
     path = run_dir / ("model.pt" if fold is None else f"folds/{fold}/model.pt")
-    trainer = impl(impl.Config(**info["params"]), device)
+    cfg = impl.Config(**info["params"])
+    if getattr(cfg, "finetune_cnn", False):  # the model holds a CNN: rebuild its architecture (weights come from model.pt)
+        from .captions import stage_cnn
+
+        ft = info["finetune_cnn"]
+        cnn, _ = stage_cnn(ft["stage"], ft["implementation"], {**ft["params"], "weights": "random:0"}, ft["crop_size"])
+        trainer = impl(cfg, device, cnn=cnn)
+    else:
+        trainer = impl(cfg, device)
     return trainer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 

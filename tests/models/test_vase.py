@@ -201,9 +201,20 @@ def test_finetune_cnn_resumes_with_the_same_augmentation():
         assert torch.allclose(v, resumed.state_dict()["model"][k], atol=1e-6), k
 
 
+def test_a_cnn_with_auxiliary_outputs_in_training_is_fine_tuned_on_its_main_output():
+    from extractors.inception_v3 import InceptionV3, InceptionV3Config
+    from models.vase import CNNImageEncoder
+
+    enc = CNNImageEncoder(InceptionV3(InceptionV3Config(weights="random:0")).network(), 2048, 8).train()
+    out = enc(torch.randn(2, 3, 75, 75))  # torchvision's Inception-V3 returns (main, aux) in training mode
+    assert out.shape == (2, 8) and torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
 def test_finetune_cnn_needs_the_cnn_and_the_pictures():
     with pytest.raises(ValueError, match="pass the CNN"):
         VASETrainer({**TINY, "finetune_cnn": True}, "cpu")
+    with pytest.raises(ValueError, match="needs finetune_cnn"):
+        VASEConfig(crop_size=64)
     data = _planted(4, 2, 7)
     data.images = data.images[:, :16]
     with pytest.raises(ValueError, match="without them"):

@@ -206,3 +206,9 @@ def test_finetune_cnn_trains_vgg16_end_to_end_on_the_raw_pictures(project):
     with torch.no_grad():
         fc7 = fresh(tr._pictures(data["train"], np.arange(3), train=False)).numpy()
     assert np.allclose(fc7, data["train"].images[:3], rtol=1e-4, atol=1e-5)
+    # the saved run loads back, fine-tuned VGG16 included, and embeds the test split as the run did
+    from pipeline.train import load_trainer
+
+    back = load_trainer(rep.run_dir).encode(data["test"])
+    with np.load(rep.run_dir / "test_embeddings.npz") as z:
+        assert np.allclose(back["image"], z["image"], atol=1e-5) and np.allclose(back["speech"], z["speech"], atol=1e-5)

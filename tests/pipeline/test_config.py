@@ -1,6 +1,7 @@
 import pytest
 import yaml
 
+from extractors.vgg16 import VGG16Config
 from pipeline.config import ConfigError, load_config
 
 from ..conftest import TINY, write_config
@@ -112,3 +113,26 @@ def test_dataset_set_binds_params_and_cli_set_wins(tmp_path):
     ds["tiny"]["set"] = {"a.rate": 1}
     with pytest.raises(ConfigError, match="dataset 'tiny': set: stage 'a': unknown param 'rate'"):
         load_config(_cfg(tmp_path, {"a": AUDIO}, ds))
+
+
+def test_params_added_later_stay_out_of_keys_at_their_neutral_value(tmp_path, tiny_synthetic_root):
+    from pipeline.cache import hash_key
+    from pipeline.config import key_params
+    from pipeline.runner import resolve
+
+    stages = {"vgg16": {"group": "extract", "implementation": "vgg16", "params": {"weights": "random:0"}}}
+    project = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                           {"tiny": {"adapter": "synthetic", "root": str(tiny_synthetic_root), "params": TINY}}, stages)
+    plain = resolve(load_config(project), "tiny").stages["vgg16"]
+    assert "crop_size" in plain.params and "crop_size" not in key_params(VGG16Config, plain.params)
+    # the key is the one the stage had before crop_size existed: its params hashed without it
+    before = {k: v for k, v in plain.params.items() if k != "crop_size"}
+    assert plain.store_key == hash_key({
+        "implementation": "vgg16", "version": 1, "params": before, "weights": plain.attrs["weights"],
+        "upstream": [], "dataset": "tiny", "backend": "zarr"})
+    assert resolve(load_config(project, ["vgg16.crop_size=null"]), "tiny").stages["vgg16"].store_key == plain.store_key
+    assert resolve(load_config(project, ["vgg16.crop_size=64"]), "tiny").stages["vgg16"].store_key != plain.store_key
+    from models.vase import VASEConfig
+
+    assert key_params(VASEConfig, {"lr": 1.0, "finetune_cnn": False, "crop_size": None}) == {"lr": 1.0}
+    assert key_params(VASEConfig, {"finetune_cnn": True, "crop_size": 64}) == {"finetune_cnn": True, "crop_size": 64}
