@@ -23,10 +23,10 @@ class AudioConfig:
 
 @register_extractor
 class AudioDemux(Extractor):
-    """Mono waveform per clip, decoded by ffmpeg at `sample_rate` (never stream-copied)."""
+    """Mono waveform per clip (the mean of its channels), decoded by ffmpeg at `sample_rate`."""
 
     name = "audio"
-    VERSION = 1
+    VERSION = 2  # 2: multichannel audio is the mean of its channels (1: ffmpeg's -ac 1 downmix)
     Config = AudioConfig
     produces = "waveform"
     modality = "audio"

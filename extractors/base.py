@@ -60,6 +60,20 @@ class Extractor:
             raise MediaError(f"upstream failed: {upstream.failures.get(clip.clip_id, 'not computed')}")
         return upstream[clip.clip_id]
 
+    def min_seconds(self) -> float | None:
+        """The shortest input that gives at least one row (None: any input that loads gives one)."""
+        return None
+
+    def no_rows_reason(self, loaded: Any, upstream: dict[str, Any] | None = None) -> str:
+        """Why a clip gave no rows, for the failures log: its length and what the extractor needs."""
+        rate = (upstream or {}).get("frame_rate")
+        length = f"{len(loaded) / rate:.2f} s" if rate and hasattr(loaded, "__len__") else "its input"
+        need = self.min_seconds()
+        if need is None:
+            return f"no rows: {self.name} produced nothing from {length}"
+        pad = "; set pad_short: true on the stage to zero-pad it" if hasattr(self.config, "pad_short") else ""
+        return f"too short: {length}; {self.name} needs at least {need:.3f} s{pad}"
+
     def release(self) -> None:
         """Free what `load` holds open between clips (file handles); called after each shard."""
 

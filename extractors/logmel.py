@@ -12,7 +12,7 @@ Rows are time in every preset (the DAVEnet code keeps [40, 2048]; transpose to f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 
@@ -28,6 +28,9 @@ _DAVENET_FRAMES = 2048
 @dataclass
 class LogMelConfig:
     preset: Literal["vggish", "davenet", "vgs"] = "vggish"
+    pad_short: bool = False  # vggish preset: zero-pad a clip shorter than one example instead of failing it
+
+    KEY_NEUTRAL: ClassVar[dict[str, Any]] = {"pad_short": False}
 
 
 def davenet_logmel(wave: np.ndarray) -> np.ndarray:
@@ -85,8 +88,15 @@ class LogMel(Extractor):
         _, dims, rate = _PRESETS[self.config.preset]
         return OutputSpec("logmel", dims, "float32", rate, {"preset": self.config.preset, "sample_rate": SAMPLE_RATE})
 
+    def min_seconds(self) -> float | None:
+        return vggish_input.MIN_SAMPLES / SAMPLE_RATE if self.config.preset == "vggish" else None
+
     def compute(self, inputs: Sequence[np.ndarray], upstream: dict[str, Any] | None = None) -> list[np.ndarray]:
         fn = _PRESETS[self.config.preset][0]
         sr = int((upstream or {}).get("sample_rate", SAMPLE_RATE))
-        return [fn(_dsp.resample(np.asarray(w, dtype=np.float64), sr, SAMPLE_RATE)).astype(np.float32)
-                for w in inputs]
+        pad = vggish_input.pad_to_example if self.config.pad_short and self.config.preset == "vggish" else None
+        out = []
+        for w in inputs:
+            w16 = _dsp.resample(np.asarray(w, dtype=np.float64), sr, SAMPLE_RATE)
+            out.append(fn(pad(w16) if pad else w16).astype(np.float32))
+        return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 
@@ -45,6 +45,9 @@ class VGGishConfig:
     postprocess: bool = False
     pca: str = "audioset"
     hub_handle: str = TFHUB_VGGISH
+    pad_short: bool = False  # zero-pad a clip shorter than one 0.96 s example instead of failing it
+
+    KEY_NEUTRAL: ClassVar[dict[str, Any]] = {"pad_short": False}
 
 
 def build_vggish() -> Any:
@@ -178,6 +181,8 @@ class VGGish(Extractor):
     def embed(self, waves: Sequence[np.ndarray], sample_rate: int) -> list[np.ndarray]:
         """Raw (not postprocessed) 128-d embeddings per waveform."""
         waves16 = [_dsp.resample(np.asarray(w, np.float64), sample_rate, vggish_input.SAMPLE_RATE) for w in waves]
+        if self.config.pad_short:
+            waves16 = [vggish_input.pad_to_example(w) for w in waves16]
         if self.config.backend == "tfhub":
             import tensorflow as tf
 
@@ -190,6 +195,9 @@ class VGGish(Extractor):
         # [B, 1, 96, 64]: rank 4, as channels_last needs on CUDA
         out = _torch.run_batched(model, flat[:, None], batch, device, image=True).reshape(-1, 128)
         return split_rows(out, [e.shape[0] for e in examples])
+
+    def min_seconds(self) -> float | None:
+        return vggish_input.MIN_SAMPLES / vggish_input.SAMPLE_RATE
 
     def compute(self, inputs: Sequence[np.ndarray], upstream: dict[str, Any] | None = None) -> list[np.ndarray]:
         sr = int((upstream or {}).get("sample_rate", vggish_input.SAMPLE_RATE))

@@ -20,6 +20,8 @@ MEL_MIN_HZ = 125.0
 MEL_MAX_HZ = 7500.0
 LOG_OFFSET = 0.01
 EXAMPLE_SECONDS = 0.96
+# the shortest waveform that gives one example: 96 frames of a 25 ms window every 10 ms
+MIN_SAMPLES = int(round(SAMPLE_RATE * WINDOW_SECONDS)) + (NUM_FRAMES - 1) * int(round(SAMPLE_RATE * HOP_SECONDS))
 
 
 def log_mel(wave16k: np.ndarray) -> np.ndarray:
@@ -31,6 +33,14 @@ def log_mel(wave16k: np.ndarray) -> np.ndarray:
     spec = np.abs(np.fft.rfft(frames * _dsp.periodic_hann(win), n_fft))
     mel = spec @ _dsp.vggish_mel_matrix(NUM_BANDS, n_fft // 2 + 1, SAMPLE_RATE, MEL_MIN_HZ, MEL_MAX_HZ)
     return np.log(mel + LOG_OFFSET)
+
+
+def pad_to_example(wave16k: np.ndarray) -> np.ndarray:
+    """A waveform shorter than one example, zero-padded at the end to exactly one (others unchanged)."""
+    wave16k = np.asarray(wave16k)
+    if wave16k.shape[0] >= MIN_SAMPLES:
+        return wave16k
+    return np.pad(wave16k, [(0, MIN_SAMPLES - wave16k.shape[0])] + [(0, 0)] * (wave16k.ndim - 1))
 
 
 def examples_from_log_mel(log_mel_frames: np.ndarray) -> np.ndarray:

@@ -33,22 +33,39 @@ def _hash_file(path: Path) -> str:
 class DigestMemo:
     """Content digests of files, recomputed only when a file's size or mtime changes.
 
-    Backed by SQLite so that concurrent runs on one cache share it safely.
+    Backed by SQLite so that concurrent runs on one cache share it safely. On a cache this process cannot
+    write (a read-only mount, another user's cache) the memo is read as it is and new digests are only
+    kept in memory.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._conn() as c:
-            c.execute("CREATE TABLE IF NOT EXISTS files "
-                      "(path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, digest TEXT)")
+        self._readonly = False
+        self._memory: dict[str, tuple[int, int, str]] = {}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._conn() as c:
+                c.execute("CREATE TABLE IF NOT EXISTS files "
+                          "(path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, digest TEXT)")
+        except (OSError, sqlite3.OperationalError):
+            self._readonly = True
+            self._local = threading.local()
 
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self) -> sqlite3.Connection | None:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=60)
-            conn.execute("PRAGMA journal_mode=WAL")
+            if self._readonly:
+                if not self.path.exists():
+                    return None
+                try:  # immutable: no locks and no -wal/-shm files, which a read-only mount cannot hold
+                    conn = sqlite3.connect(f"{self.path.absolute().as_uri()}?immutable=1", uri=True)
+                    conn.execute("SELECT 1 FROM files LIMIT 1")
+                except sqlite3.Error:
+                    return None
+            else:
+                conn = sqlite3.connect(self.path, timeout=60)
+                conn.execute("PRAGMA journal_mode=WAL")
             self._local.conn = conn
         return conn
 
@@ -60,13 +77,18 @@ class DigestMemo:
         except OSError:
             return f"missing:{p}"
         conn = self._conn()
-        row = conn.execute("SELECT size, mtime_ns, digest FROM files WHERE path=?", (str(p),)).fetchone()
+        row = self._memory.get(str(p))
+        if row is None and conn is not None:
+            row = conn.execute("SELECT size, mtime_ns, digest FROM files WHERE path=?", (str(p),)).fetchone()
         if row and row[0] == st.st_size and row[1] == st.st_mtime_ns:
             return row[2]
         try:
             d = _hash_file(p)
         except OSError as e:
             return f"unreadable:{p}:{e.errno}"
-        with conn:
-            conn.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?)", (str(p), st.st_size, st.st_mtime_ns, d))
+        if self._readonly:
+            self._memory[str(p)] = (st.st_size, st.st_mtime_ns, d)
+        else:
+            with conn:
+                conn.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?)", (str(p), st.st_size, st.st_mtime_ns, d))
         return d

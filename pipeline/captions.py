@@ -151,7 +151,7 @@ def load_pairs(ctx: Any, rk: Any, frames: int, need_text: bool, pictures: _Pictu
     from models.vase import CaptionData
 
     from .runner import require_complete
-    from .train import TrainError
+    from .train import TrainError, unusable
 
     for stage in rk.views.values():
         require_complete(ctx, stage)
@@ -166,12 +166,11 @@ def load_pairs(ctx: Any, rk: Any, frames: int, need_text: bool, pictures: _Pictu
     skipped: dict[str, str] = {}
     keep = []
     for c in ctx.manifest.clips:
-        missing = [m for m, st in stores.items() if c.clip_id not in st]
+        why = unusable(stores, rk.views, c.clip_id)
         if c.group is None:
             skipped[c.clip_id] = "not paired with an image (no group)"
-        elif missing:
-            skipped[c.clip_id] = (f"failed in stage '{rk.views[missing[0]]}': "
-                                  f"{stores[missing[0]].failures.get(c.clip_id, 'not computed')}")
+        elif why:
+            skipped[c.clip_id] = why
         elif need_text and not c.text:
             skipped[c.clip_id] = "no transcript (three streams need one)"
         elif pictures is not None and "image" not in c.media:
@@ -273,7 +272,7 @@ def run_caption_train(ctx: Any, rk: Any, runs: dict[str, Any], device: str = "au
     """Train (or resume) a captions trainer, select by validation rsum, evaluate the test split."""
     import torch
 
-    from .runner import reading
+    from .runner import in_use
     from .train import RunReport, TrainError, _atomic_json, _params_yaml, _run_lock
 
     t0 = time.perf_counter()
@@ -283,7 +282,7 @@ def run_caption_train(ctx: Any, rk: Any, runs: dict[str, Any], device: str = "au
             metrics = json.loads((rk.run_dir / "metrics.json").read_text())
             return RunReport(rk.name, "train", rk.run_dir, True, metrics=metrics, seconds=time.perf_counter() - t0)
         for stage in rk.views.values():
-            held.enter_context(reading(ctx.config.cache, ctx.stages[stage].store_path))
+            held.enter_context(in_use(ctx.config.cache, ctx.stages[stage].store_path))
         cfg = impl.Config(**rk.params)
         cnn, pictures = image_cnn(ctx, rk, cfg.crop_size) if getattr(cfg, "finetune_cnn", False) else (None, None)
         data, info = load_pairs(ctx, rk, cfg.max_frames, need_text=cfg.streams == 3, pictures=pictures)

@@ -90,15 +90,23 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
                    f"from {report.shards_reused} committed shards")
         bar["bar"] = tqdm(total=todo, unit="clip", desc=report.name, disable=no_progress, dynamic_ncols=True)
 
+    committed = [0]
+
     def on_progress(n: int) -> None:
+        committed[0] += 1
         if "bar" in bar:
             bar["bar"].update(n)
+
+    def on_notice(msg: str) -> None:
+        if "bar" in bar:
+            bar["bar"].clear()
+        click.secho(msg, fg="yellow", err=True)
 
     t0 = time.perf_counter()
     try:
         cfg = load_config(config_path, overrides, cache)
         reports = run(group, dataset=dataset, stage=stage, config=cfg, strict=False, on_plan=on_plan,
-                      on_progress=on_progress, on_wait=lambda m: click.echo(m, err=True),
+                      on_progress=on_progress, on_wait=lambda m: click.echo(m, err=True), on_notice=on_notice,
                       on_skip=lambda n, why: click.echo(f"{n}: skipped, it does not apply to this dataset: {why}"),
                       on_epoch=None if no_progress else lambda n, e, total, rsum: click.echo(
                           f"{n}: epoch {e}/{total}, validation rsum {rsum:.1f}", err=True),
@@ -109,6 +117,11 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
         _fail(str(e))
     except OSError as e:
         _fail(f"{e}; check the --cache and --config paths and free disk space")
+    except KeyboardInterrupt:
+        if "bar" in bar:
+            bar.pop("bar").close()
+        click.secho(f"interrupted; {committed[0]} shard(s) committed, rerun to resume", fg="red", err=True)
+        sys.exit(130)
     finally:
         if "bar" in bar:
             bar["bar"].close()
@@ -116,7 +129,7 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
 
     runs = [r for r in reports if isinstance(r, RunReport)]
     reports = [r for r in reports if not isinstance(r, RunReport)]
-    failed = 0
+    failed: set[str] = set()
     for r in reports:
         if r.computed or r.failed:
             click.echo(f"{r.name}: computed {r.computed} clips in {r.shards_computed} shards, reused {r.reused} "
@@ -128,7 +141,7 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
                 click.echo(f"  {f['id']}: {f['reason']}")
             if len(r.failures) > 20:
                 click.echo(f"  ... and {len(r.failures) - 20} more")
-        failed += r.failed
+        failed.update(f["id"] for f in r.failures)
     for r in reports:
         click.echo(f"{r.name}: {r.store_path}")
     random = []
@@ -141,7 +154,7 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
     _echo_runs(runs, random)
     click.echo(f"done in {time.perf_counter() - t0:.1f} s")
     if strict and failed:
-        click.secho(f"error: {failed} clip(s) failed and --strict is set", fg="red", err=True)
+        click.secho(f"error: {len(failed)} clip(s) failed and --strict is set", fg="red", err=True)
         sys.exit(1)
 
 
@@ -183,12 +196,16 @@ def status_cmd(dataset: str | None, config_path: str, cache: str | None) -> None
     """Per stage: up to date, missing, partial N of M clips, or stale."""
     from .config import load_config
     from .datasets import DatasetError
-    from .runner import status
+    from .runner import PipelineError, status
+    from .store import StoreError
+    from extractors.weights import WeightsError
 
     try:
         rows = status(load_config(config_path, cache=cache), dataset)
-    except (ConfigError, DatasetError) as e:
+    except (ConfigError, DatasetError, PipelineError, StoreError, WeightsError) as e:
         _fail(str(e))
+    except OSError as e:
+        _fail(f"{e}; check the --cache and --config paths")
     width = max(len(r["stage"]) for r in rows) if rows else 5
     for r in rows:
         extra = f" ({r['failed']} failed)" if r["failed"] else ""
@@ -216,6 +233,8 @@ def ls_cmd(config_path: str, cache: str | None) -> None:
         if it["kind"] == "store":
             click.echo(f"{_human(it['bytes']):>10}  {it['clips']:>6} clips  {it['dataset']}/{it['stage']}  "
                        f"{it['extractor']} {it['params']}  {it['path']}")
+            if it["damaged"]:
+                click.secho(f"{'':>10}  damaged: {it['damaged']}", fg="yellow")
         else:
             click.echo(f"{_human(it['bytes']):>10}  run  {it['path']}")
     click.echo(f"{_human(total):>10}  total in {cfg.cache}")
@@ -223,22 +242,72 @@ def ls_cmd(config_path: str, cache: str | None) -> None:
 
 @main.command("gc")
 @click.option("--dry-run", is_flag=True, help="list what would be removed")
+@click.option("--all", "everything", is_flag=True,
+              help="also remove the stores of datasets that stages.yaml does not name")
 @common
-def gc_cmd(dry_run: bool, config_path: str, cache: str | None) -> None:
-    """Remove stores that no current key in stages.yaml references."""
+def gc_cmd(dry_run: bool, everything: bool, config_path: str, cache: str | None) -> None:
+    """Remove stores that no current key in stages.yaml references (never one a running run uses)."""
     from .config import load_config
     from .runner import collect_garbage
 
     try:
-        removed, skipped = collect_garbage(load_config(config_path, cache=cache), dry_run=dry_run)
+        removed, skipped = collect_garbage(load_config(config_path, cache=cache), dry_run=dry_run,
+                                           everything=everything)
     except ConfigError as e:
         _fail(str(e))
+    except OSError as e:
+        _fail(f"{e}; gc needs a writable cache")
     verb = "would remove" if dry_run else "removed"
     for path, size in removed:
         click.echo(f"{verb} {path} ({_human(size)})")
     for s in skipped:
         click.echo(f"kept: {s}")
     click.echo(f"{verb} {len(removed)} store(s), {_human(sum(s for _, s in removed))}")
+
+
+@main.command("verify")
+@click.option("--dataset", default=None, help="dataset from stages.yaml (default: default_dataset)")
+@click.option("--stage", default=None, help="only this stage's store")
+@common
+def verify_cmd(dataset: str | None, stage: str | None, config_path: str, cache: str | None) -> None:
+    """Hash every shard of the dataset's stores against its commit record; mark damaged ones for recompute."""
+    from .config import load_config
+    from .datasets import DatasetError
+    from .runner import resolve
+    from .store import verify_store
+    from extractors.weights import WeightsError
+
+    try:
+        cfg = load_config(config_path, cache=cache)
+        if stage and stage not in cfg.stages:
+            raise ConfigError(f"{cfg.path}: unknown stage '{stage}'; known: {', '.join(cfg.stages)}")
+        ctx = resolve(cfg, dataset, only=[stage] if stage else None)
+        if stage and stage not in ctx.stages:
+            raise ConfigError(f"stage '{stage}' has no feature store for dataset '{ctx.dataset}'")
+        names = [stage] if stage else list(ctx.stages)
+        bad: list[str] = []
+        for name in names:
+            path = ctx.stages[name].store_path
+            if not (path / "commits").is_dir():
+                click.echo(f"{name}: no store yet")
+                continue
+            checked, damaged = verify_store(path, ctx.clip_keys)
+            if not damaged:
+                click.echo(f"{name}: {checked} shard(s) verified")
+                continue
+            bad.append(name)
+            click.secho(f"{name}: {len(damaged)} of {checked} shard(s) damaged, marked for recomputation:", fg="yellow")
+            for sid, why in list(damaged.items())[:20]:
+                click.echo(f"  {sid}: {why}")
+    except (ConfigError, DatasetError, WeightsError) as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"{e}; check the --cache and --config paths")
+    if bad:
+        group = cfg.stages[bad[0]].group
+        click.secho(f"damaged: {', '.join(bad)}; run `pipeline run {group} --dataset {ctx.dataset}` to recompute "
+                    "the damaged shards", fg="red", err=True)
+        sys.exit(1)
 
 
 @main.command("report")

@@ -5,7 +5,7 @@ import logging
 import multiprocessing
 import os
 import sys
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Sequence
 
 from .config import ExecutionParams
@@ -29,9 +29,14 @@ def _die_with_parent() -> None:
 
 
 def _init_worker(threads: int, parent: int) -> None:
+    import signal
+
     _die_with_parent()
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+    # Ctrl-C reaches the whole process group: the parent decides (cancel what has not started, let running
+    # shards commit); a worker interrupted mid-shard would only leave a temporary behind
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # set before any numeric library loads in this fresh process, so workers do not oversubscribe cores
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, str(max(1, threads)))
@@ -84,7 +89,7 @@ class Executor:
         pending = {self._pools[n].submit(fn, t) for t in tasks}
         try:
             while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)  # progress per finished shard
                 for fut in done:
                     on_result(fut.result())  # re-raises a worker's exception here
         finally:
@@ -93,6 +98,9 @@ class Executor:
             for fut in pending:
                 fut.cancel()
             wait(pending)
+            for fut in pending:  # shards that committed meanwhile still count
+                if not fut.cancelled() and fut.exception() is None:
+                    on_result(fut.result())
 
     def _run_dask(self, fn: Callable[[Any], Any], tasks: Sequence[Any], execution: ExecutionParams,
                   on_result: Callable[[Any], None]) -> None:
@@ -114,10 +122,12 @@ class Executor:
                 self._clients[key] = Client(cluster)
         client = self._clients[key]
         futures = client.map(fn, tasks, pure=False)
+        reported: set[str] = set()
         finished = False
         try:
             for fut in as_completed(futures):
                 on_result(fut.result())
+                reported.add(fut.key)
             finished = True
         finally:
             if not finished:
@@ -125,3 +135,6 @@ class Executor:
 
                 client.cancel([f for f in futures if f.status == "pending"])
                 dask_wait(futures)  # running shards finish before the store lock is released
+                for f in futures:  # shards that committed meanwhile still count
+                    if f.status == "finished" and f.key not in reported:
+                        on_result(f.result())

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .config import PipelineConfig
-from .runner import PipelineError, reading, require_complete, resolve
+from .runner import PipelineError, in_use, require_complete, resolve
 from .store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def export_tnn_h5(config: PipelineConfig, dataset: str | None, stages: list[str]
     tmp = out.with_name(f".tmp-{out.name}-{uuid.uuid4().hex[:8]}")
     with contextlib.ExitStack() as held:
         for _, path in views.values():
-            held.enter_context(reading(config.cache, path))
+            held.enter_context(in_use(config.cache, path))
         stores = {m: FeatureStore(path, clip_keys=ctx.clip_keys) for m, (_, path) in views.items()}
         try:
             with h5py.File(tmp, "w") as f:

@@ -6,6 +6,7 @@ a leading dash, colons and non-ASCII names are all taken literally.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,9 +52,36 @@ def _ffmpeg_path(path: Path) -> str:
     return "file:" + str(Path(path).absolute())
 
 
-def _stderr_tail(err: bytes | None, n: int = 200) -> str:
-    text = (err or b"").decode("utf-8", "replace").strip().replace("\n", " | ")
-    return text[-n:] if text else "no message"
+_LOG_PREFIX = re.compile(r"^\[(?P<who>[^\]@]+?)\s*@\s*0x[0-9a-f]+\]\s*")
+
+
+def _stderr_tail(err: bytes | None, n: int = 300, path: Path | None = None) -> str:
+    """What ffmpeg said, readable: whole lines, the `[mp3 @ 0x55d6...]` tags as `mp3:`, the file's own name
+    dropped, repeats removed, and only the last lines that fit in `n` characters (never a cut word)."""
+    lines: list[str] = []
+    names = {str(path), _ffmpeg_path(path), path.name} if path is not None else set()
+    for raw in (err or b"").decode("utf-8", "replace").splitlines():
+        line = raw.strip()
+        m = _LOG_PREFIX.match(line)
+        if m:
+            line = f"{m.group('who').strip()}: {line[m.end():]}"
+        for name in sorted(names, key=len, reverse=True):
+            if line.startswith(f"{name}: "):
+                line = line[len(name) + 2:]
+                break
+        if line and line not in lines:
+            lines.append(line)
+    if not lines:
+        return "no message"
+    kept: list[str] = []
+    for line in reversed(lines):
+        if kept and sum(len(x) + 2 for x in kept) + len(line) > n:
+            break
+        kept.insert(0, line)
+    text = "; ".join(kept)
+    if len(text) > n:  # one very long line: cut at a word, and say so
+        text = text[:n].rsplit(" ", 1)[0] + " ..."
+    return text
 
 
 def _has_mp4_header(path: Path) -> bool:
@@ -86,9 +114,9 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     path = Path(path)
     _check_readable(path)
     try:
-        info = ffmpeg.probe(_ffmpeg_path(path))
+        info = ffmpeg.probe(_ffmpeg_path(path), v="warning")  # warnings and errors, no banner
     except ffmpeg.Error as e:
-        msg = _stderr_tail(e.stderr)
+        msg = _stderr_tail(e.stderr, path=path)
         if "moov atom not found" in msg and _has_mp4_header(path):
             raise MediaError("truncated file: the container starts correctly but its index "
                              "(moov atom) is missing, so the file was cut short") from None
@@ -139,20 +167,21 @@ def _run(stream, what: str, path: Path) -> tuple[bytes, bytes]:
         return stream.global_args("-nostdin", "-hide_banner", "-loglevel", "error").run(
             capture_stdout=True, capture_stderr=True)
     except ffmpeg.Error as e:
-        raise MediaError(f"decode error: ffmpeg could not decode the {what} ({_stderr_tail(e.stderr)})") from None
+        raise MediaError(f"decode error: ffmpeg could not decode the {what} ({_stderr_tail(e.stderr, path=path)})") from None
 
 
-def _check_complete(decoded_s: float, declared: float | None, err: bytes, what: str) -> None:
+def _check_complete(decoded_s: float, declared: float | None, err: bytes, what: str, path: Path) -> None:
     if decoded_s <= 0:
         raise MediaError(f"zero duration: no {what} could be decoded")
     if declared and decoded_s < _TRUNCATION_TOLERANCE * declared:
         raise MediaError(f"truncated file: decoded {decoded_s:.2f} s of {what} out of the "
-                         f"{declared:.2f} s the container declares ({_stderr_tail(err, 120)})")
+                         f"{declared:.2f} s the container declares ({_stderr_tail(err, 160, path)})")
 
 
 def decode_audio(path: str | os.PathLike, sample_rate: int, start: float | None = None,
                  duration: float | None = None, info: MediaInfo | None = None) -> np.ndarray:
-    """Decode the first audio stream to mono float32 in [-1, 1] at `sample_rate` (probes first)."""
+    """Decode the first audio stream to mono float32 in [-1, 1] at `sample_rate`, channels averaged
+    (probes first)."""
     import ffmpeg
 
     path = Path(path)
@@ -166,12 +195,19 @@ def decode_audio(path: str | os.PathLike, sample_rate: int, start: float | None 
         in_kw["ss"] = start
     if duration is not None:
         in_kw["t"] = duration
+    # every channel as decoded, averaged here: ffmpeg's own downmix (-ac 1) weights a 5.1 track's channels
+    # by surround mix levels without normalising, where the references (VGGish, librosa) take the mean
+    channels = max(1, info.channels or 1)
     stream = ffmpeg.input(_ffmpeg_path(path), **in_kw).output(
-        "pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=int(sample_rate), map="0:a:0")
+        "pipe:", format="f32le", acodec="pcm_f32le", ac=channels, ar=int(sample_rate), map="0:a:0")
     out, err = _run(stream, "audio", path)
-    wave = np.frombuffer(out, dtype="<f4").astype(np.float32, copy=True)
+    wave = np.frombuffer(out, dtype="<f4")
+    if channels > 1:
+        n = wave.size // channels
+        wave = wave[: n * channels].reshape(n, channels).mean(axis=1, dtype=np.float64)
+    wave = wave.astype(np.float32, copy=True)
     stream_s = info.audio_duration or info.duration  # the audio track may be shorter than the video
-    _check_complete(wave.size / sample_rate, _segment(stream_s, start, duration), err, "audio")
+    _check_complete(wave.size / sample_rate, _segment(stream_s, start, duration), err, "audio", path)
     return wave
 
 
@@ -221,5 +257,5 @@ def decode_frames(path: str | os.PathLike, fps: float, size: int | tuple[int, in
     n = frames.shape[0]
     stream_s = info.video_duration or info.duration
     # fps sampling rounds to whole frames: allow one frame of slack before calling it truncated
-    _check_complete((n + 1) / fps if n else 0.0, _segment(stream_s, start, duration), err, "video")
+    _check_complete((n + 1) / fps if n else 0.0, _segment(stream_s, start, duration), err, "video", path)
     return frames

@@ -17,7 +17,8 @@ from .cache import DigestMemo, hash_key
 from .config import ConfigError, ExecutionParams, PipelineConfig, implementation, key_params, load_config
 from .datasets import Clip, DatasetAdapter, Manifest
 from .registry import DATASETS, TRAINERS
-from .store import ClipResult, FeatureStore, StoreWriter, read_commits, write_failures_log
+from .store import (ClipResult, FeatureStore, StoreError, StoreScan, StoreWriter, repair_hint, scan_store,
+                    write_failures_log)
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,8 @@ def cache_paths(cache: Path) -> dict[str, Path]:
             "locks": cache / "locks", "digests": cache / "digests.sqlite"}
 
 
-def _lock_path(cache: Path, store_path: Path) -> Path:
-    path = cache_paths(cache)["locks"] / store_path.parent.name / f"{store_path.name}.lock"
+def _lock_path(cache: Path, store_path: Path, suffix: str = ".lock") -> Path:
+    path = cache_paths(cache)["locks"] / store_path.parent.name / f"{store_path.name}{suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -90,14 +91,38 @@ def store_lock(cache: Path, store_path: Path) -> Any:
 
 
 @contextlib.contextmanager
-def reading(cache: Path, store_path: Path) -> Iterator[None]:
-    """Hold a shared lock on a store while reading it, so that `gc` cannot remove it underneath."""
+def in_use(cache: Path, store_path: Path) -> Iterator[None]:
+    """Hold a shared lock on a store while a run produces or reads it, so that `gc` leaves it alone. Where
+    no lock file can be made (a read-only cache) none is taken: gc cannot remove anything there either."""
     import fcntl
 
-    with open(_lock_path(cache, store_path), "a") as f:
+    try:
+        f = open(_lock_path(cache, store_path, ".use"), "a")
+    except OSError:
+        log.debug("no use lock for %s (read-only cache?)", store_path)
+        yield
+        return
+    with f:
         fcntl.flock(f.fileno(), fcntl.LOCK_SH)
         try:
             yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _unused(cache: Path, store_path: Path) -> Iterator[bool]:
+    """Take a store's use lock exclusively without waiting: yields False when some run holds it."""
+    import fcntl
+
+    with open(_lock_path(cache, store_path, ".use"), "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
@@ -249,51 +274,67 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
             outputs[i] = out
     writer = StoreWriter(task.store_path)
     for i, out in list(outputs.items()):  # a clip unlike the others fails alone, not the shard
-        why = writer.mismatch(out)
+        why = writer.mismatch(out) or (ex.no_rows_reason(loaded[i][0], task.upstream_attrs) if len(out) == 0 else None)
         if why:
             reasons[i] = why
             del outputs[i]
     results = [ClipResult(c.clip_id, k, outputs.get(i), None if i in outputs else reasons[i])
                for i, (c, k) in enumerate(zip(task.clips, task.clip_keys))]
-    record = writer.write_shard(task.shard_id, results)
+    try:
+        record = writer.write_shard(task.shard_id, results)
+    except OSError as e:
+        raise StoreError(f"cannot write shard {task.shard_id} to {task.store_path}: {_os_reason(e)}") from None
     return {"shard": task.shard_id, "ok": len(record["clips"]), "failed": record["failed"]}
 
 
-def _committed(store_path: Path, clip_keys: dict[str, str]) -> tuple[set[str], int, int]:
-    """Clip ids whose current key is committed (ok or failed), how many shards hold them, how many failed."""
-    done: set[str] = set()
-    shards = failed = 0
-    if not (store_path / "commits").is_dir():
-        return done, 0, 0
-    for rec in read_commits(store_path):
-        hit = False
-        for entry in rec["clips"] + rec["failed"]:
-            if clip_keys.get(entry["id"]) == entry["key"]:
-                done.add(entry["id"])
-                hit = True
-        failed += sum(1 for f in rec["failed"] if clip_keys.get(f["id"]) == f["key"])
-        shards += hit
-    return done, shards, failed
+def _os_reason(e: OSError) -> str:
+    """An OSError in words, disk full said plainly."""
+    import errno
+
+    what = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = f"the disk is full ({what})"
+    return f"{what}{f' ({e.filename})' if e.filename else ''}"
+
+
+def _done(scan: StoreScan, clip_keys: dict[str, str]) -> tuple[set[str], int, list[dict[str, Any]]]:
+    """Clip ids whose current key is committed (ok or failed), how many shards hold them, and the
+    current failures."""
+    ok, failed = scan.current(clip_keys)
+    shards = {rec["shard"] for rec, _ in ok.values()} | {rec["shard"] for rec, _ in failed.values()}
+    return set(ok) | set(failed), len(shards), [f for _, f in failed.values()]
 
 
 def require_complete(ctx: Context, name: str) -> None:
-    """Fail, naming the command that fills it, unless stage `name` has committed every clip of the manifest."""
+    """Fail, naming the command that fills it, unless stage `name` has committed every clip of the manifest
+    and none of it is damaged."""
     assert ctx.manifest is not None
-    done, _, _ = _committed(ctx.stages[name].store_path, ctx.clip_keys)
+    sk = ctx.stages[name]
+    scan = scan_store(sk.store_path, ctx.clip_keys)
+    command = (f"`pipeline run {ctx.config.stages[name].group} --dataset {ctx.dataset} --stage {name}`")
+    if scan.is_damaged:
+        raise PipelineError(f"stage '{name}' of dataset '{ctx.dataset}' is damaged ({scan.describe_damage()}); "
+                            f"run {command} to recompute it")
+    done, _, _ = _done(scan, ctx.clip_keys)
     if len(done) < len(ctx.manifest):
         raise PipelineError(f"stage '{name}' holds {len(done)} of {len(ctx.manifest)} clips of dataset "
-                            f"'{ctx.dataset}'; run `pipeline run {ctx.config.stages[name].group} --dataset "
-                            f"{ctx.dataset} --stage {name}` first")
+                            f"'{ctx.dataset}'; run {command} first")
 
 
 def _write_index(ctx: Context, sk: StageKeys, report: StageReport) -> None:
     index = cache_paths(ctx.config.cache)["index"] / ctx.dataset
+    pointer = index / f"{sk.name}.json"
+    try:
+        if report.computed == 0 and json.loads(pointer.read_text()).get("store_key") == sk.store_key:
+            return  # a no-op leaves the index as it is (and works on a read-only cache)
+    except (OSError, ValueError, AttributeError):
+        pass
     index.mkdir(parents=True, exist_ok=True)
     tmp = index / f".tmp-{sk.name}-{os.getpid()}.json"
     tmp.write_text(json.dumps({"stage": sk.name, "store_key": sk.store_key, "store": str(sk.store_path),
                                "manifest": ctx.manifest_digest(), "clips": report.total,
                                "failed": report.failed, "completed": time.time()}, indent=2))
-    os.replace(tmp, index / f"{sk.name}.json")
+    os.replace(tmp, pointer)
 
 
 def _acquire(lock: Any, what: str, on_wait: Callable[[str], None] | None) -> None:
@@ -309,15 +350,66 @@ def _acquire(lock: Any, what: str, on_wait: Callable[[str], None] | None) -> Non
         lock.acquire()
 
 
+def _repair(writer: StoreWriter, scan: StoreScan, name: str, notice: Callable[[str], None]) -> StoreScan:
+    """Under the store lock: drop damaged shards and bring format-1 records up to date; the scan after."""
+    if scan.damaged:
+        n = len(scan.damaged)
+        notice(f"recomputing {n} damaged shard{'s' if n != 1 else ''} of {name}: {scan.describe_damage()}")
+        for sid in scan.damaged:
+            writer.discard(sid)
+    if scan.legacy:
+        by_id = {r["shard"]: r for r in scan.records}
+        broken = []
+        for sid in scan.legacy:
+            try:
+                writer.adopt(by_id[sid])
+            except Exception as e:  # a shard that cannot even be read back is damage, and is recomputed
+                broken.append(f"{sid} ({type(e).__name__}: {e})")
+                writer.discard(sid)
+        notice(f"{name}: recorded digests for {len(scan.legacy) - len(broken)} shard(s) committed before "
+               f"store format 2" + (f"; recomputing {len(broken)} that do not read back: {', '.join(broken[:3])}"
+                                    if broken else ""))
+    return scan_store(writer.path, None) if scan.damaged or scan.legacy else scan
+
+
 def run_stage(ctx: Context, name: str, execution: ExecutionParams,
               on_progress: Callable[[int], None] | None = None,
               on_wait: Callable[[str], None] | None = None,
               on_plan: Callable[[StageReport, int], None] | None = None,
-              executor: Any = None) -> StageReport:
-    """Bring one stage's store up to date for every clip of the manifest."""
+              executor: Any = None, on_notice: Callable[[str], None] | None = None) -> StageReport:
+    """Bring one stage's store up to date for every clip of the manifest: compute what is missing,
+    recompute what is damaged. A stage with nothing to do takes no lock and writes nothing."""
     sk = ctx.stages[name]
     assert ctx.manifest is not None
     t0 = time.perf_counter()
+    notice = on_notice or (lambda m: log.warning("%s", m))
+    total = len(ctx.manifest.clips)
+    scan = scan_store(sk.store_path, ctx.clip_keys)
+    done, shards_reused, failures = _done(scan, ctx.clip_keys)
+    if len(done) == total and not scan.is_damaged and not scan.legacy:
+        report = StageReport(name, sk.store_path, total, reused=total, shards_reused=shards_reused,
+                             failed=len(failures), failures=failures)
+        if on_plan:
+            on_plan(report, 0)
+        try:
+            _write_index(ctx, sk, report)
+        except OSError as e:
+            log.debug("index of %s not written: %s", name, e)
+        report.seconds = time.perf_counter() - t0
+        return report
+    try:
+        return _compute_stage(ctx, sk, execution, on_progress, on_wait, on_plan, executor, notice, t0)
+    except StoreError as e:
+        raise PipelineError(f"stage '{name}': {e}") from None
+    except OSError as e:
+        raise PipelineError(f"stage '{name}': {_os_reason(e)}; free space or fix permissions under "
+                            f"{ctx.config.cache} (or use --cache elsewhere), then rerun to resume") from None
+
+
+def _compute_stage(ctx: Context, sk: StageKeys, execution: ExecutionParams, on_progress: Any, on_wait: Any,
+                   on_plan: Any, executor: Any, notice: Callable[[str], None], t0: float) -> StageReport:
+    assert ctx.manifest is not None
+    name = sk.name
     sk.store_path.parent.mkdir(parents=True, exist_ok=True)
     lock = store_lock(ctx.config.cache, sk.store_path)
     producer = _producer(ctx.config, name)
@@ -325,10 +417,14 @@ def run_stage(ctx: Context, name: str, execution: ExecutionParams,
         _acquire(lock, f"stage '{name}'", on_wait)
         held.callback(lock.release)
         if producer:
-            held.enter_context(reading(ctx.config.cache, ctx.stages[producer].store_path))
+            held.enter_context(in_use(ctx.config.cache, ctx.stages[producer].store_path))
+        scan = scan_store(sk.store_path, ctx.clip_keys)  # again: another run may have worked meanwhile
+        if scan.attrs_problem:
+            notice(f"{name}: {scan.attrs_problem}; rewriting it from the stage's definition")
         writer = StoreWriter(sk.store_path, sk.attrs, ctx.config.backend)
         writer.clean_temporaries()
-        done, shards_reused, _ = _committed(sk.store_path, ctx.clip_keys)
+        scan = _repair(writer, scan, name, notice)
+        done, shards_reused, _ = _done(scan, ctx.clip_keys)
         todo = [c for c in ctx.manifest.clips if c.clip_id not in done]
         report = StageReport(name, sk.store_path, total=len(ctx.manifest.clips), reused=len(done),
                              shards_reused=shards_reused)
@@ -363,9 +459,9 @@ def run_stage(ctx: Context, name: str, execution: ExecutionParams,
                 own.run(run_shard, tasks, execution, collect)
         else:
             executor.run(run_shard, tasks, execution, collect)
-        failures = write_failures_log(sk.store_path)
-        current = {f["id"] for f in failures if ctx.clip_keys.get(f["id"]) == f["key"]}
-        report.failures = [f for f in failures if f["id"] in current]
+        scan = scan_store(sk.store_path, ctx.clip_keys)
+        write_failures_log(sk.store_path, scan)
+        report.failures = _done(scan, ctx.clip_keys)[2]
         report.failed = len(report.failures)
         _write_index(ctx, sk, report)
     report.seconds = time.perf_counter() - t0
@@ -392,20 +488,28 @@ def status(config: PipelineConfig, dataset: str | None) -> list[dict[str, Any]]:
     assert ctx.manifest is not None
     index = cache_paths(config.cache)["index"] / ctx.dataset
     for name, sk in ctx.stages.items():
-        done, _, failed = _committed(sk.store_path, ctx.clip_keys)
+        scan = scan_store(sk.store_path, ctx.clip_keys)
+        done, _, failures = _done(scan, ctx.clip_keys)
         total = len(ctx.manifest.clips)
         pointer = index / f"{name}.json"
-        last = json.loads(pointer.read_text()) if pointer.exists() else None
-        if len(done) == total:
+        try:
+            last = json.loads(pointer.read_text())
+        except (OSError, ValueError):
+            last = None
+        if scan.is_damaged:
+            n = len(scan.damaged)
+            state = (f"damaged {n} shard{'s' if n != 1 else ''}" if n else "damaged") + \
+                f": {scan.describe_damage()}; {repair_hint(sk.attrs, sk.store_path).replace('them', 'it' if not n else 'them')}"
+        elif len(done) == total:
             state = "up to date"
-        elif last and last["store_key"] != sk.store_key and not done:
+        elif isinstance(last, dict) and last.get("store_key") != sk.store_key and not done:
             state = "stale (params, code or upstream changed since the last run)"
         elif done:
             state = f"partial {len(done)} of {total} clips"
         else:
             state = "missing"
-        rows.append({"stage": name, "state": state, "done": len(done), "total": total, "failed": failed,
-                     "store": str(sk.store_path)})
+        rows.append({"stage": name, "state": state, "done": len(done), "total": total, "failed": len(failures),
+                     "store": str(sk.store_path), "damaged": dict(scan.damaged)})
     return rows + _run_status(ctx, [n for n in config.stages if n not in ctx.stages and n not in errors])
 
 
@@ -451,59 +555,71 @@ def list_cache(config: PipelineConfig) -> list[dict[str, Any]]:
     """Every store (and run) in the cache with its size, clip count and what produced it."""
     out = []
     stores = cache_paths(config.cache)["stores"]
-    for attrs_path in sorted(stores.glob("*/*/attrs.json")):
-        path = attrs_path.parent
-        attrs = json.loads(attrs_path.read_text())
-        n = sum(len(r["clips"]) for r in read_commits(path))
-        out.append({"kind": "store", "path": str(path), "dataset": attrs.get("dataset"),
-                    "stage": attrs.get("stage"), "extractor": attrs.get("extractor"),
-                    "params": attrs.get("params"), "clips": n, "bytes": _size(path)})
+    for path in sorted(p.parent for p in stores.glob("*/*/commits")):
+        scan = scan_store(path)
+        attrs = scan.attrs or {}
+        n = sum(len(r["clips"]) for r in scan.records)
+        out.append({"kind": "store", "path": str(path), "dataset": attrs.get("dataset", path.parent.name),
+                    "stage": attrs.get("stage", path.name.rsplit("-", 1)[0]), "extractor": attrs.get("extractor"),
+                    "params": attrs.get("params"), "clips": n, "bytes": _size(path),
+                    "damaged": scan.describe_damage() if scan.is_damaged else None})
     runs = cache_paths(config.cache)["runs"]
     for params_path in sorted(runs.glob("*/*/params.yaml")):
         out.append({"kind": "run", "path": str(params_path.parent), "bytes": _size(params_path.parent)})
     return out
 
 
-def garbage(config: PipelineConfig) -> tuple[list[Path], list[str]]:
-    """Stores that no current key of any dataset in stages.yaml references, and datasets left alone."""
+def garbage(config: PipelineConfig, everything: bool = False) -> tuple[list[Path], list[str]]:
+    """Stores that no current key of any dataset in stages.yaml references, and what was left alone. The
+    stores of datasets stages.yaml does not name are left alone unless `everything`."""
     keep: set[Path] = set()
     skipped: list[str] = []
+    stores = cache_paths(config.cache)["stores"]
     for name in config.datasets:
         unresolved: dict[str, str] = {}
         try:
             ctx = resolve(config, name, need_manifest=False, errors=unresolved)
         except Exception as e:  # a dataset we cannot resolve keeps all its stores
             skipped.append(f"{name}: {e}")
-            keep.update(p.parent for p in (cache_paths(config.cache)["stores"] / name).glob("*/attrs.json"))
+            keep.update(p for p in (stores / name).glob("*") if p.is_dir())
             continue
         keep.update(sk.store_path for sk in ctx.stages.values())
         for stage in unresolved:  # unknown current key: keep every store of that stage
-            keep.update(p for p in (cache_paths(config.cache)["stores"] / name).glob(f"{stage}-*"))
-    stores = cache_paths(config.cache)["stores"]
+            keep.update(p for p in (stores / name).glob(f"{stage}-*"))
+    others = sorted(d.name for d in stores.glob("*") if d.is_dir() and d.name not in config.datasets)
+    if others and not everything:
+        skipped.append(f"the stores of dataset(s) {', '.join(others)}: not in {config.path.name} "
+                       "(`pipeline gc --all` removes them too)")
+        keep.update(p for d in others for p in (stores / d).glob("*"))
     unused = [p for p in sorted(stores.glob("*/*")) if p.is_dir() and p not in keep]
     return unused, skipped
 
 
-def collect_garbage(config: PipelineConfig, dry_run: bool = False) -> tuple[list[tuple[Path, int]], list[str]]:
-    """Remove (or with dry_run only list) unreferenced stores; returns (path, bytes) of each."""
+def collect_garbage(config: PipelineConfig, dry_run: bool = False,
+                    everything: bool = False) -> tuple[list[tuple[Path, int]], list[str]]:
+    """Remove (or with dry_run only list) unreferenced stores; returns (path, bytes) of each and what was
+    kept. A store that a running run produces or reads (its use lock) is kept, and so is one being written."""
     from filelock import Timeout
 
-    unused, skipped = garbage(config)
+    unused, skipped = garbage(config, everything)
     removed = []
     for p in unused:
         size = _size(p)
-        if not dry_run:
+        with _unused(config.cache, p) as free:
+            if not free:
+                skipped.append(f"{p}: in use by a running run")
+                continue
             lock = store_lock(config.cache, p)
             try:
                 lock.acquire(timeout=0)
             except Timeout:
-                skipped.append(f"{p}: in use by a running stage")
+                skipped.append(f"{p}: being written by a running stage")
                 continue
             try:
-                shutil.rmtree(p)
+                if not dry_run:
+                    shutil.rmtree(p)
             finally:
                 lock.release()
-            Path(lock.lock_file).unlink(missing_ok=True)
         removed.append((p, size))
     return removed, skipped
 
@@ -555,6 +671,24 @@ def _drop_inapplicable(cfg: PipelineConfig, adapter: DatasetAdapter, names: list
     return [n for n in names if n in needed], manifest
 
 
+def _check_devices(devices: list[str]) -> None:
+    """Refuse a CUDA device on a machine without one, before any work starts."""
+    wanted = sorted({d for d in devices if d.startswith("cuda")})
+    if not wanted:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise PipelineError(f"device {wanted[0]} asked for, but this machine has no CUDA device "
+                            "(torch.cuda.is_available() is False); use --device cpu or --device auto")
+    n = torch.cuda.device_count()
+    for d in wanted:
+        index = d.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= n):
+            raise PipelineError(f"device {d} asked for, but this machine has {n} CUDA device(s) "
+                                f"(cuda:0 to cuda:{n - 1})")
+
+
 def _is_run_stage_name(cfg: PipelineConfig, name: str) -> bool:
     """True when stage `name` runs a trainer or an evaluator."""
     from .train import is_run_stage
@@ -569,11 +703,14 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
         on_plan: Callable[[StageReport, int], None] | None = None,
         on_skip: Callable[[str, str], None] | None = None,
         on_epoch: Callable[[str, int, int, float], None] | None = None,
+        on_notice: Callable[[str], None] | None = None,
         **execution: Any) -> list[Any]:
     """Run a group (or one stage) and everything upstream for a dataset; return a report per stage
-    (a StageReport per feature stage, a pipeline.train.RunReport per train/evaluate stage)."""
+    (a StageReport per feature stage, a pipeline.train.RunReport per train/evaluate stage). `on_notice`
+    hears what the run found and did on the way (damaged shards recomputed, dataset entries skipped)."""
     cfg = config if isinstance(config, PipelineConfig) else load_config(config, overrides, cache)
     names = select_stages(cfg, group, stage)
+    _check_devices([cfg.execution_for(n, **execution).device for n in names])
     targets = [stage] if stage else cfg.group(group or "extract")
     adapter = make_adapter(cfg, dataset)
     from .captions import run_caption_train, task_of
@@ -602,6 +739,12 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
         raise PipelineError(f"{' and '.join(missing)} not found on PATH; install Debian's ffmpeg "
                             "(apt-get install ffmpeg) or run `bash .ci/setup`")
     ctx = resolve(cfg, dataset, prepare=True, only=names, manifest=manifest)
+    if ctx.manifest is not None and ctx.manifest.skipped:
+        shown = "; ".join(f"{p} ({why})" for p, why in ctx.manifest.skipped[:5])
+        more = len(ctx.manifest.skipped) - 5
+        (on_notice or log.warning)(f"dataset '{ctx.dataset}': skipped {len(ctx.manifest.skipped)} "
+                                   f"entr{'y' if len(ctx.manifest.skipped) == 1 else 'ies'} that are not media "
+                                   f"files: {shown}{f'; and {more} more' if more > 0 else ''}")
     from .executors import Executor
 
     try:
@@ -609,7 +752,9 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
     except TrainError as e:
         raise PipelineError(str(e)) from None
     reports: list[Any] = []
-    with Executor() as executor:
+    with Executor() as executor, contextlib.ExitStack() as using:
+        for sk in ctx.stages.values():  # held until the run ends: gc leaves what this run makes or reads
+            using.enter_context(in_use(cfg.cache, sk.store_path))
         for name in names:
             ex = cfg.execution_for(name, **execution)
             try:
@@ -627,7 +772,7 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
             if name not in ctx.stages:
                 raise PipelineError(f"stage '{name}' cannot run on dataset '{ctx.dataset}' (an upstream stage "
                                     "does not apply to it)")
-            rep = run_stage(ctx, name, ex, on_progress, on_wait, on_plan, executor)
+            rep = run_stage(ctx, name, ex, on_progress, on_wait, on_plan, executor, on_notice)
             reports.append(rep)
             if strict and rep.failed:
                 raise PipelineError(f"stage '{name}': {rep.failed} clip(s) failed and --strict is set; "

@@ -4,49 +4,92 @@ Layout of one store directory::
 
     attrs.json              how to read the store back (extractor, version, params, dims, dtype, rate)
     shards/<sid>.zarr|.h5   one shard: `data[N_rows, *dims]` chunked along rows, `offsets[n+1]`
-    commits/<sid>.json      the shard's commit record, written last: clips, row ranges, failures
+    commits/<sid>.json      the shard's commit record, written last: clips, row ranges, failures, and
+                            what the shard must hold (array shapes, dtypes and digests; every file's
+                            size, mtime and digest), sealed by a checksum of the record itself
+    damaged/<sid>.json      a shard `pipeline verify` found damaged: the next run recomputes it
     failures.jsonl          a readable copy of every committed failure (clip id, reason)
 
-A shard is trusted only once its commit record exists. The shard data is written under a
-temporary name and renamed into place first, so a killed writer leaves at most an orphaned
+A shard is trusted only once its commit record exists and checks out. The shard data is written under
+a temporary name and renamed into place first, so a killed writer leaves at most an orphaned
 temporary (cleaned up by the next run) and never a half-written shard that anyone reads.
+
+Checks, cheapest first: `scan_store` (every open and every run) parses and validates each record and
+stats each file it lists (present, same size; a file whose mtime moved is hashed and must match its
+digest); the first read of a shard through a FeatureStore hashes its files; `verify_store` (the
+`pipeline verify` command) hashes everything and decodes every array against its digest.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .cache import canonical
 from .registry import STORE_BACKENDS, register_backend
 
 log = logging.getLogger(__name__)
 
 ATTRS_FILE = "attrs.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: commit records carry integrity data and a checksum (1: neither)
 _TARGET_CHUNK_BYTES = 4 << 20
+_SELF = "."  # the files-table name of a shard that is a single file (HDF5)
 
 
 class StoreError(RuntimeError):
-    """A store is missing, inconsistent, or asked for something it does not hold."""
+    """A store is missing, damaged, inconsistent, or asked for something it does not hold."""
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _chunk_rows(row_shape: tuple[int, ...], dtype: np.dtype) -> int:
     row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
     return max(1, _TARGET_CHUNK_BYTES // row_bytes)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """Content digest of one file (SHA-256, 128 bits as hex): hardware-accelerated on current CPUs."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()[:32]
+
+
+def array_digest(arr: np.ndarray) -> str:
+    """Digest of an array's dtype, shape and C-order bytes."""
+    a = np.ascontiguousarray(arr)
+    h = hashlib.sha256(f"{a.dtype.str}{list(a.shape)}".encode())
+    h.update(a.reshape(-1).view(np.uint8) if a.size else b"")
+    return h.hexdigest()[:32]
+
+
+def _record_checksum(record: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical({k: v for k, v in record.items() if k != "checksum"}).encode()).hexdigest()[:32]
 
 
 class _Backend:
@@ -60,6 +103,10 @@ class _Backend:
 
     def open(self, path: Path) -> Any:
         """Return an array-like over the shard's `data` that supports row slicing."""
+        raise NotImplementedError
+
+    def read_offsets(self, path: Path) -> np.ndarray:
+        """The shard's whole `offsets` array."""
         raise NotImplementedError
 
     def to_dask(self, path: Path) -> Any:
@@ -92,6 +139,11 @@ class ZarrBackend(_Backend):
 
         return zarr.open_array(str(path / "data"), mode="r")
 
+    def read_offsets(self, path: Path) -> np.ndarray:
+        import zarr
+
+        return np.asarray(zarr.open_array(str(path / "offsets"), mode="r")[...])
+
     def to_dask(self, path: Path) -> Any:
         import dask.array as da
 
@@ -118,6 +170,12 @@ class HDF5Backend(_Backend):
 
         return h5py.File(path, "r")["data"]
 
+    def read_offsets(self, path: Path) -> np.ndarray:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return np.asarray(f["offsets"][...])
+
     def to_dask(self, path: Path) -> Any:
         import dask.array as da
 
@@ -140,6 +198,33 @@ class ClipResult:
     reason: str | None = None
 
 
+def _shard_files(shard: Path) -> dict[str, Path]:
+    """Every file of a shard by its name inside the shard (a single-file shard is `.`)."""
+    if not shard.is_dir():
+        return {_SELF: shard}
+    return {p.relative_to(shard).as_posix(): p for p in sorted(shard.rglob("*")) if p.is_file()}
+
+
+def _file_table(shard: Path) -> dict[str, list[Any]]:
+    """name -> [size, mtime_ns, digest] for every file of a shard, as a commit record stores them."""
+    table = {}
+    for name, p in _shard_files(shard).items():
+        st = p.stat()
+        table[name] = [st.st_size, st.st_mtime_ns, file_digest(p)]
+    return table
+
+
+def _integrity(shard: Path, data: np.ndarray, offsets: np.ndarray) -> dict[str, Any]:
+    return {"arrays": {name: {"shape": list(a.shape), "dtype": a.dtype.str, "digest": array_digest(a)}
+                       for name, a in (("data", data), ("offsets", offsets))},
+            "files": _file_table(shard)}
+
+
+def _seal(record: dict[str, Any]) -> dict[str, Any]:
+    record["checksum"] = _record_checksum(record)
+    return record
+
+
 class StoreWriter:
     """Creates a store and commits shards into it; each shard has exactly one writer."""
 
@@ -149,14 +234,17 @@ class StoreWriter:
         (self.path / "shards").mkdir(parents=True, exist_ok=True)
         (self.path / "commits").mkdir(exist_ok=True)
         attrs_path = self.path / ATTRS_FILE
-        if attrs_path.exists():
-            self.attrs = json.loads(attrs_path.read_text())
+        found, problem = read_attrs(self.path)
+        if found is not None:
+            self.attrs = found
             if attrs is not None and attrs.get("key") not in (None, self.attrs.get("key")):
                 raise StoreError(f"store {self.path} holds key {self.attrs.get('key')}, "
                                  f"not {attrs.get('key')}; refusing to mix results")
         else:
             if attrs is None:
-                raise StoreError(f"no store at {self.path}; pass attrs to create one")
+                raise StoreError(f"no store at {self.path} ({problem}); pass attrs to create one")
+            if attrs_path.exists():
+                log.warning("store %s: %s; rewritten from the stage's definition", self.path, problem)
             self.attrs = {**attrs, "format_version": FORMAT_VERSION, "layout": "csr", "backend": backend,
                           "created": time.time()}
             _atomic_write_text(attrs_path, json.dumps(self.attrs, indent=2, sort_keys=True))
@@ -167,9 +255,16 @@ class StoreWriter:
         n = 0
         for sub in ("shards", "commits"):
             for p in (self.path / sub).glob(".tmp-*"):
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                _remove(p)
                 n += 1
         return n
+
+    def discard(self, shard_id: str) -> None:
+        """Remove a shard, its commit record and any damage mark (before recomputing it)."""
+        (self.path / "commits" / f"{shard_id}.json").unlink(missing_ok=True)
+        for p in (self.path / "shards").glob(f"{shard_id}.*"):
+            _remove(p)
+        (self.path / "damaged" / f"{shard_id}.json").unlink(missing_ok=True)
 
     def mismatch(self, array: np.ndarray) -> str | None:
         """Why `array` cannot go into this store (rows of other dims, another dtype), or None."""
@@ -181,7 +276,8 @@ class StoreWriter:
         return None
 
     def write_shard(self, shard_id: str, results: Sequence[ClipResult]) -> dict[str, Any]:
-        """Write the shard's arrays, then its commit record; return the record."""
+        """Write the shard's arrays, then its commit record; return the record. A write that fails leaves
+        no shard and no record behind."""
         ok = [r for r in results if r.array is not None]
         dims, dtype = self.attrs.get("dims"), self.attrs.get("dtype")
         for r in ok:
@@ -197,26 +293,55 @@ class StoreWriter:
 
         final = self.path / "shards" / f"{shard_id}{self.backend.suffix}"
         tmp = final.with_name(f".tmp-{shard_id}-{uuid.uuid4().hex[:8]}{self.backend.suffix}")
-        self.backend.write(tmp, data, offsets)
-        if final.exists():  # an earlier writer died between rename and commit
-            shutil.rmtree(final) if final.is_dir() else final.unlink()
+        try:
+            self.backend.write(tmp, data, offsets)
+            integrity = _integrity(tmp, data, offsets)  # renaming keeps sizes and mtimes
+        except BaseException:
+            _remove(tmp)
+            raise
+        self.discard(shard_id)  # an earlier writer died between rename and commit, or a damaged shard
         os.replace(tmp, final)
 
-        record = {
+        record = _seal({
+            "format": FORMAT_VERSION,
             "shard": shard_id,
             "file": final.name,
+            "store_key": self.attrs.get("key"),
             "created": time.time(),
             "clips": [{"id": r.clip_id, "key": r.key, "start": int(offsets[i]), "stop": int(offsets[i + 1])}
                       for i, r in enumerate(ok)],
             "failed": [{"id": r.clip_id, "key": r.key, "reason": r.reason} for r in results if r.array is None],
-        }
+            **integrity,
+        })
         _atomic_write_text(self.path / "commits" / f"{shard_id}.json", json.dumps(record))
         return record
+
+    def adopt(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Rewrite a format-1 record (no integrity data) with digests of what its shard holds now, after
+        checking that the shard reads back with the row ranges the record states."""
+        shard = self.path / "shards" / record["file"]
+        offsets = self.backend.read_offsets(shard)
+        data = np.asarray(self.backend.open(shard)[...])
+        bounds = [0] + [c["stop"] for c in record["clips"]]
+        if list(offsets) != bounds or data.shape[0] != bounds[-1]:
+            raise StoreError(f"shard {record['shard']}: its offsets do not match its commit record")
+        new = _seal({**{k: v for k, v in record.items() if k != "checksum"}, "format": FORMAT_VERSION,
+                     "store_key": self.attrs.get("key"), **_integrity(shard, data, offsets)})
+        _atomic_write_text(self.path / "commits" / f"{record['shard']}.json", json.dumps(new))
+        return new
+
+    def mark_damaged(self, shard_id: str, reason: str) -> None:
+        """Record that a shard is damaged, so that `status` says so and the next run recomputes it."""
+        (self.path / "damaged").mkdir(exist_ok=True)
+        _atomic_write_text(self.path / "damaged" / f"{shard_id}.json",
+                           json.dumps({"shard": shard_id, "reason": reason, "found": time.time()}))
 
 
 def clip_mean(rows: np.ndarray) -> np.ndarray:
     """A clip's rows `[T, *dims]` as one flat vector: their mean, accumulated in float64 and returned in
     the rows' float dtype (float32 for integer rows); a single row comes back unchanged."""
+    if rows.shape[0] == 0:
+        raise StoreError("a clip with no rows has no mean")
     dtype = rows.dtype if np.issubdtype(rows.dtype, np.floating) else np.dtype(np.float32)
     flat = rows.reshape(rows.shape[0], -1)
     if flat.shape[0] == 1:
@@ -224,20 +349,245 @@ def clip_mean(rows: np.ndarray) -> np.ndarray:
     return flat.mean(axis=0, dtype=np.float64).astype(dtype)
 
 
-def read_commits(path: Path) -> list[dict[str, Any]]:
-    """All committed shard records of a store, oldest first."""
+def read_attrs(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A store's attrs.json, or None and why it cannot be used."""
+    try:
+        attrs = json.loads((path / ATTRS_FILE).read_text())
+    except FileNotFoundError:
+        return None, f"{ATTRS_FILE} is missing"
+    except (OSError, ValueError) as e:
+        return None, f"{ATTRS_FILE} is unreadable ({type(e).__name__})"
+    if not isinstance(attrs, dict) or "backend" not in attrs:
+        return None, f"{ATTRS_FILE} is not a store's attrs"
+    return attrs, None
+
+
+def _record_problem(rec: Any, shard_id: str, store_key: str | None) -> str | None:
+    """Why a parsed commit record cannot be trusted, or None."""
+    if not isinstance(rec, dict):
+        return "commit record is not a JSON object"
+    try:
+        if rec.get("format", 1) >= 2 and rec.get("checksum") != _record_checksum(rec):
+            return "commit record was altered after it was written (its checksum does not match)"
+        if rec["shard"] != shard_id:
+            return f"commit record names shard {rec['shard']}, not {shard_id}"
+        if store_key and rec.get("store_key") not in (None, store_key):
+            return f"commit record belongs to store {rec['store_key']}, not {store_key}"
+        stop = 0
+        for c in rec["clips"]:
+            if c["start"] != stop or c["stop"] < c["start"] or not isinstance(c["id"], str):
+                return f"commit record's row ranges are inconsistent (clip {c['id']})"
+            stop = c["stop"]
+        for f in rec["failed"]:
+            if not isinstance(f["id"], str) or not isinstance(f["reason"], str):
+                return "commit record's failures are malformed"
+        if rec.get("format", 1) >= 2:
+            data, offsets = rec["arrays"]["data"], rec["arrays"]["offsets"]
+            if data["shape"][0] != stop or offsets["shape"] != [len(rec["clips"]) + 1]:
+                return (f"commit record is inconsistent: its clips span {stop} rows, its data holds "
+                        f"{data['shape'][0]}")
+            if not isinstance(rec["files"], dict) or not rec["files"]:
+                return "commit record lists no files"
+        elif not isinstance(rec["file"], str):
+            return "commit record names no shard file"
+    except (KeyError, TypeError, IndexError, AttributeError):
+        return "commit record is incomplete (a field is missing or of the wrong type)"
+    return None
+
+
+def _file_problem(shard: Path, files: dict[str, list[Any]], full: bool = False) -> str | None:
+    """What is wrong with a shard's files against their committed table (None: they check out). Cheap:
+    present, same size, and a file whose mtime moved must still match its digest. `full`: every digest."""
+    if not shard.exists():
+        return f"shard {shard.name} is missing"
+    for name, (size, mtime_ns, digest) in files.items():
+        p = shard if name == _SELF else shard / name
+        where = shard.name if name == _SELF else f"{shard.name}/{name}"
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            return f"{where} is missing"
+        except OSError as e:
+            return f"{where} is unreadable ({e.strerror})"
+        if st.st_size != size:
+            how = "truncated" if st.st_size < size else "grown"
+            return f"{where} is {how}: {st.st_size} bytes, {size} committed"
+        if full or st.st_mtime_ns != mtime_ns:
+            try:
+                same = file_digest(p) == digest
+            except OSError as e:
+                return f"{where} is unreadable ({e.strerror})"
+            if not same:
+                return f"{where} was modified: its content differs from what was committed"
+    return None
+
+
+@dataclass
+class StoreScan:
+    """What a store's commit records say, checked: trusted records, damaged shards, legacy records."""
+
+    path: Path
+    attrs: dict[str, Any] | None
+    attrs_problem: str | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)  # trusted, oldest first
+    damaged: dict[str, str] = field(default_factory=dict)  # shard id -> what is wrong
+    legacy: list[str] = field(default_factory=list)  # trusted format-1 shard ids (no digests to check)
+
+    def current(self, clip_keys: dict[str, str] | None) -> tuple[dict[str, tuple[dict, dict]], dict[str, tuple[dict, dict]]]:
+        """Clip id -> (record, entry) of its newest computed and failed entry for the current key (any key
+        without `clip_keys`); a clip is in exactly one of the two."""
+        ok: dict[str, tuple[dict, dict]] = {}
+        failed: dict[str, tuple[dict, dict]] = {}
+        for rec in self.records:
+            for c in rec["clips"]:
+                if clip_keys is None or clip_keys.get(c["id"]) == c["key"]:
+                    ok[c["id"]] = (rec, c)
+                    failed.pop(c["id"], None)
+            for f in rec["failed"]:
+                if clip_keys is None or clip_keys.get(f["id"]) == f["key"]:
+                    failed[f["id"]] = (rec, f)
+                    ok.pop(f["id"], None)
+        return ok, failed
+
+    def describe_damage(self, limit: int = 3) -> str:
+        """The damage in one line: attrs first, then up to `limit` shards."""
+        parts = [self.attrs_problem] if self.attrs_problem else []
+        parts += [f"shard {sid}: {why}" for sid, why in list(self.damaged.items())[:limit]]
+        more = len(self.damaged) - limit
+        return "; ".join(parts) + (f"; and {more} more damaged shard(s)" if more > 0 else "")
+
+    @property
+    def is_damaged(self) -> bool:
+        return bool(self.attrs_problem or self.damaged)
+
+
+def scan_store(path: str | os.PathLike, clip_keys: dict[str, str] | None = None) -> StoreScan:
+    """Read and check a store's commit records (the cheap check). With `clip_keys`, only records that
+    hold a current entry of some clip are checked against their files; an unreadable record always counts
+    as damage, since nobody can tell what it held."""
+    path = Path(path)
+    attrs, problem = read_attrs(path)
+    scan = StoreScan(path, attrs, problem if (path / "commits").is_dir() else None)
+    key = attrs.get("key") if attrs else None
+    commits = path / "commits"
+    if not commits.is_dir():
+        return scan
+    marks = {}
+    if (path / "damaged").is_dir():
+        for p in (path / "damaged").glob("*.json"):
+            try:
+                marks[p.stem] = json.loads(p.read_text())["reason"]
+            except (OSError, ValueError, KeyError, TypeError):
+                marks[p.stem] = "marked damaged"
     records = []
-    for p in (path / "commits").glob("*.json"):
-        records.append(json.loads(p.read_text()))
+    with os.scandir(commits) as it:
+        entries = [e for e in it if e.name.endswith(".json") and not e.name.startswith(".")]
+    for e in entries:
+        sid = e.name[:-5]
+        try:
+            with open(e.path, "rb") as f:
+                rec = json.loads(f.read())
+        except (OSError, ValueError) as err:
+            scan.damaged[sid] = f"commit record is unreadable ({type(err).__name__})"
+            continue
+        why = _record_problem(rec, sid, key)
+        if why:
+            scan.damaged[sid] = why
+            continue
+        if sid in marks:
+            scan.damaged[sid] = marks[sid]
+            continue
+        records.append(rec)
     records.sort(key=lambda r: (r["created"], r["shard"]))
-    return records
+    relevant = records
+    if clip_keys is not None:
+        relevant = [r for r in records if any(clip_keys.get(c["id"]) == c["key"] for c in r["clips"] + r["failed"])]
+    shards = path / "shards"
+    bad = set()
+    for rec in relevant:
+        if rec.get("format", 1) < 2:
+            if not (shards / rec["file"]).exists():
+                bad.add(rec["shard"])
+                scan.damaged[rec["shard"]] = f"shard {rec['file']} is missing"
+            else:
+                scan.legacy.append(rec["shard"])
+            continue
+        why = _file_problem(shards / rec["file"], rec["files"])
+        if why:
+            bad.add(rec["shard"])
+            scan.damaged[rec["shard"]] = why
+    scan.records = [r for r in records if r["shard"] not in bad]
+    return scan
 
 
-def write_failures_log(path: Path) -> list[dict[str, Any]]:
-    """Rewrite failures.jsonl from the commit records; return the failures."""
-    failures = [f for rec in read_commits(path) for f in rec["failed"]]
+def repair_hint(attrs: dict[str, Any] | None, path: Path) -> str:
+    """The command that recomputes a store's damaged shards."""
+    if attrs and attrs.get("stage") and attrs.get("dataset"):
+        return (f"run `pipeline run {attrs.get('group', 'extract')} --dataset {attrs['dataset']} "
+                f"--stage {attrs['stage']}` to recompute them")
+    return f"recompute the store, or remove {path}"
+
+
+def verify_store(path: str | os.PathLike, clip_keys: dict[str, str] | None = None,
+                 mark: bool = True) -> tuple[int, dict[str, str]]:
+    """The full check: every file's digest and every array decoded against its digest. Returns (shards
+    checked, damaged shard id -> reason); with `mark`, damaged shards are marked for the next run."""
+    scan = scan_store(path, clip_keys)
+    damaged = dict(scan.damaged)
+    backend = get_backend(scan.attrs["backend"]) if scan.attrs else None
+    checked = len(scan.records) + len(damaged)
+    for rec in scan.records:
+        if rec.get("format", 1) < 2 or backend is None:
+            continue
+        shard = scan.path / "shards" / rec["file"]
+        why = _file_problem(shard, rec["files"], full=True)
+        if why is None:
+            try:
+                arrays = {"data": np.asarray(backend.open(shard)[...]), "offsets": backend.read_offsets(shard)}
+                for name, a in arrays.items():
+                    if array_digest(a) != rec["arrays"][name]["digest"]:
+                        why = f"{name} decodes to other values than were committed"
+                        break
+            except Exception as e:  # any decoder failure is damage to report, not a crash
+                why = f"cannot be decoded ({type(e).__name__}: {e})"
+        if why:
+            damaged[rec["shard"]] = why
+    if mark and damaged and scan.attrs is not None:
+        try:
+            writer = StoreWriter(scan.path)
+            for sid, why in damaged.items():
+                if sid not in scan.damaged:  # what the cheap check finds, every scan finds again
+                    writer.mark_damaged(sid, why)
+        except OSError as e:
+            log.warning("store %s: damaged shards not marked (%s): a run will not know to recompute them", path, e)
+    return checked, damaged
+
+
+def write_failures_log(path: Path, scan: StoreScan | None = None) -> list[dict[str, Any]]:
+    """Rewrite failures.jsonl from the trusted commit records; return the failures."""
+    scan = scan or scan_store(path)
+    failures = [f for rec in scan.records for f in rec["failed"]]
     _atomic_write_text(path / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures))
     return failures
+
+
+_VERIFIED: set[tuple[str, str]] = set()  # (shard path, record checksum) hashed in this process
+
+
+def _verify_files(shard: Path, rec: dict[str, Any], hint: str) -> None:
+    """Hash a shard's files once per process before its data is first returned."""
+    if rec.get("format", 1) < 2 or (str(shard), rec["checksum"]) in _VERIFIED:
+        return
+    why = _file_problem(shard, rec["files"], full=True)
+    if why:
+        raise StoreError(f"shard {rec['shard']} of store {shard.parent.parent} is damaged: {why}; run `pipeline "
+                         f"verify` to mark it, then {hint.replace('them', 'it')}")
+    _VERIFIED.add((str(shard), rec["checksum"]))
+
+
+def _checked_block(block: np.ndarray, shard: str = "", rec: dict[str, Any] | None = None, hint: str = "") -> np.ndarray:
+    _verify_files(Path(shard), rec or {}, hint)
+    return block
 
 
 class FeatureStore:
@@ -245,27 +595,30 @@ class FeatureStore:
 
     With `clip_keys` (clip id -> content key, from a dataset manifest) the view holds exactly the
     entries computed from the current content of each clip; without it, the newest entry per clip.
+    Opening runs the cheap check and refuses a damaged store (StoreError naming the shards, the damage
+    and the command that repairs it); the first read of each shard hashes its files.
     """
 
     def __init__(self, path: str | os.PathLike, clip_keys: dict[str, str] | None = None) -> None:
         self.path = Path(path)
-        attrs_path = self.path / ATTRS_FILE
-        if not attrs_path.exists():
-            raise StoreError(f"no feature store at {self.path} (no {ATTRS_FILE}); "
-                             "run `pipeline run extract` to create it, or check the path")
-        self.attrs: dict[str, Any] = json.loads(attrs_path.read_text())
+        scan = scan_store(self.path, clip_keys)
+        if scan.attrs is None:
+            if not self.path.exists() or not (self.path / "commits").is_dir():
+                raise StoreError(f"no feature store at {self.path} (no {ATTRS_FILE}); "
+                                 "run `pipeline run extract` to create it, or check the path")
+            raise StoreError(f"store {self.path} is damaged: {scan.attrs_problem}; run `pipeline run` on its "
+                             "stage to rewrite it")
+        self.attrs: dict[str, Any] = scan.attrs
+        self._hint = repair_hint(self.attrs, self.path)
+        if scan.damaged:
+            raise StoreError(f"store {self.path} has {len(scan.damaged)} damaged shard(s): "
+                             f"{scan.describe_damage()}; {self._hint}")
         self._backend = get_backend(self.attrs["backend"])
-        self._index: dict[str, tuple[str, int, int]] = {}
-        self._failures: dict[str, str] = {}
-        for rec in read_commits(self.path):
-            for c in rec["clips"]:
-                if clip_keys is None or clip_keys.get(c["id"]) == c["key"]:
-                    self._index[c["id"]] = (rec["file"], c["start"], c["stop"])
-                    self._failures.pop(c["id"], None)
-            for f in rec["failed"]:
-                if clip_keys is None or clip_keys.get(f["id"]) == f["key"]:
-                    self._failures[f["id"]] = f["reason"]
-                    self._index.pop(f["id"], None)
+        ok, failed = scan.current(clip_keys)
+        self._index: dict[str, tuple[str, int, int]] = {cid: (rec["file"], c["start"], c["stop"])
+                                                        for cid, (rec, c) in ok.items()}
+        self._failures: dict[str, str] = {cid: f["reason"] for cid, (_, f) in failed.items()}
+        self._records: dict[str, dict[str, Any]] = {rec["file"]: rec for rec, _ in ok.values()}
         if clip_keys is not None:
             order = {cid: i for i, cid in enumerate(clip_keys)}
             self.clip_ids = sorted(self._index, key=order.__getitem__)
@@ -278,8 +631,10 @@ class FeatureStore:
         view = object.__new__(FeatureStore)
         wanted = list(clip_ids)
         view.path, view.attrs, view._backend, view._open = self.path, self.attrs, self._backend, {}
+        view._hint = self._hint
         view._index = {c: self._index[c] for c in wanted if c in self._index}
         view._failures = {c: self._failures[c] for c in wanted if c in self._failures}
+        view._records = {f: self._records[f] for f in {v[0] for v in view._index.values()}}
         view.clip_ids = [c for c in wanted if c in view._index]
         return view
 
@@ -301,6 +656,13 @@ class FeatureStore:
         """CSR offsets into `to_dask()`'s rows, in `clip_ids` order (length n_clips + 1)."""
         return np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
 
+    def unusable(self, clip_id: str) -> str | None:
+        """Why a clip cannot be read as features (failed, not computed, no rows), or None when it can."""
+        if clip_id in self._index:
+            _, start, stop = self._index[clip_id]
+            return None if stop > start else "it has no rows (committed empty)"
+        return f"it failed: {self._failures[clip_id]}" if clip_id in self._failures else "not computed"
+
     def __len__(self) -> int:
         return len(self.clip_ids)
 
@@ -312,7 +674,9 @@ class FeatureStore:
 
     def _shard(self, file: str) -> Any:
         if file not in self._open:
-            self._open[file] = self._backend.open(self.path / "shards" / file)
+            shard = self.path / "shards" / file
+            _verify_files(shard, self._records[file], self._hint)
+            self._open[file] = self._backend.open(shard)
         return self._open[file]
 
     def __getitem__(self, clip_id: str) -> np.ndarray:
@@ -338,6 +702,9 @@ class FeatureStore:
             lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
             block = np.asarray(self._shard(file)[lo:hi])
             for i, (a, b) in zip(members, spans):
+                if b == a:
+                    raise StoreError(f"clip '{ids[i]}' of store {self.path} has no rows, so no mean; leave it out "
+                                     "(FeatureStore.unusable says which clips)")
                 v = clip_mean(block[a - lo:b - lo])
                 if out is None:
                     out = np.empty((len(ids), v.size), dtype=v.dtype)
@@ -353,7 +720,8 @@ class FeatureStore:
             yield cid, self[cid]
 
     def to_dask(self) -> Any:
-        """All clips' rows as one dask array `[N_rows, *dims]`, in `clip_ids` order (see `offsets`)."""
+        """All clips' rows as one dask array `[N_rows, *dims]`, in `clip_ids` order (see `offsets`); each
+        shard's files are hashed when its first block is computed."""
         import dask.array as da
 
         pieces: list[Any] = []
@@ -375,7 +743,10 @@ class FeatureStore:
         arrays = []
         for file, start, stop in pieces:
             if file not in whole:
-                whole[file] = self._backend.to_dask(self.path / "shards" / file)
+                shard = self.path / "shards" / file
+                raw = self._backend.to_dask(shard)
+                whole[file] = raw.map_blocks(_checked_block, dtype=raw.dtype, shard=str(shard),
+                                             rec=self._records[file], hint=self._hint)
             arrays.append(whole[file][start:stop])
         return da.concatenate(arrays, axis=0)
 

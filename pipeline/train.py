@@ -160,6 +160,9 @@ def _run_lock(ctx: Any, rk: RunKeys, on_wait: Callable[[str], None] | None) -> I
 
     from .runner import _acquire
 
+    if (rk.run_dir / "metrics.json").exists():  # a complete run is never written again: no lock to read it
+        yield
+        return
     path = ctx.config.cache / "locks" / "runs" / ctx.dataset / f"{rk.run_dir.name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path))
@@ -184,6 +187,15 @@ class Views:
     skipped: dict[str, str]
 
 
+def unusable(stores: dict[str, FeatureStore], stages: dict[str, str], clip_id: str) -> str | None:
+    """Why a clip cannot be a training item (failed or empty in one of the view stores), or None."""
+    for modality, st in stores.items():
+        why = st.unusable(clip_id)
+        if why:
+            return f"stage '{stages[modality]}': {why}"
+    return None
+
+
 def load_views(ctx: Any, rk: RunKeys) -> Views:
     """Clip means of the audio and visual upstream stores for every labelled clip both hold."""
     from .runner import require_complete
@@ -199,15 +211,14 @@ def load_views(ctx: Any, rk: RunKeys) -> Views:
         if c.label is None:
             skipped[c.clip_id] = "no class label"
             continue
-        missing = [m for m, st in stores.items() if c.clip_id not in st]
-        if missing:
-            skipped[c.clip_id] = f"failed in stage '{rk.views[missing[0]]}': " \
-                                 f"{stores[missing[0]].failures.get(c.clip_id, 'not computed')}"
+        why = unusable(stores, rk.views, c.clip_id)
+        if why:
+            skipped[c.clip_id] = why
             continue
         keep.append(c)
     if skipped:
-        log.warning("stage '%s': %d clip(s) left out (no label, or failed upstream), e.g. %s: %s", rk.name,
-                    len(skipped), *next(iter(skipped.items())))
+        log.warning("stage '%s': %d clip(s) left out (no label, failed upstream, or no rows), e.g. %s: %s",
+                    rk.name, len(skipped), *next(iter(skipped.items())))
     classes = list(ctx.manifest.classes or sorted({c.label for c in keep}))
     index = {c: i for i, c in enumerate(classes)}
     ids = [c.clip_id for c in keep]
@@ -371,7 +382,7 @@ def _write_embeddings(ctx: Any, rk: RunKeys, views: Views, trainer: Any, model_o
 def run_train(ctx: Any, rk: RunKeys, device: str = "auto", on_wait: Callable[[str], None] | None = None,
               on_fold: Callable[[str, float], None] | None = None) -> RunReport:
     """Cross-validate, fit the final model, write embeddings and metrics; reuse what is committed."""
-    from .runner import reading
+    from .runner import in_use
 
     t0 = time.perf_counter()
     impl = TRAINERS.get(rk.implementation)
@@ -381,7 +392,7 @@ def run_train(ctx: Any, rk: RunKeys, device: str = "auto", on_wait: Callable[[st
             return RunReport(rk.name, "train", rk.run_dir, True, folds_reused=len(metrics["folds"]),
                              metrics=metrics, seconds=time.perf_counter() - t0)
         for stage in rk.views.values():
-            held.enter_context(reading(ctx.config.cache, ctx.stages[stage].store_path))
+            held.enter_context(in_use(ctx.config.cache, ctx.stages[stage].store_path))
         views = load_views(ctx, rk)
         protocol, plan = plan_folds(views, rk.params.get("protocol", "auto"))
         folds_dir = rk.run_dir / "folds"

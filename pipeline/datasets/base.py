@@ -55,6 +55,7 @@ class Manifest:
     root: Path
     clips: list[Clip]
     classes: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (entry under root, why it is not a clip)
 
     def __post_init__(self) -> None:
         seen: set[str] = set()

@@ -33,11 +33,19 @@ class FolderDataset(DatasetAdapter):
             raise DatasetError(f"dataset '{self.dataset_name}': no class subfolders in {self.root}; "
                                f"expected layout:\n{self.layout}")
         entries = []
+        skipped: list[tuple[str, str]] = []
         for cls in classes:
             for p in sorted((self.root / cls).rglob("*")):
+                where = p.relative_to(self.root).as_posix()
+                if any(part.startswith(".") for part in p.relative_to(self.root).parts):
+                    continue  # hidden files (.DS_Store, editor swap files) are nobody's clips
                 if is_media(p) and (p.is_file() or p.is_symlink()):  # dangling links become failures
                     rel = p.relative_to(self.root / cls).with_suffix("")
                     entries.append((f"{cls}/{rel.as_posix()}", p, cls))
+                elif is_media(p):
+                    skipped.append((where, "a folder with a media file's name"))
+                elif p.is_file():
+                    skipped.append((where, "not a media file type"))
         if not entries:
             raise DatasetError(f"dataset '{self.dataset_name}': class folders under {self.root} hold no media files")
         ids = [e[0] for e in entries]
@@ -48,4 +56,4 @@ class FolderDataset(DatasetAdapter):
         folds = class_balanced_folds(ids, [e[2] for e in entries], self.config.n_folds, self.config.seed)
         clips = [Clip(clip_id=cid, media={"video": p.absolute()}, label=cls, fold=f)
                  for (cid, p, cls), f in zip(entries, folds)]
-        return Manifest(self.dataset_name, self.root, clips, classes)
+        return Manifest(self.dataset_name, self.root, clips, classes, skipped)

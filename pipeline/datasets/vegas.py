@@ -60,4 +60,4 @@ class VegasDataset(FolderDataset):
         if twice:
             raise self.error(f"two folders map to class(es) {twice}: {sorted(f for f in folders if folders[f] in twice)}")
         clips = [dataclasses.replace(c, label=folders[c.label]) for c in m.clips]
-        return Manifest(self.dataset_name, self.root, clips, [c for c in VEGAS_CLASSES if c in wanted])
+        return Manifest(self.dataset_name, self.root, clips, [c for c in VEGAS_CLASSES if c in wanted], m.skipped)

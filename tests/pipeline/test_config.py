@@ -18,7 +18,7 @@ AUDIO = {"group": "extract", "implementation": "audio"}
 def test_default_stages_yaml_loads_and_orders():
     cfg = load_config("stages.yaml")
     assert cfg.order(["logmel"]) == ["audio", "logmel"]
-    assert cfg.stages["logmel"].params == {"preset": "vggish"}
+    assert cfg.stages["logmel"].params == {"preset": "vggish", "pad_short": False}
 
 
 @pytest.mark.parametrize("stages, message", [

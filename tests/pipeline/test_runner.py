@@ -25,7 +25,7 @@ def test_extract_end_to_end_then_reuse(project, tmp_path):
     assert [r.name for r in reports] == ["audio", "logmel"]
     assert all(r.computed == 6 and r.failed == 0 for r in reports)
     store = pipeline.open_store(dataset="tiny", stage="logmel", config=project)
-    assert len(store) == 6 and store.attrs["params"] == {"preset": "vggish"}
+    assert len(store) == 6 and store.attrs["params"] == {"preset": "vggish", "pad_short": False}
     x = store["class00/class00_000"]
     assert x.shape == (1, 96, 64) and x.dtype == np.float32 and np.isfinite(x).all()
     assert store.to_dask().shape == (6, 96, 64)
@@ -209,13 +209,13 @@ def test_dask_scheduler_address(project):
 
 
 def test_gc_never_removes_a_store_being_read(project, tmp_path):
-    from pipeline.runner import reading, resolve
+    from pipeline.runner import in_use, resolve
 
     run("extract", config=project, overrides=["audio.sample_rate=8000"])
     cfg = pipeline.config.load_config(project)
     old_audio = [p for p in _stores(tmp_path / "cache", "audio")]
     assert len(old_audio) == 1
-    with reading(cfg.cache, old_audio[0]):  # e.g. a logmel run reading its upstream
+    with in_use(cfg.cache, old_audio[0]):  # e.g. a logmel run reading its upstream
         removed, skipped = collect_garbage(cfg)
         assert old_audio[0].exists() and any("in use" in s for s in skipped)
     removed, _ = collect_garbage(cfg)
