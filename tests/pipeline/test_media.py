@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,3 +71,45 @@ def test_short_soundtrack_is_not_truncation(tmp_path):
                     "-pix_fmt", "yuv420p", "-c:a", "aac", "file:" + str(p)], check=True)
     assert abs(decode_audio(p, 16000).size - 16000) <= 1024
     assert decode_frames(p, fps=1, size=8).shape[0] == 4
+
+
+def test_a_clip_cut_to_three_quarters_is_truncated(tmp_path, clip_factory):
+    ok = clip_factory(tmp_path / "ok.mp4", seconds=4.0)
+    (tmp_path / "cut.mp4").write_bytes(ok.read_bytes()[: int(ok.stat().st_size * 0.75)])
+    assert _reason(tmp_path / "cut.mp4").startswith("truncated file: decoded")
+    assert _reason(tmp_path / "cut.mp4", "video").startswith("truncated file: decoded")
+
+
+def test_corrupt_container_reason_is_whole_and_readable(tmp_path):
+    bad = tmp_path / "garbage.mp4"
+    bad.write_bytes(b"garbage!" * 300)
+    reason = _reason(bad)
+    assert reason.startswith("corrupt container: ffprobe cannot parse it (")
+    assert reason.endswith("; Invalid data found when processing input)")  # whole lines, the last one last
+    assert "@ 0x" not in reason and str(tmp_path) not in reason and "libav" not in reason
+
+
+def test_stderr_is_cut_at_lines_and_tags_are_named():
+    from pipeline.media import _stderr_tail
+
+    err = (b"[mp3 @ 0x55d6ffef71c0] Format mp3 detected only with low score of 1, misdetection possible!\n"
+           b"[mp3 @ 0x55d6ffef71c0] Failed to read frame size: Could not seek to 1026.\n"
+           b"file:/data/x.mp4: Invalid data found when processing input\n")
+    assert _stderr_tail(err, path=Path("/data/x.mp4")) == (
+        "mp3: Format mp3 detected only with low score of 1, misdetection possible!; "
+        "mp3: Failed to read frame size: Could not seek to 1026.; Invalid data found when processing input")
+    assert _stderr_tail(err, 80, Path("/data/x.mp4")) == "Invalid data found when processing input"
+
+
+@pytest.mark.parametrize("layout, pan", [("stereo", "c0=c0|c1=c0"), ("5.1", "c0=c0|c1=c0|c2=c0|c3=c0|c4=c0|c5=c0")])
+def test_multichannel_audio_is_the_mean_of_its_channels(tmp_path, layout, pan):
+    import subprocess
+
+    mono = tmp_path / "mono.wav"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "sine=frequency=440:duration=1",
+                    "-ac", "1", "file:" + str(mono)], check=True)
+    multi = tmp_path / f"{layout}.wav"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", "file:" + str(mono), "-af", f"pan={layout}|{pan}",
+                    "file:" + str(multi)], check=True)
+    assert probe(multi).channels == (2 if layout == "stereo" else 6)
+    np.testing.assert_allclose(decode_audio(multi, 16000), decode_audio(mono, 16000), atol=1e-6)

@@ -109,6 +109,7 @@ def test_bad_media_recorded_and_run_completes(tmp_path, clip_factory):
         run("extract", config=cfg, strict=True)
     proc = cli("run", "extract", "--config", str(cfg), "--strict", check=False)
     assert proc.returncode == 1 and "bad/garbage: corrupt container" in proc.stdout
+    assert "error: 6 clip(s) failed and --strict is set" in proc.stderr  # clips, not clips x stages
 
 
 def _big_config(tmp_path, cache):
@@ -257,3 +258,110 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
     os.killpg(proc.pid, signal.SIGKILL) if alive else None
+
+
+def test_gc_between_stages_of_a_run_removes_nothing_of_it(project, tmp_path):
+    gc_out: list[str] = []
+
+    def between(report, todo):
+        if report.name == "logmel":  # audio is done; the run still holds it and is about to read it
+            gc_out.append(cli("gc", "--config", str(project)).stdout)
+
+    reps = run("extract", config=project, overrides=["audio.sample_rate=22050"], on_plan=between)
+    assert len(gc_out) == 1 and "in use by a running run" in gc_out[0] and "removed 0 store(s)" in gc_out[0]
+    assert reps[1].computed == 6 and all(r.store_path.exists() for r in reps)
+    assert len(pipeline.open_store(reps[0].store_path)) == 6
+    after = cli("gc", "--config", str(project)).stdout  # the run is over: now they are garbage
+    assert "removed 2 store(s)" in after and not any(r.store_path.exists() for r in reps)
+
+
+def test_gc_leaves_datasets_the_config_does_not_name(project, tmp_path):
+    run("extract", config=project)
+    other = write_config(tmp_path / "other.yaml", tmp_path / "cache",
+                         {"elsewhere": {"adapter": "synthetic", "root": str(tmp_path / "nowhere")}})
+    out = cli("gc", "--config", str(other)).stdout
+    assert "removed 0 store(s)" in out and "tiny" in out and "--all" in out
+    assert "removed 2 store(s)" in cli("gc", "--all", "--config", str(other)).stdout
+
+
+def test_progress_moves_per_shard(tmp_path):
+    cfg = _big_config(tmp_path, tmp_path / "cache")
+    seen: list[float] = []
+    rep = run("extract", config=cfg, workers=2, on_progress=lambda n: seen.append(time.time()))[0]
+    assert len(seen) == 20
+    created = sorted(json.loads(p.read_text())["created"] for p in (rep.store_path / "commits").glob("*.json"))
+    assert seen[0] < created[-1]  # the first shard was counted before the last one was even committed
+
+
+def test_sigint_stops_cleanly_and_the_rerun_resumes(tmp_path):
+    cfg = _big_config(tmp_path, tmp_path / "cache")
+    pipeline.runner.make_adapter(pipeline.config.load_config(cfg), None).prepare()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "extract", "--config", str(cfg),
+                             "--workers", "2", "--no-progress"], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_commits(lambda: _stores(tmp_path / "cache", "audio"), 1, proc)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert "interrupted; " in err and "shard(s) committed, rerun to resume" in err and "Traceback" not in err
+    committed = int(err.split("interrupted; ")[1].split()[0])
+    store_dir = _stores(tmp_path / "cache", "audio")[0]
+    assert committed == len(list((store_dir / "commits").glob("*.json")))
+    rep = run("extract", config=cfg)[0]
+    assert rep.reused == committed and rep.computed == 20 - committed
+
+
+def test_cuda_without_cuda_is_refused_before_any_work(project, tmp_path):
+    p = cli("run", "extract", "--config", str(project), "--device", "cuda:99", check=False)
+    assert p.returncode == 2 and "CUDA" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "cache" / "stores").exists()
+
+
+def test_folder_dataset_lists_what_it_skips(tmp_path, clip_factory):
+    root = tmp_path / "v"
+    clip_factory(root / "dog" / "bark.mp4")
+    clip_factory(root / "drum" / "hit.mp4", freq=900)
+    (root / "dog" / "x.mp4").mkdir()
+    (root / "dog" / "notes.txt").write_text("not a clip")
+    (root / "dog" / ".DS_Store").write_bytes(b"\0")
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache", {"v": {"adapter": "folder", "root": str(root)}},
+                       stages={"audio": {"group": "extract", "implementation": "audio"}})
+    p = cli("run", "extract", "--config", str(cfg), "--no-progress")
+    assert ("dataset 'v': skipped 2 entries that are not media files: dog/notes.txt (not a media file type); "
+            "dog/x.mp4 (a folder with a media file's name)") in p.stderr
+    assert "audio: computed 2 clips" in p.stdout
+
+
+_READ_ONLY = """
+import os, subprocess, sys
+cache = sys.argv[1]
+subprocess.run(["mount", "--bind", cache, cache], check=True)
+subprocess.run(["mount", "-o", "remount,ro,bind", cache], check=True)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _read_only(cache, *argv):
+    """Run argv with `cache` mounted read-only (root: in a private user + mount namespace; others: chmod)."""
+    if os.geteuid() != 0:
+        subprocess.run(["chmod", "-R", "a-w", str(cache)], check=True)
+        try:
+            return subprocess.run(list(argv), capture_output=True, text=True)
+        finally:
+            subprocess.run(["chmod", "-R", "u+w", str(cache)], check=True)
+    return subprocess.run(["unshare", "-rm", sys.executable, "-c", _READ_ONLY, str(cache), *argv],
+                          capture_output=True, text=True)
+
+
+def test_status_and_a_noop_run_work_on_a_read_only_cache(project, tmp_path):
+    run("extract", config=project)
+    cache = tmp_path / "cache"
+    probe = _read_only(cache, sys.executable, "-c", f"open({str(cache / 'x')!r}, 'w')")
+    assert probe.returncode != 0 and ("Read-only" in probe.stderr or "Permission" in probe.stderr)
+    before = sorted(p for p in cache.rglob("*"))
+    st = _read_only(cache, sys.executable, "-m", "pipeline.cli", "status", "--config", str(project))
+    assert st.returncode == 0 and st.stdout.split() == ["audio", "up", "to", "date", "logmel", "up", "to", "date"], st
+    rerun = _read_only(cache, sys.executable, "-m", "pipeline.cli", "run", "extract", "--config", str(project),
+                       "--no-progress")
+    assert rerun.returncode == 0 and "logmel: up to date, 6 clips reused" in rerun.stdout, rerun
+    assert sorted(p for p in cache.rglob("*")) == before

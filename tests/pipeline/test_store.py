@@ -105,3 +105,46 @@ def test_clip_means_read_each_shard_once_and_match_per_clip_means(tmp_path, back
     np.testing.assert_array_equal(got[1], st["c0"].reshape(-1))  # one row: exactly itself
     with pytest.raises(KeyError, match="it failed: corrupt"):
         st.clip_means(["c0", "bad"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failed_write_leaves_no_commit_and_no_shard(tmp_path, backend, monkeypatch):
+    import errno
+
+    w = StoreWriter(tmp_path / "s", _attrs(), backend)
+    w.write_shard("s1", _clips(np.random.default_rng(0), 2))
+    real = type(w.backend).write
+
+    def disk_full(self, path, data, offsets):
+        real(self, path, data, offsets)  # the data lands, then the disk fills up (say, on the last chunk)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(type(w.backend), "write", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        w.write_shard("s2", _clips(np.random.default_rng(1), 3))
+    assert sorted(p.name for p in (tmp_path / "s" / "commits").iterdir()) == ["s1.json"]
+    assert sorted(p.name for p in (tmp_path / "s" / "shards").iterdir()) == [f"s1{w.backend.suffix}"]
+    assert FeatureStore(tmp_path / "s").clip_ids == ["c0", "c1"]
+
+
+def test_a_clip_with_no_rows_is_unusable_not_averaged(tmp_path):
+    w = StoreWriter(tmp_path / "s", _attrs())
+    w.write_shard("s1", [ClipResult("full", "k1", np.ones((2, 3), "float32")),
+                         ClipResult("empty", "k2", np.zeros((0, 3), "float32"))])
+    st = FeatureStore(tmp_path / "s")
+    assert st.unusable("full") is None and "no rows" in st.unusable("empty") and st.unusable("x") == "not computed"
+    with pytest.raises(StoreError, match="'empty' .* has no rows"):
+        st.clip_means(["full", "empty"])
+
+
+def test_commit_record_says_what_the_shard_holds(tmp_path):
+    from pipeline.store import array_digest, scan_store
+
+    w = StoreWriter(tmp_path / "s", _attrs())
+    clips = _clips(np.random.default_rng(2), 3)
+    rec = w.write_shard("s1", clips)
+    data = np.concatenate([c.array for c in clips])
+    assert rec["arrays"]["data"] == {"shape": [6, 3], "dtype": "<f4", "digest": array_digest(data)}
+    assert rec["arrays"]["offsets"]["shape"] == [4] and "data/zarr.json" in rec["files"]
+    assert all(size > 0 for size, _, _ in rec["files"].values())
+    assert not scan_store(tmp_path / "s").is_damaged

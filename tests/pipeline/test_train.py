@@ -169,3 +169,34 @@ def test_report_lists_runs_in_a_table_and_a_page(features_project, tmp_path):
     assert any("reg=0.5" in line for line in lines) and any("reg=0.001" in line for line in lines)
     page = (tmp_path / "r.html").read_text()
     assert page.count("<tr><td>feats</td>") == 2 and page.count("data:image/png;base64,") == 2
+
+
+def test_a_clip_too_short_for_vggish_fails_by_name_and_training_goes_on(tmp_path, clip_factory):
+    root = tmp_path / "v"
+    for cls, f in [("dog", 300), ("drum", 1200)]:
+        for i in range(3):
+            clip_factory(root / cls / f"{cls}{i}.mp4", seconds=1.5, freq=f + 20 * i)
+    clip_factory(root / "dog" / "blip.mp4", seconds=0.05, freq=500)
+    stages = {
+        "audio": {"group": "extract", "implementation": "audio"},
+        "vggish": {"group": "extract", "implementation": "vggish", "upstream": ["audio"],
+                   "params": {"weights": "random:0"}},
+        "vgg16": {"group": "extract", "implementation": "vgg16", "params": {"weights": "random:0", "crop_size": 32}},
+        "cca": {"group": "train", "implementation": "cca", "upstream": ["vggish", "vgg16"],
+                "params": {"n_components": 2, "reg": 1e-2}},
+    }
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                       {"v": {"adapter": "folder", "root": str(root), "params": {"n_folds": 2}}}, stages)
+    reports = run("train", config=cfg, stage="cca")
+    by_name = {r.name: r for r in reports}
+    assert by_name["audio"].failed == 0  # the clip decodes: it is only too short for VGGish
+    [failure] = by_name["vggish"].failures
+    assert failure["id"] == "dog/blip"
+    assert failure["reason"].startswith("too short: 0.0") and "vggish needs at least 0.975 s" in failure["reason"]
+    assert "dog/blip" not in open_store(dataset="v", stage="vggish", config=cfg)
+    info = yaml.safe_load((by_name["cca"].run_dir / "params.yaml").read_text())
+    assert info["clips"] == 6 and info["left_out"] == 1 and by_name["cca"].metrics["folds"]
+
+    padded = run("extract", config=cfg, stage="vggish", overrides=["vggish.pad_short=true"])[-1]
+    assert padded.failed == 0 and padded.computed == 7 and padded.store_path != by_name["vggish"].store_path
+    assert open_store(padded.store_path)["dog/blip"].shape == (1, 128)
