@@ -283,7 +283,8 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
     try:
         record = writer.write_shard(task.shard_id, results)
     except OSError as e:
-        raise StoreError(f"cannot write shard {task.shard_id} to {task.store_path}: {_os_reason(e)}") from None
+        raise StoreError(f"cannot write shard {task.shard_id} to {task.store_path}: {_os_reason(e)}; free space or "
+                         "use another cache (--cache), then rerun to resume") from None
     return {"shard": task.shard_id, "ok": len(record["clips"]), "failed": record["failed"]}
 
 

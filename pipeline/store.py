@@ -34,7 +34,6 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .cache import canonical
 from .registry import STORE_BACKENDS, register_backend
 
 log = logging.getLogger(__name__)
@@ -88,8 +87,21 @@ def array_digest(arr: np.ndarray) -> str:
     return h.hexdigest()[:32]
 
 
-def _record_checksum(record: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical({k: v for k, v in record.items() if k != "checksum"}).encode()).hexdigest()[:32]
+_CHECKSUM = ', "checksum": "'
+
+
+def _record_text(record: dict[str, Any]) -> str:
+    """A commit record as stored: its JSON, with the checksum of that very text added as the last field
+    (checking it later needs no re-serialisation, only a hash of the bytes before it)."""
+    body = json.dumps({k: v for k, v in record.items() if k != "checksum"})
+    digest = hashlib.sha256(body.encode()).hexdigest()[:32]
+    record["checksum"] = digest
+    return f'{body[:-1]}{_CHECKSUM}{digest}"}}'
+
+
+def _checksum_matches(raw: bytes, checksum: Any) -> bool:
+    cut = raw.rfind(_CHECKSUM.encode())
+    return cut > 0 and hashlib.sha256(raw[:cut] + b"}").hexdigest()[:32] == checksum
 
 
 class _Backend:
@@ -220,11 +232,6 @@ def _integrity(shard: Path, data: np.ndarray, offsets: np.ndarray) -> dict[str, 
             "files": _file_table(shard)}
 
 
-def _seal(record: dict[str, Any]) -> dict[str, Any]:
-    record["checksum"] = _record_checksum(record)
-    return record
-
-
 class StoreWriter:
     """Creates a store and commits shards into it; each shard has exactly one writer."""
 
@@ -302,7 +309,7 @@ class StoreWriter:
         self.discard(shard_id)  # an earlier writer died between rename and commit, or a damaged shard
         os.replace(tmp, final)
 
-        record = _seal({
+        record = {
             "format": FORMAT_VERSION,
             "shard": shard_id,
             "file": final.name,
@@ -312,8 +319,8 @@ class StoreWriter:
                       for i, r in enumerate(ok)],
             "failed": [{"id": r.clip_id, "key": r.key, "reason": r.reason} for r in results if r.array is None],
             **integrity,
-        })
-        _atomic_write_text(self.path / "commits" / f"{shard_id}.json", json.dumps(record))
+        }
+        _atomic_write_text(self.path / "commits" / f"{shard_id}.json", _record_text(record))
         return record
 
     def adopt(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -325,9 +332,9 @@ class StoreWriter:
         bounds = [0] + [c["stop"] for c in record["clips"]]
         if list(offsets) != bounds or data.shape[0] != bounds[-1]:
             raise StoreError(f"shard {record['shard']}: its offsets do not match its commit record")
-        new = _seal({**{k: v for k, v in record.items() if k != "checksum"}, "format": FORMAT_VERSION,
-                     "store_key": self.attrs.get("key"), **_integrity(shard, data, offsets)})
-        _atomic_write_text(self.path / "commits" / f"{record['shard']}.json", json.dumps(new))
+        new = {**record, "format": FORMAT_VERSION, "store_key": self.attrs.get("key"),
+               **_integrity(shard, data, offsets)}
+        _atomic_write_text(self.path / "commits" / f"{record['shard']}.json", _record_text(new))
         return new
 
     def mark_damaged(self, shard_id: str, reason: str) -> None:
@@ -362,12 +369,12 @@ def read_attrs(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     return attrs, None
 
 
-def _record_problem(rec: Any, shard_id: str, store_key: str | None) -> str | None:
-    """Why a parsed commit record cannot be trusted, or None."""
+def _record_problem(rec: Any, raw: bytes, shard_id: str, store_key: str | None) -> str | None:
+    """Why a commit record (parsed, and its bytes) cannot be trusted, or None."""
     if not isinstance(rec, dict):
         return "commit record is not a JSON object"
     try:
-        if rec.get("format", 1) >= 2 and rec.get("checksum") != _record_checksum(rec):
+        if rec.get("format", 1) >= 2 and not _checksum_matches(raw, rec.get("checksum")):
             return "commit record was altered after it was written (its checksum does not match)"
         if rec["shard"] != shard_id:
             return f"commit record names shard {rec['shard']}, not {shard_id}"
@@ -395,14 +402,16 @@ def _record_problem(rec: Any, shard_id: str, store_key: str | None) -> str | Non
     return None
 
 
-def _file_problem(shard: Path, files: dict[str, list[Any]], full: bool = False) -> str | None:
+def _file_problem(shard: Path | str, files: dict[str, list[Any]], full: bool = False) -> str | None:
     """What is wrong with a shard's files against their committed table (None: they check out). Cheap:
     present, same size, and a file whose mtime moved must still match its digest. `full`: every digest."""
-    if not shard.exists():
-        return f"shard {shard.name} is missing"
+    shard = str(shard)  # plain strings: this runs for every file of every shard on every open
+    base = os.path.basename(shard)
+    if not os.path.lexists(shard):
+        return f"shard {base} is missing"
     for name, (size, mtime_ns, digest) in files.items():
-        p = shard if name == _SELF else shard / name
-        where = shard.name if name == _SELF else f"{shard.name}/{name}"
+        p = shard if name == _SELF else os.path.join(shard, name)
+        where = base if name == _SELF else f"{base}/{name}"
         try:
             st = os.stat(p)
         except FileNotFoundError:
@@ -486,11 +495,12 @@ def scan_store(path: str | os.PathLike, clip_keys: dict[str, str] | None = None)
         sid = e.name[:-5]
         try:
             with open(e.path, "rb") as f:
-                rec = json.loads(f.read())
+                raw = f.read()
+            rec = json.loads(raw)
         except (OSError, ValueError) as err:
             scan.damaged[sid] = f"commit record is unreadable ({type(err).__name__})"
             continue
-        why = _record_problem(rec, sid, key)
+        why = _record_problem(rec, raw, sid, key)
         if why:
             scan.damaged[sid] = why
             continue
@@ -502,17 +512,17 @@ def scan_store(path: str | os.PathLike, clip_keys: dict[str, str] | None = None)
     relevant = records
     if clip_keys is not None:
         relevant = [r for r in records if any(clip_keys.get(c["id"]) == c["key"] for c in r["clips"] + r["failed"])]
-    shards = path / "shards"
+    shards = str(path / "shards")
     bad = set()
     for rec in relevant:
         if rec.get("format", 1) < 2:
-            if not (shards / rec["file"]).exists():
+            if not os.path.lexists(os.path.join(shards, rec["file"])):
                 bad.add(rec["shard"])
                 scan.damaged[rec["shard"]] = f"shard {rec['file']} is missing"
             else:
                 scan.legacy.append(rec["shard"])
             continue
-        why = _file_problem(shards / rec["file"], rec["files"])
+        why = _file_problem(os.path.join(shards, rec["file"]), rec["files"])
         if why:
             bad.add(rec["shard"])
             scan.damaged[rec["shard"]] = why

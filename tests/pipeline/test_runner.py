@@ -365,3 +365,21 @@ def test_status_and_a_noop_run_work_on_a_read_only_cache(project, tmp_path):
                        "--no-progress")
     assert rerun.returncode == 0 and "logmel: up to date, 6 clips reused" in rerun.stdout, rerun
     assert sorted(p for p in cache.rglob("*")) == before
+
+
+def test_disk_full_names_the_stage_and_the_path(project, monkeypatch):
+    import errno
+
+    from pipeline.store import ZarrBackend
+
+    run("extract", config=project, stage="audio")
+
+    def full(self, path, data, offsets):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(ZarrBackend, "write", full)
+    with pytest.raises(PipelineError) as e:
+        run("extract", config=project)  # workers: 1, so the shard is written in this process
+    msg = str(e.value)
+    assert msg.startswith("stage 'logmel': cannot write shard") and "the disk is full" in msg
+    assert "stores/tiny/logmel-" in msg and msg.endswith("then rerun to resume")
