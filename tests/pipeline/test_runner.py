@@ -260,19 +260,26 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL) if alive else None
 
 
-def test_gc_between_stages_of_a_run_removes_nothing_of_it(project, tmp_path):
+def test_gc_between_stages_of_a_run_removes_nothing_of_it(tmp_path, tiny_synthetic_root):
+    stages = {"audio": {"group": "extract", "implementation": "audio"},
+              "logmel": {"group": "extract", "implementation": "logmel", "upstream": ["audio"]},
+              "logmel-vgs": {"group": "extract", "implementation": "logmel", "upstream": ["audio"],
+                             "params": {"preset": "vgs"}}}
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                       {"tiny": {"adapter": "synthetic", "root": str(tiny_synthetic_root), "params": TINY}}, stages)
     gc_out: list[str] = []
 
     def between(report, todo):
-        if report.name == "logmel":  # audio is done; the run still holds it and is about to read it
-            gc_out.append(cli("gc", "--config", str(project)).stdout)
+        if report.name == "logmel-vgs":  # logmel is done and nobody reads it now; the run is not over
+            gc_out.append(cli("gc", "--config", str(cfg)).stdout)
 
-    reps = run("extract", config=project, overrides=["audio.sample_rate=22050"], on_plan=between)
-    assert len(gc_out) == 1 and "in use by a running run" in gc_out[0] and "removed 0 store(s)" in gc_out[0]
-    assert reps[1].computed == 6 and all(r.store_path.exists() for r in reps)
-    assert len(pipeline.open_store(reps[0].store_path)) == 6
-    after = cli("gc", "--config", str(project)).stdout  # the run is over: now they are garbage
-    assert "removed 2 store(s)" in after and not any(r.store_path.exists() for r in reps)
+    reps = run("extract", config=cfg, overrides=["audio.sample_rate=22050"], on_plan=between)
+    assert len(gc_out) == 1 and "removed 0 store(s)" in gc_out[0]
+    assert gc_out[0].count("in use by a running run") == 3, gc_out[0]
+    assert all(r.computed == 6 for r in reps) and all(r.store_path.exists() for r in reps)
+    assert len(pipeline.open_store(reps[1].store_path)) == 6
+    after = cli("gc", "--config", str(cfg)).stdout  # the run is over: now they are garbage
+    assert "removed 3 store(s)" in after and not any(r.store_path.exists() for r in reps)
 
 
 def test_gc_leaves_datasets_the_config_does_not_name(project, tmp_path):
