@@ -37,6 +37,19 @@ def clean_caches(tmp_path_factory, tiny_synthetic_root):
     return get
 
 
+@pytest.fixture
+def copy_of(clean_caches, tmp_path, tiny_synthetic_root):
+    """A private copy of a clean cache: (stages.yaml, logmel store, victim shard id, its record, reference)."""
+    def make(backend: str = "zarr") -> tuple[Path, Path, str, dict, dict[str, np.ndarray]]:
+        clean, reference = clean_caches(backend)
+        cache = tmp_path / "cache"
+        shutil.copytree(clean, cache)  # copy2: sizes and mtimes as committed
+        cfg = _config(tmp_path, cache, tiny_synthetic_root, backend)
+        store = _logmel_store(cache)
+        return (cfg, store, *_victim(store), reference)
+    return make
+
+
 def _logmel_store(cache: Path) -> Path:
     return next((cache / "stores" / "tiny").glob("logmel-*"))
 
@@ -88,14 +101,9 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("kind", list(DAMAGE))
-def test_damage_is_named_refused_and_recomputed(kind, clean_caches, tmp_path, tiny_synthetic_root):
+def test_damage_is_named_refused_and_recomputed(kind, copy_of):
     backend, damage, word, n_shards = DAMAGE[kind]
-    clean, reference = clean_caches(backend)
-    cache = tmp_path / "cache"
-    shutil.copytree(clean, cache)  # copy2: sizes and mtimes as committed
-    cfg = _config(tmp_path, cache, tiny_synthetic_root, backend)
-    store = _logmel_store(cache)
-    sid, rec = _victim(store)
+    cfg, store, sid, rec, reference = copy_of(backend)
     damage(store, rec)
 
     rows = {r["stage"]: r["state"] for r in status(load_config(cfg), None)}
@@ -118,13 +126,8 @@ def test_damage_is_named_refused_and_recomputed(kind, clean_caches, tmp_path, ti
     assert [r["state"] for r in status(load_config(cfg), None)] == ["up to date"] * 2
 
 
-def test_verify_finds_what_the_cheap_check_cannot_see(clean_caches, tmp_path, tiny_synthetic_root):
-    clean, reference = clean_caches("zarr")
-    cache = tmp_path / "cache"
-    shutil.copytree(clean, cache)
-    cfg = _config(tmp_path, cache, tiny_synthetic_root, "zarr")
-    store = _logmel_store(cache)
-    sid, rec = _victim(store)
+def test_verify_finds_what_the_cheap_check_cannot_see(copy_of):
+    cfg, store, sid, rec, reference = copy_of()
     chunk = _chunk(store, rec)
     st = chunk.stat()
     _garble(chunk)
@@ -147,12 +150,8 @@ def test_verify_finds_what_the_cheap_check_cannot_see(clean_caches, tmp_path, ti
         np.testing.assert_array_equal(healed[cid], arr)
 
 
-def test_format_1_records_get_digests_without_recomputing(clean_caches, tmp_path, tiny_synthetic_root):
-    clean, reference = clean_caches("zarr")
-    cache = tmp_path / "cache"
-    shutil.copytree(clean, cache)
-    cfg = _config(tmp_path, cache, tiny_synthetic_root, "zarr")
-    store = _logmel_store(cache)
+def test_format_1_records_get_digests_without_recomputing(copy_of):
+    cfg, store, _, _, _ = copy_of()
     for p in (store / "commits").glob("*.json"):  # as a store committed before format 2 has them
         rec = json.loads(p.read_text())
         p.write_text(json.dumps({k: rec[k] for k in ("shard", "file", "created", "clips", "failed")}))
@@ -164,13 +163,8 @@ def test_format_1_records_get_digests_without_recomputing(clean_caches, tmp_path
     assert "damaged 1 shard" in {r["stage"]: r["state"] for r in status(load_config(cfg), None)}["logmel"]
 
 
-def test_cli_says_what_it_recomputes(clean_caches, tmp_path, tiny_synthetic_root):
-    clean, _ = clean_caches("zarr")
-    cache = tmp_path / "cache"
-    shutil.copytree(clean, cache)
-    cfg = _config(tmp_path, cache, tiny_synthetic_root, "zarr")
-    store = _logmel_store(cache)
-    sid, rec = _victim(store)
+def test_cli_says_what_it_recomputes(copy_of):
+    cfg, store, sid, rec, _ = copy_of()
     _chunk(store, rec).unlink()
     out = cli("status", "--config", str(cfg)).stdout
     assert f"logmel  damaged 1 shard: shard {sid}: {rec['file']}/data/c/0/0/0 is missing" in out
