@@ -17,7 +17,7 @@ from .cache import DigestMemo, hash_key
 from .config import ConfigError, ExecutionParams, PipelineConfig, implementation, key_params, load_config
 from .datasets import Clip, DatasetAdapter, Manifest
 from .registry import DATASETS, TRAINERS
-from .store import (ClipResult, FeatureStore, StoreError, StoreScan, StoreWriter, repair_hint, scan_store,
+from .store import (ClipResult, FeatureStore, StoreError, StoreScan, StoreWriter, repair_command, scan_store,
                     write_failures_log)
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
             "dataset": adapter.dataset_name, "backend": config.backend})
         attrs = {
             **out.extra,  # the extractor's own metadata first: the reserved keys below win
-            "key": store_key, "stage": name, "dataset": adapter.dataset_name,
+            "key": store_key, "stage": name, "group": spec.group, "dataset": adapter.dataset_name,
             "extractor": spec.implementation, "version": impl.VERSION, "params": params,
             "weights": weights, "upstream": {u: stages[u].store_key for u in spec.upstream},
             "modality": ex.modality, "kind": out.kind, "dims": None if out.dims is None else list(out.dims),
@@ -500,7 +500,7 @@ def status(config: PipelineConfig, dataset: str | None) -> list[dict[str, Any]]:
         if scan.is_damaged:
             n = len(scan.damaged)
             state = (f"damaged {n} shard{'s' if n != 1 else ''}" if n else "damaged") + \
-                f": {scan.describe_damage()}; {repair_hint(sk.attrs, sk.store_path).replace('them', 'it' if not n else 'them')}"
+                f": {scan.describe_damage()}; run {repair_command(sk.attrs, sk.store_path)} to repair it"
         elif len(done) == total:
             state = "up to date"
         elif isinstance(last, dict) and last.get("store_key") != sk.store_key and not done:

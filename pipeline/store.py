@@ -530,12 +530,11 @@ def scan_store(path: str | os.PathLike, clip_keys: dict[str, str] | None = None)
     return scan
 
 
-def repair_hint(attrs: dict[str, Any] | None, path: Path) -> str:
-    """The command that recomputes a store's damaged shards."""
+def repair_command(attrs: dict[str, Any] | None, path: Path) -> str:
+    """The command that recomputes a store's damaged shards (or, for a store that names no stage, what to do)."""
     if attrs and attrs.get("stage") and attrs.get("dataset"):
-        return (f"run `pipeline run {attrs.get('group', 'extract')} --dataset {attrs['dataset']} "
-                f"--stage {attrs['stage']}` to recompute them")
-    return f"recompute the store, or remove {path}"
+        return f"`pipeline run {attrs.get('group', 'extract')} --dataset {attrs['dataset']} --stage {attrs['stage']}`"
+    return f"a run of the stage that made {path}"
 
 
 def verify_store(path: str | os.PathLike, clip_keys: dict[str, str] | None = None,
@@ -591,7 +590,7 @@ def _verify_files(shard: Path, rec: dict[str, Any], hint: str) -> None:
     why = _file_problem(shard, rec["files"], full=True)
     if why:
         raise StoreError(f"shard {rec['shard']} of store {shard.parent.parent} is damaged: {why}; run `pipeline "
-                         f"verify` to mark it, then {hint.replace('them', 'it')}")
+                         f"verify` to mark it, then {hint} to recompute it")
     _VERIFIED.add((str(shard), rec["checksum"]))
 
 
@@ -619,10 +618,10 @@ class FeatureStore:
             raise StoreError(f"store {self.path} is damaged: {scan.attrs_problem}; run `pipeline run` on its "
                              "stage to rewrite it")
         self.attrs: dict[str, Any] = scan.attrs
-        self._hint = repair_hint(self.attrs, self.path)
+        self._hint = repair_command(self.attrs, self.path)
         if scan.damaged:
             raise StoreError(f"store {self.path} has {len(scan.damaged)} damaged shard(s): "
-                             f"{scan.describe_damage()}; {self._hint}")
+                             f"{scan.describe_damage()}; run {self._hint} to recompute them")
         self._backend = get_backend(self.attrs["backend"])
         ok, failed = scan.current(clip_keys)
         self._index: dict[str, tuple[str, int, int]] = {cid: (rec["file"], c["start"], c["stop"])
