@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 _DIGEST_BLOCK = 1 << 20
+log = logging.getLogger(__name__)
 
 
 def canonical(obj: Any) -> str:
@@ -45,10 +47,13 @@ class DigestMemo:
         self._memory: dict[str, tuple[int, int, str]] = {}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._conn() as c:
+            c = self._conn()
+            with c:
                 c.execute("CREATE TABLE IF NOT EXISTS files "
                           "(path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, digest TEXT)")
-        except (OSError, sqlite3.OperationalError):
+            c.execute("BEGIN IMMEDIATE")  # can this process write here (a file of another user's, say)?
+            c.execute("ROLLBACK")
+        except (OSError, sqlite3.Error):
             self._readonly = True
             self._local = threading.local()
 
@@ -79,16 +84,23 @@ class DigestMemo:
         conn = self._conn()
         row = self._memory.get(str(p))
         if row is None and conn is not None:
-            row = conn.execute("SELECT size, mtime_ns, digest FROM files WHERE path=?", (str(p),)).fetchone()
+            try:
+                row = conn.execute("SELECT size, mtime_ns, digest FROM files WHERE path=?", (str(p),)).fetchone()
+            except sqlite3.Error:  # an immutable view of a file someone is writing: hash instead
+                row = None
         if row and row[0] == st.st_size and row[1] == st.st_mtime_ns:
             return row[2]
         try:
             d = _hash_file(p)
         except OSError as e:
             return f"unreadable:{p}:{e.errno}"
-        if self._readonly:
-            self._memory[str(p)] = (st.st_size, st.st_mtime_ns, d)
-        else:
-            with conn:
-                conn.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?)", (str(p), st.st_size, st.st_mtime_ns, d))
+        if not self._readonly:
+            try:
+                with conn:
+                    conn.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?)",
+                                 (str(p), st.st_size, st.st_mtime_ns, d))
+                return d
+            except sqlite3.OperationalError as e:  # locked past the timeout, or read-only after all
+                log.debug("digest memo %s not updated: %s", self.path, e)
+        self._memory[str(p)] = (st.st_size, st.st_mtime_ns, d)
         return d

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -121,7 +122,9 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
         if "bar" in bar:
             bar.pop("bar").close()
         click.secho(f"interrupted; {committed[0]} shard(s) committed, rerun to resume", fg="red", err=True)
-        sys.exit(130)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)  # not sys.exit: a second Ctrl-C must not wait on worker processes at interpreter exit
     finally:
         if "bar" in bar:
             bar["bar"].close()

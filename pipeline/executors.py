@@ -90,8 +90,12 @@ class Executor:
         try:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)  # progress per finished shard
+                failed = [fut for fut in done if fut.exception() is not None]
                 for fut in done:
-                    on_result(fut.result())  # re-raises a worker's exception here
+                    if fut.exception() is None:
+                        on_result(fut.result())  # every shard that committed counts, even beside a failure
+                if failed:
+                    failed[0].result()  # re-raises the worker's exception here
         finally:
             # on error or interrupt: drop what has not started, and let running shards finish (they
             # commit or leave only temporaries) before the caller releases the store lock

@@ -5,8 +5,10 @@ a leading dash, colons and non-ASCII names are all taken literally.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,18 +111,18 @@ def _check_readable(path: Path) -> None:
 
 def probe(path: str | os.PathLike) -> MediaInfo:
     """Probe a media file; raise MediaError with a specific reason when it is unusable."""
-    import ffmpeg
-
     path = Path(path)
     _check_readable(path)
-    try:
-        info = ffmpeg.probe(_ffmpeg_path(path), v="warning")  # warnings and errors, no banner
-    except ffmpeg.Error as e:
-        msg = _stderr_tail(e.stderr, path=path)
+    rc, out, err = _exec(["ffprobe", "-v", "warning", "-show_format", "-show_streams", "-of", "json",
+                          _ffmpeg_path(path)])  # warnings and errors, no banner
+    if rc == 0:
+        info = json.loads(out.decode("utf-8", "replace"))
+    else:
+        msg = _stderr_tail(err, path=path) if rc > 0 else f"ffprobe was killed by signal {-rc}"
         if "moov atom not found" in msg and _has_mp4_header(path):
             raise MediaError("truncated file: the container starts correctly but its index "
                              "(moov atom) is missing, so the file was cut short") from None
-        raise MediaError(f"corrupt container: ffprobe cannot parse it ({msg})") from None
+        raise MediaError(f"corrupt container: ffprobe cannot parse it ({msg})")
     streams = info.get("streams", [])
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
     video = next((s for s in streams if s.get("codec_type") == "video"
@@ -160,14 +162,20 @@ def _rotation(stream: dict) -> int:
         return 0
 
 
-def _run(stream, what: str, path: Path) -> tuple[bytes, bytes]:
-    import ffmpeg
+def _exec(args: list[str]) -> tuple[int, bytes, bytes]:
+    """Run ffmpeg or ffprobe: (exit code, stdout, stderr). In a session of its own, so that Ctrl-C at the
+    terminal reaches only the pipeline (which lets running shards finish), never a decoder mid-clip,
+    whose exit would otherwise be recorded as that clip's failure."""
+    proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, start_new_session=True)
+    return proc.returncode, proc.stdout, proc.stderr
 
-    try:
-        return stream.global_args("-nostdin", "-hide_banner", "-loglevel", "error").run(
-            capture_stdout=True, capture_stderr=True)
-    except ffmpeg.Error as e:
-        raise MediaError(f"decode error: ffmpeg could not decode the {what} ({_stderr_tail(e.stderr, path=path)})") from None
+
+def _run(stream, what: str, path: Path) -> tuple[bytes, bytes]:
+    rc, out, err = _exec(stream.global_args("-nostdin", "-hide_banner", "-loglevel", "error").compile())
+    if rc != 0:
+        why = _stderr_tail(err, path=path) if rc > 0 else f"ffmpeg was killed by signal {-rc}"
+        raise MediaError(f"decode error: ffmpeg could not decode the {what} ({why})")
+    return out, err
 
 
 def _check_complete(decoded_s: float, declared: float | None, err: bytes, what: str, path: Path) -> None:

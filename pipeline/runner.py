@@ -96,18 +96,29 @@ def in_use(cache: Path, store_path: Path) -> Iterator[None]:
     no lock file can be made (a read-only cache) none is taken: gc cannot remove anything there either."""
     import fcntl
 
-    try:
-        f = open(_lock_path(cache, store_path, ".use"), "a")
-    except OSError:
+    fd = _open_lock(cache, store_path)
+    if fd is None:
         log.debug("no use lock for %s (read-only cache?)", store_path)
         yield
         return
-    with f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _open_lock(cache: Path, store_path: Path) -> int | None:
+    """A descriptor on a store's use-lock file: created if need be, else opened read-only (flock needs no
+    write access, and on a shared cache another user may own the file); None where neither works."""
+    try:
+        return os.open(_lock_path(cache, store_path, ".use"), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
         try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            return os.open(cache_paths(cache)["locks"] / store_path.parent.name / f"{store_path.name}.use",
+                           os.O_RDONLY)
+        except OSError:
+            return None
 
 
 @contextlib.contextmanager
@@ -115,16 +126,19 @@ def _unused(cache: Path, store_path: Path) -> Iterator[bool]:
     """Take a store's use lock exclusively without waiting: yields False when some run holds it."""
     import fcntl
 
-    with open(_lock_path(cache, store_path, ".use"), "a") as f:
+    fd = _open_lock(cache, store_path)
+    if fd is None:  # no lock file, and none can be made: no run holds a lock on it
+        yield True
+        return
+    try:
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        yield True
+    finally:
+        os.close(fd)
 
 
 def _reads(impl: Any) -> str | None:
@@ -352,25 +366,36 @@ def _acquire(lock: Any, what: str, on_wait: Callable[[str], None] | None) -> Non
 
 
 def _repair(writer: StoreWriter, scan: StoreScan, name: str, notice: Callable[[str], None]) -> StoreScan:
-    """Under the store lock: drop damaged shards and bring format-1 records up to date; the scan after."""
+    """Under the store lock: drop damaged shards, give format-1 records their digests and copied shards
+    their new mtimes; the scan after."""
     if scan.damaged:
         n = len(scan.damaged)
         notice(f"recomputing {n} damaged shard{'s' if n != 1 else ''} of {name}: {scan.describe_damage()}")
         for sid in scan.damaged:
             writer.discard(sid)
+    by_id = {r["shard"]: r for r in scan.records}
     if scan.legacy:
-        by_id = {r["shard"]: r for r in scan.records}
         broken = []
         for sid in scan.legacy:
             try:
                 writer.adopt(by_id[sid])
-            except Exception as e:  # a shard that cannot even be read back is damage, and is recomputed
+            except (OSError, MemoryError) as e:
+                if not isinstance(e, FileNotFoundError):
+                    raise  # says nothing about the shard: stop rather than throw good data away
+                broken.append(f"{sid} ({e})")
+                writer.discard(sid)
+            except Exception as e:  # a shard that cannot be read back as recorded is damage: recomputed
                 broken.append(f"{sid} ({type(e).__name__}: {e})")
                 writer.discard(sid)
         notice(f"{name}: recorded digests for {len(scan.legacy) - len(broken)} shard(s) committed before "
                f"store format 2" + (f"; recomputing {len(broken)} that do not read back: {', '.join(broken[:3])}"
                                     if broken else ""))
-    return scan_store(writer.path, None) if scan.damaged or scan.legacy else scan
+    for sid in scan.moved:
+        writer.refresh(by_id[sid])
+    if scan.moved:
+        log.info("%s: recorded new mtimes of %d shard(s) whose files were copied (contents match their digests)",
+                 name, len(scan.moved))
+    return scan_store(writer.path, None) if scan.damaged or scan.legacy or scan.moved else scan
 
 
 def run_stage(ctx: Context, name: str, execution: ExecutionParams,
@@ -387,7 +412,13 @@ def run_stage(ctx: Context, name: str, execution: ExecutionParams,
     total = len(ctx.manifest.clips)
     scan = scan_store(sk.store_path, ctx.clip_keys)
     done, shards_reused, failures = _done(scan, ctx.clip_keys)
-    if len(done) == total and not scan.is_damaged and not scan.legacy:
+    complete = len(done) == total and not scan.is_damaged
+    if complete and (scan.legacy or scan.moved):  # records to bring up to date, nothing to compute
+        try:
+            return _compute_stage(ctx, sk, execution, on_progress, on_wait, on_plan, executor, notice, t0)
+        except OSError as e:
+            log.info("%s: records not updated (%s); a read-only cache?", name, e)
+    if complete:
         report = StageReport(name, sk.store_path, total, reused=total, shards_reused=shards_reused,
                              failed=len(failures), failures=failures)
         if on_plan:
@@ -610,6 +641,9 @@ def collect_garbage(config: PipelineConfig, dry_run: bool = False,
             if not free:
                 skipped.append(f"{p}: in use by a running run")
                 continue
+            if dry_run:  # (taking the writer lock would need a writable cache)
+                removed.append((p, size))
+                continue
             lock = store_lock(config.cache, p)
             try:
                 lock.acquire(timeout=0)
@@ -617,8 +651,7 @@ def collect_garbage(config: PipelineConfig, dry_run: bool = False,
                 skipped.append(f"{p}: being written by a running stage")
                 continue
             try:
-                if not dry_run:
-                    shutil.rmtree(p)
+                shutil.rmtree(p)
             finally:
                 lock.release()
         removed.append((p, size))

@@ -100,8 +100,12 @@ def _record_text(record: dict[str, Any]) -> str:
 
 
 def _checksum_matches(raw: bytes, checksum: Any) -> bool:
+    """The record's text up to its checksum hashes to it, and nothing follows it (no appended fields)."""
+    if not isinstance(checksum, str):
+        return False
     cut = raw.rfind(_CHECKSUM.encode())
-    return cut > 0 and hashlib.sha256(raw[:cut] + b"}").hexdigest()[:32] == checksum
+    return (cut > 0 and raw[cut:].rstrip() == f'{_CHECKSUM}{checksum}"}}'.encode()
+            and hashlib.sha256(raw[:cut] + b"}").hexdigest()[:32] == checksum)
 
 
 class _Backend:
@@ -269,8 +273,8 @@ class StoreWriter:
     def discard(self, shard_id: str) -> None:
         """Remove a shard, its commit record and any damage mark (before recomputing it)."""
         (self.path / "commits" / f"{shard_id}.json").unlink(missing_ok=True)
-        for p in (self.path / "shards").glob(f"{shard_id}.*"):
-            _remove(p)
+        for suffix in {b.suffix for b in map(STORE_BACKENDS.get, STORE_BACKENDS.names())}:
+            _remove(self.path / "shards" / f"{shard_id}{suffix}")  # exact names: an id is never a pattern
         (self.path / "damaged" / f"{shard_id}.json").unlink(missing_ok=True)
 
     def mismatch(self, array: np.ndarray) -> str | None:
@@ -307,20 +311,26 @@ class StoreWriter:
             _remove(tmp)
             raise
         self.discard(shard_id)  # an earlier writer died between rename and commit, or a damaged shard
-        os.replace(tmp, final)
-
-        record = {
-            "format": FORMAT_VERSION,
-            "shard": shard_id,
-            "file": final.name,
-            "store_key": self.attrs.get("key"),
-            "created": time.time(),
-            "clips": [{"id": r.clip_id, "key": r.key, "start": int(offsets[i]), "stop": int(offsets[i + 1])}
-                      for i, r in enumerate(ok)],
-            "failed": [{"id": r.clip_id, "key": r.key, "reason": r.reason} for r in results if r.array is None],
-            **integrity,
-        }
-        _atomic_write_text(self.path / "commits" / f"{shard_id}.json", _record_text(record))
+        commit = self.path / "commits" / f"{shard_id}.json"
+        try:
+            os.replace(tmp, final)
+            record = {
+                "format": FORMAT_VERSION,
+                "shard": shard_id,
+                "file": final.name,
+                "store_key": self.attrs.get("key"),
+                "created": time.time(),
+                "clips": [{"id": r.clip_id, "key": r.key, "start": int(offsets[i]), "stop": int(offsets[i + 1])}
+                          for i, r in enumerate(ok)],
+                "failed": [{"id": r.clip_id, "key": r.key, "reason": r.reason} for r in results if r.array is None],
+                **integrity,
+            }
+            _atomic_write_text(commit, _record_text(record))
+        except BaseException:  # e.g. the disk filled up writing the record: leave no uncommitted shard
+            _remove(tmp)
+            if not commit.exists():  # (the old record was discarded above: one that exists now is this one)
+                _remove(final)
+            raise
         return record
 
     def adopt(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -337,11 +347,26 @@ class StoreWriter:
         _atomic_write_text(self.path / "commits" / f"{record['shard']}.json", _record_text(new))
         return new
 
-    def mark_damaged(self, shard_id: str, reason: str) -> None:
-        """Record that a shard is damaged, so that `status` says so and the next run recomputes it."""
+    def mark_damaged(self, shard_id: str, reason: str, checksum: str | None) -> None:
+        """Record that the shard committed with `checksum` is damaged, so that `status` says so and the next
+        run recomputes it (a shard recomputed meanwhile has another checksum: the mark does not apply)."""
         (self.path / "damaged").mkdir(exist_ok=True)
-        _atomic_write_text(self.path / "damaged" / f"{shard_id}.json",
-                           json.dumps({"shard": shard_id, "reason": reason, "found": time.time()}))
+        _atomic_write_text(self.path / "damaged" / f"{shard_id}.json", json.dumps(
+            {"shard": shard_id, "reason": reason, "checksum": checksum, "found": time.time()}))
+
+    def refresh(self, record: dict[str, Any]) -> None:
+        """Record the current mtimes of a shard whose files were checked against their digests (after a
+        copy that did not keep mtimes), so that the cheap check stops hashing them."""
+        shard = self.path / "shards" / record["file"]
+        files = {}
+        for name, (size, mtime_ns, digest) in record["files"].items():
+            p = shard if name == _SELF else shard / name
+            before = os.stat(p)
+            if before.st_mtime_ns != mtime_ns and file_digest(p) == digest and os.stat(p) == before:
+                mtime_ns = before.st_mtime_ns  # checked again here, under the store lock
+            files[name] = [size, mtime_ns, digest]
+        new = {**record, "files": files}
+        _atomic_write_text(self.path / "commits" / f"{record['shard']}.json", _record_text(new))
 
 
 def clip_mean(rows: np.ndarray) -> np.ndarray:
@@ -369,66 +394,93 @@ def read_attrs(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     return attrs, None
 
 
+def _is_legacy(rec: dict[str, Any]) -> bool:
+    """A format-1 record: written before records carried integrity data (and nothing claims otherwise)."""
+    return rec.get("format", 1) == 1 and not {"checksum", "files", "arrays"} & rec.keys()
+
+
+def _shard_files_ok(rec: dict[str, Any]) -> bool:
+    suffixes = {STORE_BACKENDS.get(n).suffix for n in STORE_BACKENDS.names()}
+    if rec["file"] not in {f"{rec['shard']}{x}" for x in suffixes}:  # never a path out of shards/
+        return False
+    if _is_legacy(rec):
+        return True
+    files = rec["files"]
+    return isinstance(files, dict) and bool(files) and all(
+        isinstance(name, str) and not name.startswith("/") and ".." not in name.split("/")
+        and isinstance(v, list) and len(v) == 3 and isinstance(v[0], int) and isinstance(v[1], int)
+        and isinstance(v[2], str) for name, v in files.items())
+
+
 def _record_problem(rec: Any, raw: bytes, shard_id: str, store_key: str | None) -> str | None:
     """Why a commit record (parsed, and its bytes) cannot be trusted, or None."""
     if not isinstance(rec, dict):
         return "commit record is not a JSON object"
     try:
-        if rec.get("format", 1) >= 2 and not _checksum_matches(raw, rec.get("checksum")):
+        if not _is_legacy(rec) and (rec.get("format") != FORMAT_VERSION
+                                    or not _checksum_matches(raw, rec.get("checksum"))):
             return "commit record was altered after it was written (its checksum does not match)"
         if rec["shard"] != shard_id:
             return f"commit record names shard {rec['shard']}, not {shard_id}"
         if store_key and rec.get("store_key") not in (None, store_key):
             return f"commit record belongs to store {rec['store_key']}, not {store_key}"
+        if not isinstance(rec["created"], (int, float)) or not _shard_files_ok(rec):
+            return "commit record is malformed (its shard file or file table)"
         stop = 0
         for c in rec["clips"]:
-            if c["start"] != stop or c["stop"] < c["start"] or not isinstance(c["id"], str):
+            if (not isinstance(c["id"], str) or not isinstance(c["key"], str) or not isinstance(c["start"], int)
+                    or c["start"] != stop or not isinstance(c["stop"], int) or c["stop"] < c["start"]):
                 return f"commit record's row ranges are inconsistent (clip {c['id']})"
             stop = c["stop"]
         for f in rec["failed"]:
-            if not isinstance(f["id"], str) or not isinstance(f["reason"], str):
+            if not isinstance(f["id"], str) or not isinstance(f["key"], str) or not isinstance(f["reason"], str):
                 return "commit record's failures are malformed"
-        if rec.get("format", 1) >= 2:
+        if not _is_legacy(rec):
             data, offsets = rec["arrays"]["data"], rec["arrays"]["offsets"]
             if data["shape"][0] != stop or offsets["shape"] != [len(rec["clips"]) + 1]:
                 return (f"commit record is inconsistent: its clips span {stop} rows, its data holds "
                         f"{data['shape'][0]}")
-            if not isinstance(rec["files"], dict) or not rec["files"]:
-                return "commit record lists no files"
-        elif not isinstance(rec["file"], str):
-            return "commit record names no shard file"
     except (KeyError, TypeError, IndexError, AttributeError):
         return "commit record is incomplete (a field is missing or of the wrong type)"
     return None
 
 
-def _file_problem(shard: Path | str, files: dict[str, list[Any]], full: bool = False) -> str | None:
-    """What is wrong with a shard's files against their committed table (None: they check out). Cheap:
-    present, same size, and a file whose mtime moved must still match its digest. `full`: every digest."""
+def _unreachable(where: str, e: OSError) -> StoreError:
+    """An error that says nothing about the data (permissions, I/O, too many open files): stop and say so,
+    never count it as damage (damage is recomputed, and the shard's data is thrown away)."""
+    return StoreError(f"cannot check {where}: {e.strerror or e}; fix access to the cache, then retry")
+
+
+def _file_problem(shard: Path | str, files: dict[str, list[Any]], full: bool = False) -> tuple[str | None, bool]:
+    """What is wrong with a shard's files against their committed table (None: they check out), and whether
+    a file's mtime moved while its content did not. Cheap: present, same size, and a file whose mtime moved
+    must still match its digest. `full`: every digest."""
     shard = str(shard)  # plain strings: this runs for every file of every shard on every open
     base = os.path.basename(shard)
     if not os.path.lexists(shard):
-        return f"shard {base} is missing"
+        return f"shard {base} is missing", False
+    moved = False
     for name, (size, mtime_ns, digest) in files.items():
         p = shard if name == _SELF else os.path.join(shard, name)
         where = base if name == _SELF else f"{base}/{name}"
         try:
             st = os.stat(p)
-        except FileNotFoundError:
-            return f"{where} is missing"
+        except (FileNotFoundError, NotADirectoryError):
+            return f"{where} is missing", False
         except OSError as e:
-            return f"{where} is unreadable ({e.strerror})"
+            raise _unreachable(where, e) from None
         if st.st_size != size:
             how = "truncated" if st.st_size < size else "grown"
-            return f"{where} is {how}: {st.st_size} bytes, {size} committed"
+            return f"{where} is {how}: {st.st_size} bytes, {size} committed", False
         if full or st.st_mtime_ns != mtime_ns:
             try:
                 same = file_digest(p) == digest
             except OSError as e:
-                return f"{where} is unreadable ({e.strerror})"
+                raise _unreachable(where, e) from None
             if not same:
-                return f"{where} was modified: its content differs from what was committed"
-    return None
+                return f"{where} was modified: its content differs from what was committed", False
+            moved = moved or st.st_mtime_ns != mtime_ns
+    return None, moved
 
 
 @dataclass
@@ -441,6 +493,7 @@ class StoreScan:
     records: list[dict[str, Any]] = field(default_factory=list)  # trusted, oldest first
     damaged: dict[str, str] = field(default_factory=dict)  # shard id -> what is wrong
     legacy: list[str] = field(default_factory=list)  # trusted format-1 shard ids (no digests to check)
+    moved: list[str] = field(default_factory=list)  # trusted shards whose files' mtimes moved (a copy)
 
     def current(self, clip_keys: dict[str, str] | None) -> tuple[dict[str, tuple[dict, dict]], dict[str, tuple[dict, dict]]]:
         """Clip id -> (record, entry) of its newest computed and failed entry for the current key (any key
@@ -481,13 +534,13 @@ def scan_store(path: str | os.PathLike, clip_keys: dict[str, str] | None = None)
     commits = path / "commits"
     if not commits.is_dir():
         return scan
-    marks = {}
+    marks: dict[str, dict[str, Any]] = {}  # shard id -> what `verify` found, for the record it checked
     if (path / "damaged").is_dir():
         for p in (path / "damaged").glob("*.json"):
             try:
-                marks[p.stem] = json.loads(p.read_text())["reason"]
-            except (OSError, ValueError, KeyError, TypeError):
-                marks[p.stem] = "marked damaged"
+                marks[p.stem] = json.loads(p.read_text())
+            except (OSError, ValueError):
+                marks[p.stem] = {"reason": "marked damaged", "checksum": None}
     records = []
     with os.scandir(commits) as it:
         entries = [e for e in it if e.name.endswith(".json") and not e.name.startswith(".")]
@@ -497,15 +550,20 @@ def scan_store(path: str | os.PathLike, clip_keys: dict[str, str] | None = None)
             with open(e.path, "rb") as f:
                 raw = f.read()
             rec = json.loads(raw)
-        except (OSError, ValueError) as err:
+        except FileNotFoundError:
+            continue  # discarded by a run meanwhile
+        except OSError as err:
+            raise _unreachable(f"commit record {e.name} of {path}", err) from None
+        except ValueError as err:
             scan.damaged[sid] = f"commit record is unreadable ({type(err).__name__})"
             continue
         why = _record_problem(rec, raw, sid, key)
         if why:
             scan.damaged[sid] = why
             continue
-        if sid in marks:
-            scan.damaged[sid] = marks[sid]
+        mark = marks.get(sid)
+        if isinstance(mark, dict) and mark.get("checksum") in (rec.get("checksum"), None):
+            scan.damaged[sid] = str(mark.get("reason", "marked damaged"))
             continue
         records.append(rec)
     records.sort(key=lambda r: (r["created"], r["shard"]))
@@ -515,17 +573,19 @@ def scan_store(path: str | os.PathLike, clip_keys: dict[str, str] | None = None)
     shards = str(path / "shards")
     bad = set()
     for rec in relevant:
-        if rec.get("format", 1) < 2:
+        if _is_legacy(rec):
             if not os.path.lexists(os.path.join(shards, rec["file"])):
                 bad.add(rec["shard"])
                 scan.damaged[rec["shard"]] = f"shard {rec['file']} is missing"
             else:
                 scan.legacy.append(rec["shard"])
             continue
-        why = _file_problem(os.path.join(shards, rec["file"]), rec["files"])
+        why, moved = _file_problem(os.path.join(shards, rec["file"]), rec["files"])
         if why:
             bad.add(rec["shard"])
             scan.damaged[rec["shard"]] = why
+        elif moved:
+            scan.moved.append(rec["shard"])
     scan.records = [r for r in records if r["shard"] not in bad]
     return scan
 
@@ -546,10 +606,10 @@ def verify_store(path: str | os.PathLike, clip_keys: dict[str, str] | None = Non
     backend = get_backend(scan.attrs["backend"]) if scan.attrs else None
     checked = len(scan.records) + len(damaged)
     for rec in scan.records:
-        if rec.get("format", 1) < 2 or backend is None:
+        if _is_legacy(rec) or backend is None:
             continue
         shard = scan.path / "shards" / rec["file"]
-        why = _file_problem(shard, rec["files"], full=True)
+        why, _ = _file_problem(shard, rec["files"], full=True)
         if why is None:
             try:
                 arrays = {"data": np.asarray(backend.open(shard)[...]), "offsets": backend.read_offsets(shard)}
@@ -557,16 +617,21 @@ def verify_store(path: str | os.PathLike, clip_keys: dict[str, str] | None = Non
                     if array_digest(a) != rec["arrays"][name]["digest"]:
                         why = f"{name} decodes to other values than were committed"
                         break
-            except Exception as e:  # any decoder failure is damage to report, not a crash
+            except (OSError, MemoryError) as e:
+                if not isinstance(e, FileNotFoundError):
+                    raise
+                why = f"cannot be decoded ({e})"
+            except Exception as e:  # any other decoder failure is damage to report, not a crash
                 why = f"cannot be decoded ({type(e).__name__}: {e})"
         if why:
             damaged[rec["shard"]] = why
     if mark and damaged and scan.attrs is not None:
         try:
             writer = StoreWriter(scan.path)
+            checksums = {r["shard"]: r.get("checksum") for r in scan.records}
             for sid, why in damaged.items():
                 if sid not in scan.damaged:  # what the cheap check finds, every scan finds again
-                    writer.mark_damaged(sid, why)
+                    writer.mark_damaged(sid, why, checksums.get(sid))
         except OSError as e:
             log.warning("store %s: damaged shards not marked (%s): a run will not know to recompute them", path, e)
     return checked, damaged
@@ -585,9 +650,9 @@ _VERIFIED: set[tuple[str, str]] = set()  # (shard path, record checksum) hashed 
 
 def _verify_files(shard: Path, rec: dict[str, Any], hint: str) -> None:
     """Hash a shard's files once per process before its data is first returned."""
-    if rec.get("format", 1) < 2 or (str(shard), rec["checksum"]) in _VERIFIED:
+    if _is_legacy(rec) or (str(shard), rec["checksum"]) in _VERIFIED:
         return
-    why = _file_problem(shard, rec["files"], full=True)
+    why, _ = _file_problem(shard, rec["files"], full=True)
     if why:
         raise StoreError(f"shard {rec['shard']} of store {shard.parent.parent} is damaged: {why}; run `pipeline "
                          f"verify` to mark it, then {hint} to recompute it")

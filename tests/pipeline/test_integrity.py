@@ -83,6 +83,13 @@ def _edit_commit(store: Path, rec: dict) -> None:
     (store / "commits" / f"{rec['shard']}.json").write_text(json.dumps(rec))
 
 
+def _rewrite(store: Path, rec: dict, old: bytes, new: bytes, last: bool = False) -> None:
+    path = store / "commits" / f"{rec['shard']}.json"
+    raw = path.read_bytes()
+    at = raw.rfind(old) if last else raw.find(old)
+    path.write_bytes(raw[:at] + new + raw[at + len(old):])
+
+
 # name: (backend, damage(store, record), a word status must say, shards recomputed)
 DAMAGE = {
     "chunk deleted": ("zarr", lambda s, r: _chunk(s, r).unlink(), "missing", 1),
@@ -94,6 +101,9 @@ DAMAGE = {
     "commit garbled": ("zarr", lambda s, r: (s / "commits" / f"{r['shard']}.json").write_text('{"shard": [garb'),
                        "unreadable", 1),
     "commit edited": ("zarr", _edit_commit, "altered", 1),
+    "commit claims format 1": ("zarr", lambda s, r: _rewrite(s, r, b'"format": 2', b'"format": 1'), "altered", 1),
+    "commit with fields appended": ("zarr", lambda s, r: _rewrite(s, r, b'"}', b'", "clips": []}', last=True),
+                                    "altered", 1),
     "hdf5 truncated": ("hdf5", lambda s, r: _truncate(s / "shards" / r["file"]), "truncated", 1),
     "hdf5 garbled": ("hdf5", lambda s, r: _garble(s / "shards" / r["file"]), "modified", 1),
     "attrs.json deleted": ("zarr", lambda s, r: (s / "attrs.json").unlink(), "attrs.json is missing", 0),
@@ -171,3 +181,45 @@ def test_cli_says_what_it_recomputes(copy_of):
     proc = cli("run", "extract", "--config", str(cfg), "--no-progress")
     assert f"recomputing 1 damaged shard of logmel: shard {sid}" in proc.stderr
     assert "logmel: computed 2 clips in 1 shards, reused 4" in proc.stdout
+
+
+def test_a_copy_that_lost_mtimes_is_trusted_by_content_and_its_mtimes_recorded(copy_of):
+    from pipeline.store import scan_store
+
+    cfg, store, _, _, reference = copy_of()
+    for p in (store / "shards").rglob("*"):
+        if p.is_file():
+            os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
+    scan = scan_store(store)
+    assert not scan.is_damaged and len(scan.moved) == 3
+    assert run("extract", config=cfg)[1].computed == 0
+    assert scan_store(store).moved == []  # recorded: the cheap check no longer hashes them
+    healed = pipeline.open_store(dataset="tiny", stage="logmel", config=cfg)
+    for cid, arr in reference.items():
+        np.testing.assert_array_equal(healed[cid], arr)
+
+
+def test_a_mark_applies_only_to_the_record_verify_checked(copy_of):
+    from pipeline.store import StoreWriter, scan_store
+
+    _, store, sid, rec, _ = copy_of()
+    StoreWriter(store).mark_damaged(sid, "from an older record", "0" * 32)  # the shard was recomputed since
+    assert not scan_store(store).is_damaged
+    StoreWriter(store).mark_damaged(sid, "digest differs", rec["checksum"])
+    assert scan_store(store).damaged == {sid: "digest differs"}
+
+
+def test_an_unreadable_file_is_an_error_not_damage(copy_of, monkeypatch):
+    from pipeline.store import scan_store
+
+    _, store, sid, rec, _ = copy_of()
+    real = os.stat
+
+    def denied(path, *a, **kw):
+        if str(path).endswith("data/c/0/0/0"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(os, "stat", denied)
+    with pytest.raises(StoreError, match="cannot check .*Permission denied"):
+        scan_store(store)  # a run must stop here, not throw the shard away as damaged

@@ -316,6 +316,7 @@ def test_sigint_stops_cleanly_and_the_rerun_resumes(tmp_path):
     assert committed == len(list((store_dir / "commits").glob("*.json")))
     rep = run("extract", config=cfg)[0]
     assert rep.reused == committed and rep.computed == 20 - committed
+    assert rep.failed == 0  # no clip in flight at Ctrl-C was recorded as a failure (its ffmpeg runs on)
 
 
 def test_cuda_without_cuda_is_refused_before_any_work(project, tmp_path):
