@@ -113,3 +113,14 @@ def test_multichannel_audio_is_the_mean_of_its_channels(tmp_path, layout, pan):
                     "file:" + str(multi)], check=True)
     assert probe(multi).channels == (2 if layout == "stereo" else 6)
     np.testing.assert_allclose(decode_audio(multi, 16000), decode_audio(mono, 16000), atol=1e-6)
+
+
+def test_decoders_run_in_a_session_of_their_own():
+    import sys
+
+    from pipeline.media import _exec
+
+    # Ctrl-C at the terminal goes to the foreground process group: a decoder outside it is not killed
+    # mid-clip (which would record that clip as failed for good)
+    rc, out, _ = _exec([sys.executable, "-c", "import os; print(os.getsid(0))"])
+    assert rc == 0 and int(out) != os.getsid(0)
