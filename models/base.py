@@ -1,9 +1,11 @@
-"""The trainer contract: identity params in `Config`, an explicit VERSION, fit / transform / state.
+"""The trainer contract: identity params in `Config`, an explicit VERSION, the views it reads, the tasks it
+supports, `fit(train, val=None)` and `embed(items) -> {modality: array}`.
 
-A trainer learns a shared space from two paired views (audio rows and visual rows of the same
-clips, clip-level vectors) and the clips' class labels; `transform` maps both views into it. The
-pipeline (pipeline/train.py) reads the views from feature stores, runs the cross-validation, saves
-state and embeddings, and evaluates; a trainer does no I/O.
+A trainer never knows where its data comes from. The pipeline's training layer (pipeline/training/)
+reads each declared `View` from its upstream store (or the manifest) into `Items`, lets the task pick
+the qualifying items and cut them into folds or splits, and hands `fit` only the training items (and
+the validation items for model selection); it saves state and embeddings and evaluates. A trainer does
+no I/O.
 """
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from .items import Items, View
+
 
 @dataclass
 class TrainConfig:
-    """Params every trainer has: they change results, so they are identity params."""
+    """Params every clip-vector trainer has: they change results, so they are identity params."""
 
     protocol: Literal["auto", "folds", "split"] = "auto"  # folds: k-fold CV on the dataset's folds; split: train/test
     seed: int = 0
@@ -24,11 +28,13 @@ class TrainConfig:
 
 
 class Trainer:
-    """Base class: `fit(audio, visual, labels)`, then `transform(audio, visual) -> (a, v)`."""
+    """Base class. Subclasses set `name`, `VERSION`, `Config`, `tasks`, and define `views`, `fit`, `embed`,
+    `state_dict` and `load_state_dict`."""
 
     name: ClassVar[str]
     VERSION: ClassVar[int]
     Config: ClassVar[type]
+    tasks: ClassVar[tuple[str, ...]] = ("classes",)  # the tasks it can learn (the first that applies is used)
     reads: ClassVar[None] = None  # reads upstream feature stores, never the dataset's files
 
     def __init__(self, config: Any = None, device: str = "auto") -> None:
@@ -36,7 +42,74 @@ class Trainer:
         self.device = device
         self.history: dict[str, list[float]] = {}  # per-epoch curves (loss, ...) for the run directory
 
-    def fit(self, audio: np.ndarray, visual: np.ndarray, labels: np.ndarray) -> "Trainer":
+    def views(self) -> list[View]:
+        """The named inputs this trainer reads, with their modality and form."""
+        raise NotImplementedError
+
+    def fit(self, train: Items, val: Items | None = None, **hooks: Any) -> "Trainer":
+        """Learn from the training items (`val`: items for model selection, when the task has them)."""
+        raise NotImplementedError
+
+    def embed(self, items: Items) -> dict[str, np.ndarray]:
+        """Embeddings of the items, one array per output modality: `[len(items), d]`, or `[len(groups), d]`
+        for a modality that embeds a group's shared item (the image of its captions)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything `load_state_dict` needs, as tensors (loadable with torch.load(weights_only=True))."""
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> "Trainer":
+        """Restore a fitted trainer from `state_dict()`."""
+        raise NotImplementedError
+
+    @classmethod
+    def create(cls, config: Any, device: str, stages: dict[str, dict[str, Any]], restoring: bool = False) -> "Trainer":
+        """A trainer for a run. `stages`: view name -> {stage, implementation, params} of the upstream stage
+        bound to it, for trainers that build on it (a CNN fine-tuned end to end); `restoring`: for a saved
+        run's weights, which replace whatever the stage would load."""
+        return cls(config, device)
+
+    def needs_media(self, clip: Any) -> str | None:
+        """Why an item lacks raw media this trainer reads (beyond its views), or None."""
+        return None
+
+    def media_data(self, items: Items) -> dict[str, Any]:
+        """Extra per-group data read from the items' raw media (decoded pictures), added to `items.data`."""
+        return {}
+
+    def start_from(self, state: dict[str, Any], train: Items) -> "Trainer":
+        """Start from another run's weights (a second training stage)."""
+        raise TypeError(f"{self.name} cannot start from another run's model")
+
+    def group_outputs(self) -> frozenset[str]:
+        """The `embed` outputs that hold one row per group rather than per item."""
+        return frozenset()
+
+    def describe(self) -> dict[str, Any]:
+        """Extra facts for the run's params.yaml (what was fine-tuned, from where)."""
+        return {}
+
+
+class ClipVectorTrainer(Trainer):
+    """Trainers of two clip-level vectors (audio, visual) and class labels: CCA, Cluster-CCA, TNN-C-CCA.
+    `fit_arrays(audio, visual, labels)` and `transform(audio, visual)` hold the method's numerics."""
+
+    tasks = ("classes",)
+
+    def views(self) -> list[View]:
+        return [View("audio", "audio"), View("visual", "visual")]
+
+    def fit(self, train: Items, val: Items | None = None, **hooks: Any) -> "ClipVectorTrainer":
+        if train.labels is None:
+            raise ValueError("these items carry no class labels")
+        return self.fit_arrays(train.data["audio"], train.data["visual"], train.labels)
+
+    def embed(self, items: Items) -> dict[str, np.ndarray]:
+        a, v = self.transform(items.data["audio"], items.data["visual"])
+        return {"audio": a, "visual": v}
+
+    def fit_arrays(self, audio: np.ndarray, visual: np.ndarray, labels: np.ndarray) -> "ClipVectorTrainer":
         """Learn the shared space from paired rows and their class labels."""
         raise NotImplementedError
 
@@ -58,14 +131,6 @@ class Trainer:
         if self.norm_:
             x = (x - self.norm_[f"{view}_mean"]) / self.norm_[f"{view}_std"]
         return x
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything `load_state_dict` needs, as tensors (loadable with torch.load(weights_only=True))."""
-        raise NotImplementedError
-
-    def load_state_dict(self, state: dict[str, Any]) -> "Trainer":
-        """Restore a fitted trainer from `state_dict()`."""
-        raise NotImplementedError
 
 
 def tensors(state: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.registry import register_trainer
 
-from .base import TrainConfig, Trainer, arrays, tensors
+from .base import ClipVectorTrainer, TrainConfig, arrays, tensors
 
 
 def _device(name: str) -> Any:
@@ -152,12 +152,12 @@ class CCAConfig(TrainConfig):
             raise ValueError(f"need n_components >= 1 and reg >= 0, got {self.n_components} and {self.reg}")
 
 
-class LinearTrainer(Trainer):
+class LinearTrainer(ClipVectorTrainer):
     """A trainer around one of the linear projections (`_make` builds it, `_fit` fits it)."""
 
     model: _Projection
 
-    def fit(self, audio: np.ndarray, visual: np.ndarray, labels: np.ndarray) -> "LinearTrainer":
+    def fit_arrays(self, audio: np.ndarray, visual: np.ndarray, labels: np.ndarray) -> "LinearTrainer":
         self.fit_scaler(audio, visual)
         self._fit(self.scale(audio, "audio"), self.scale(visual, "visual"), labels)
         return self

@@ -176,6 +176,7 @@ class Retrieval:
     VERSION: ClassVar[int] = 1
     Config: ClassVar[type] = RetrievalConfig
     reads: ClassVar[None] = None
+    task: ClassVar[str] = "classes"  # reads the runs of trainers on labelled items
 
 
 # --- Recall@K for paired items (spoken captions of images: several captions per image) -----------------
@@ -295,4 +296,4 @@ class Recall:
     VERSION: ClassVar[int] = 1
     Config: ClassVar[type] = RecallConfig
     reads: ClassVar[None] = None
-    task: ClassVar[str] = "captions"  # reads captions train runs (see pipeline.captions.task_of)
+    task: ClassVar[str] = "pairs"  # reads the runs of trainers on paired items (pipeline.training.tasks)

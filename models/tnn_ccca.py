@@ -24,7 +24,8 @@ import numpy as np
 
 from pipeline.registry import register_trainer
 
-from .base import TrainConfig, Trainer, arrays, tensors
+from .base import ClipVectorTrainer, TrainConfig, arrays, tensors
+from .loop import EpochTrainer
 from .cluster_cca import ClusterCCA
 
 log = logging.getLogger(__name__)
@@ -112,37 +113,35 @@ def triplet_loss(a: Any, v: Any, labels: Any, margin: float, mining: str = "all"
 
 
 @register_trainer
-class TNNCCCATrainer(Trainer):
+class TNNCCCATrainer(ClipVectorTrainer, EpochTrainer):
     """TNN-C-CCA: per-view triplet networks, then Cluster-CCA on their outputs."""
 
     name = "tnn_ccca"
     VERSION = 1
     Config = TNNCCCAConfig
 
-    def _device(self) -> Any:
-        from extractors._torch import pick_device
-
-        return pick_device(self.device)
-
     def _ccca(self) -> ClusterCCA:
         c = self.config
         return ClusterCCA(c.n_components, c.beta, c.reg, device=self.device)
 
     def _build(self, da: int, dv: int) -> None:
-        self.audio_net, self.visual_net = branch(da, self.config), branch(dv, self.config)
+        import torch
+
+        self.model = torch.nn.ModuleDict({"audio": branch(da, self.config), "visual": branch(dv, self.config)})
 
     def _nets(self, audio: np.ndarray, visual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        dev = self._device()
+        dev = self.torch_device
+        assert self.model is not None
         outs = []
         with torch.inference_mode():
-            for net, x in ((self.audio_net, audio), (self.visual_net, visual)):
+            for net, x in ((self.model["audio"], audio), (self.model["visual"], visual)):
                 net.eval().to(dev)
                 outs.append(net(torch.as_tensor(x, dtype=torch.float32, device=dev)).double().cpu().numpy())
         return outs[0], outs[1]
 
-    def fit(self, audio: np.ndarray, visual: np.ndarray, labels: np.ndarray) -> "TNNCCCATrainer":
+    def fit_arrays(self, audio: np.ndarray, visual: np.ndarray, labels: np.ndarray) -> "TNNCCCATrainer":
         """Train the two branches on triplets, then fit Cluster-CCA on their outputs."""
         import torch
 
@@ -157,37 +156,37 @@ class TNNCCCATrainer(Trainer):
                 self.ccca = self._ccca().fit(a, v, y)
                 a, v = self.ccca.transform(a, v)
             self._build(a.shape[1], v.shape[1])
-            self._train(a, v, y)
+            assert self.model is not None
+            self.model.to(self.torch_device)
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+            self._gen = torch.Generator().manual_seed(cfg.seed)
+            self.history = {"loss": [], "active": []}
+            dev = self.torch_device
+            self.run_epochs((torch.as_tensor(a, dtype=torch.float32, device=dev),
+                             torch.as_tensor(v, dtype=torch.float32, device=dev), torch.as_tensor(y, device=dev)))
             if cfg.order == "tnn-ccca":
                 self.ccca = self._ccca().fit(*self._nets(a, v), y)
         return self
 
-    def _train(self, a: np.ndarray, v: np.ndarray, y: np.ndarray) -> None:
-        import torch
+    def batches(self, train: Any, epoch: int) -> Any:
+        order = torch_randperm(len(train[2]), self._gen).to(self.torch_device)
+        for s in range(0, len(order), self.config.triplet_batch):
+            yield order[s:s + self.config.triplet_batch]
 
-        cfg, dev = self.config, self._device()
-        ta = torch.as_tensor(a, dtype=torch.float32, device=dev)
-        tv = torch.as_tensor(v, dtype=torch.float32, device=dev)
-        ty = torch.as_tensor(y, device=dev)
-        nets = [self.audio_net.train().to(dev), self.visual_net.train().to(dev)]
-        opt = torch.optim.Adam([p for n in nets for p in n.parameters()], lr=cfg.lr, betas=(0.9, 0.999))
-        gen = torch.Generator().manual_seed(cfg.seed)
-        self.history = {"loss": [], "active": []}
-        for epoch in range(cfg.epochs):
-            order = torch.randperm(len(y), generator=gen).to(dev)
-            mining = "all" if epoch < cfg.warmup_epochs else cfg.mining
-            losses, active, steps = 0.0, 0.0, 0
-            for s in range(0, len(y), cfg.triplet_batch):
-                b = order[s:s + cfg.triplet_batch]
-                loss, frac = triplet_loss(nets[0](ta[b]), nets[1](tv[b]), ty[b], cfg.margin, mining)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses, active, steps = losses + float(loss.detach()), active + frac, steps + 1
-            self.history["loss"].append(losses / steps)
-            self.history["active"].append(active / steps)
-            log.info("tnn_ccca epoch %d/%d: loss %.4f, active triplets %.2f", epoch + 1, cfg.epochs,
-                     losses / steps, active / steps)
+    def batch_loss(self, train: Any, batch: Any, epoch: int) -> tuple[Any, dict[str, float]]:
+        ta, tv, ty = train
+        assert self.model is not None
+        mining = "all" if epoch < self.config.warmup_epochs else self.config.mining
+        loss, frac = triplet_loss(self.model["audio"](ta[batch]), self.model["visual"](tv[batch]), ty[batch],
+                                  self.config.margin, mining)
+        return loss, {"loss": float(loss.detach()), "active": frac}
+
+    def rng_state(self) -> dict[str, Any]:
+        return {"triplet_order": self._gen.get_state()}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        if "triplet_order" in state:
+            self._gen.set_state(state["triplet_order"])
 
     def transform(self, audio: np.ndarray, visual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Branch outputs projected by the fitted Cluster-CCA (or the reverse, for `ccca-tnn`)."""
@@ -199,13 +198,22 @@ class TNNCCCATrainer(Trainer):
         return self.ccca.transform(*self._nets(a, v))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"audio_net": self.audio_net.state_dict(), "visual_net": self.visual_net.state_dict(),
+        assert self.model is not None
+        return {"audio_net": self.model["audio"].state_dict(), "visual_net": self.model["visual"].state_dict(),
                 "ccca": tensors(self.ccca.state_dict()), "norm": tensors(self.norm_)}
 
     def load_state_dict(self, state: dict[str, Any]) -> "TNNCCCATrainer":
         self.norm_ = arrays(state["norm"])
         self.ccca = self._ccca().load_state_dict(arrays(state["ccca"]))
         self._build(state["audio_net"]["0.weight"].shape[1], state["visual_net"]["0.weight"].shape[1])
-        self.audio_net.load_state_dict(state["audio_net"])
-        self.visual_net.load_state_dict(state["visual_net"])
+        assert self.model is not None
+        self.model["audio"].load_state_dict(state["audio_net"])
+        self.model["visual"].load_state_dict(state["visual_net"])
         return self
+
+
+def torch_randperm(n: int, generator: Any) -> Any:
+    """A permutation of range(n) drawn from `generator` (on the CPU, as the reference order is)."""
+    import torch
+
+    return torch.randperm(n, generator=generator)

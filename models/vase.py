@@ -31,11 +31,8 @@ Width knobs for small machines: `width` scales the DAVEnet channels (1.0 = 128/2
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import re
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal, Sequence
 
@@ -45,13 +42,14 @@ from torch import nn
 
 from pipeline.registry import register_trainer
 
-from .base import Trainer
+from .items import PAD, START, END, UNK, Items, View, build_vocab, encode_texts, tokenize  # noqa: F401
+from .loop import EpochTrainer, autocast
 from .losses import ContrastiveLoss, l2norm, reconstruction_loss
 from .metrics import caption_recall
+from .pictures import ImageCNN
 
 log = logging.getLogger(__name__)
 
-PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 
 
 @dataclass
@@ -100,27 +98,10 @@ class VASEConfig:
         return float(self.smooth if self.smooth is not None else (6.0 if self.streams == 2 else 4.0))
 
 
-def tokenize(text: str) -> list[str]:
-    """Lower-cased word and punctuation tokens."""
-    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]", text.lower())
-
-
-def build_vocab(captions: Sequence[str], min_count: int) -> list[str]:
-    """Special tokens, then words seen >= `min_count` times, most frequent first (ties alphabetical)."""
-    counts = Counter(w for c in captions for w in tokenize(c))
-    words = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
-    return [PAD, START, END, UNK, *words]
-
-
 def encode_captions(captions: Sequence[str], vocab: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids `[B, L]` (0-padded, <start> ... <end>) and lengths `[B]`."""
-    index = {w: i for i, w in enumerate(vocab)}
-    ids = [[index[START], *(index.get(w, index[UNK]) for w in tokenize(c)), index[END]] for c in captions]
-    lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
-    out = torch.zeros(len(ids), int(lengths.max()) if len(ids) else 0, dtype=torch.long)
-    for i, x in enumerate(ids):
-        out[i, :len(x)] = torch.tensor(x)
-    return out, lengths
+    ids, lengths = encode_texts(captions, vocab)
+    return torch.from_numpy(ids), torch.from_numpy(lengths)
 
 
 class DavenetEncoder(nn.Module):
@@ -180,19 +161,6 @@ class CNNImageEncoder(ImageEncoder):
         return super().forward(self.cnn(x).flatten(1))
 
 
-@dataclass
-class ImageCNN:
-    """The CNN fine-tuned as the image branch: a factory for it (with its initial weights) and the
-    preprocessing bound to those weights."""
-
-    build: Callable[[], nn.Module]  # normalised float [B, 3, crop, crop] -> [B, dim]
-    dim: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    crop_size: int  # input side; pictures arrive resized (shorter side) but not cropped
-    name: str = "cnn"
-
-
 class TextEncoder(nn.Module):
     """Word embedding -> GRU -> the output at each caption's last token -> l2norm."""
 
@@ -242,42 +210,100 @@ class CaptionData:
         return len(self.clip_ids)
 
 
-def _autocast(device: torch.device) -> Any:
-    import contextlib
-
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
 @register_trainer
-class VASETrainer(Trainer):
+class VASETrainer(EpochTrainer):
     """VASE: trains on paired spoken captions and images (and transcripts), selects by validation rsum."""
 
     name = "vase"
     VERSION = 1
     Config = VASEConfig
-    task: ClassVar[str] = "captions"  # paired items (captions grouped by image), not labelled clips
+    tasks = ("pairs",)  # captions grouped by the image they describe, not labelled clips
+    score_name = "rsum"
 
     def __init__(self, config: Any = None, device: str = "auto", cnn: ImageCNN | None = None) -> None:
         super().__init__(config, device)
-        from extractors._torch import pick_device
-
-        self.torch_device = pick_device(device)
         self.cnn = cnn
-        if self.config.finetune_cnn and cnn is None:
-            raise ValueError("finetune_cnn trains the image CNN end to end: pass the CNN (cnn=ImageCNN(...)); the "
-                             "pipeline takes it from the visual stage")
         self.model: VASEModel | None = None
         self.vocab: list[str] = []
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.epoch = -1  # last completed epoch
-        self.best_rsum = -math.inf
-        self.best_epoch = -1
-        self.best_state: dict[str, Any] | None = None
+        self._picture_reader: Any = None
+
+    # -- the contract ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, config: Any, device: str, stages: dict[str, dict[str, Any]], restoring: bool = False) -> "VASETrainer":
+        """A trainer for a run; with `finetune_cnn` the image branch starts with the visual stage's CNN
+        (restoring a saved run: its architecture only, the weights come from the run's model)."""
+        cfg = config if isinstance(config, VASEConfig) else VASEConfig(**config)
+        if not cfg.finetune_cnn:
+            return cls(cfg, device)
+        from .pictures import stage_cnn  # (decoding, the extractors: only when fine-tuning)
+
+        visual = stages["visual"]
+        params = {**visual["params"], "weights": "random:0"} if restoring else visual["params"]
+        cnn, pictures = stage_cnn(visual["stage"], visual["implementation"], params, cfg.crop_size)
+        trainer = cls(cfg, device, cnn=cnn)
+        trainer._picture_reader = pictures
+        return trainer
+
+    def views(self) -> list[View]:
+        cfg = self.config
+        views = [View("audio", "audio", "sequence", max_len=cfg.max_frames, dtype="float32"),
+                 View("visual", "visual", "vector", per="group", dtype="float32")]
+        if cfg.streams == 3:
+            views.append(View("text", "text", "tokens", min_count=cfg.min_word_count))
+        return views
+
+    def media_data(self, items: Items) -> dict[str, Any]:
+        """With `finetune_cnn`: each group's raw picture (its first caption's), decoded as the visual stage decodes."""
+        if self._picture_reader is None:
+            return {}
+        return {"pictures": self._picture_reader.reader([items.media[i] for i in items.group_firsts()])}
+
+    def needs_media(self, clip: Any) -> str | None:
+        if self.config.finetune_cnn and "image" not in clip.media:
+            return "no raw picture (finetune_cnn trains the CNN on the dataset's images)"
+        return None
+
+    def group_outputs(self) -> frozenset[str]:
+        return frozenset({"image"})
+
+    def describe(self) -> dict[str, Any]:
+        if self.cnn is None:
+            return {}
+        return {"finetune_cnn": {"implementation": self.cnn.name, "crop_size": self.cnn.crop_size,
+                                 "resize_size": self._picture_reader.resize_size if self._picture_reader else None,
+                                 "augment": "random resized crop (scale 0.08-1) + horizontal flip"}}
+
+    @staticmethod
+    def captions(items: Items) -> CaptionData:
+        """Items as the model reads them: captions, the image (features) each describes, transcripts."""
+        assert items.group_of is not None
+        text = items.data.get("text")
+        return CaptionData(items.ids, items.group_of, np.asarray(items.data["visual"], dtype=np.float32),
+                           items.data["audio"], list(text.texts) if text is not None else [""] * len(items),
+                           items.groups, items.data.get("pictures"))
+
+    def fit(self, train: Items, val: Items | None = None, **hooks: Any) -> "VASETrainer":
+        if self.config.streams == 3 and self.model is None:
+            self.vocab = list(train.data["text"].vocab)
+        return self.fit_pairs(self.captions(train), self.captions(val) if val is not None else None,
+                              on_epoch=hooks.get("on_epoch"))
+
+    def embed(self, items: Items) -> dict[str, np.ndarray]:
+        return self.encode(self.captions(items))
+
+    def start_from(self, state: dict[str, Any], train: Items) -> "VASETrainer":
+        """Stage 2: another run's weights (stage 1's best), fresh optimizer."""
+        self.build(np.asarray(train.data["visual"]).shape[1], state.get("vocab", []))
+        return self.init_from(state)
 
     # -- building and state ------------------------------------------------------------------------
 
     def build(self, image_dim: int, vocab: Sequence[str] = ()) -> "VASETrainer":
         """A freshly initialised model (seeded) and its optimizer; with `finetune_cnn` the CNN starts from its own weights."""
+        if self.config.finetune_cnn and self.cnn is None:
+            raise ValueError("finetune_cnn trains the image CNN end to end: pass the CNN (cnn=ImageCNN(...)); the "
+                             "pipeline takes it from the visual stage")
         cnn = self.cnn.build() if self.config.finetune_cnn and self.cnn is not None else None
         if cnn is not None:
             image_dim = self.cnn.dim
@@ -309,37 +335,14 @@ class VASETrainer(Trainer):
         assert self.model is not None
         return {"model": self.best_state or self.model.state_dict(), "vocab": list(self.vocab),
                 "image_dim": int(self.model.image.fc.in_features), "best_epoch": int(self.best_epoch),
-                "best_rsum": float(self.best_rsum)}
+                "best_rsum": float(self.best_score)}
 
     def load_state_dict(self, state: dict[str, Any]) -> "VASETrainer":
         """Restore a trained model from `state_dict()` (or a checkpoint)."""
         self.build(int(state["image_dim"]), state.get("vocab", []))
         assert self.model is not None
         self.model.load_state_dict(state["model"])
-        self.best_epoch, self.best_rsum = int(state.get("best_epoch", -1)), float(state.get("best_rsum", -math.inf))
-        return self
-
-    def checkpoint(self) -> dict[str, Any]:
-        """Everything to resume training after the last completed epoch."""
-        assert self.model is not None and self.optimizer is not None
-        rng = {"torch_rng": torch.get_rng_state()}
-        if self.torch_device.type == "cuda":  # dropout in a fine-tuned CNN draws from the CUDA generator
-            rng["cuda_rng"] = torch.cuda.get_rng_state_all()
-        return {**self.state_dict(), "current": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "epoch": int(self.epoch), "history": self.history, **rng}
-
-    def resume(self, ckpt: dict[str, Any]) -> "VASETrainer":
-        """Continue from `checkpoint()`: current weights, optimizer, epoch, best model so far, history."""
-        self.build(int(ckpt["image_dim"]), ckpt.get("vocab", []))
-        assert self.model is not None and self.optimizer is not None
-        self.model.load_state_dict(ckpt["current"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.epoch, self.history = int(ckpt["epoch"]), dict(ckpt["history"])
-        self.best_epoch, self.best_rsum = int(ckpt["best_epoch"]), float(ckpt["best_rsum"])
-        self.best_state = ckpt["model"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        if self.torch_device.type == "cuda" and "cuda_rng" in ckpt:
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+        self.best_epoch, self.best_score = int(state.get("best_epoch", -1)), float(state.get("best_rsum", -math.inf))
         return self
 
     # -- training ----------------------------------------------------------------------------------
@@ -405,56 +408,37 @@ class VASETrainer(Trainer):
         rec = reconstruction_loss(views, cfg.smoothing, cfg.rec_rounds) if cfg.rec_rounds else torch.zeros(())
         return vse + cfg.rec_weight * rec, float(vse.detach()), float(rec.detach())
 
-    def fit_pairs(self, train: CaptionData, val: CaptionData, on_epoch: Callable[["VASETrainer", bool], None] | None = None,
-                  ) -> "VASETrainer":
+    def fit_pairs(self, train: CaptionData, val: CaptionData | None,
+                  on_epoch: Callable[["VASETrainer", bool], None] | None = None) -> "VASETrainer":
         """Train the remaining epochs (all of them, unless resumed), validating after each one."""
         cfg = self.config
         if self.model is None:
-            vocab = build_vocab(train.texts, cfg.min_word_count) if cfg.streams == 3 else []
+            vocab = self.vocab or (build_vocab(train.texts, cfg.min_word_count) if cfg.streams == 3 else [])
             self.build(train.images.shape[1], vocab)
-        assert self.model is not None and self.optimizer is not None
         if len(train) < 2:
             raise ValueError(f"needs >= 2 training captions, has {len(train)}")
-        for epoch in range(self.epoch + 1, cfg.epochs):
-            lr = cfg.lr * 0.1 ** (epoch // cfg.lr_update)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self.model.train()
-            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train))
-            sums = np.zeros(3)
-            steps = 0
-            for a in range(0, len(order), cfg.batch_size):
-                idx = order[a:a + cfg.batch_size]
-                if len(idx) < 2:
-                    continue  # a batch of one has no negatives
-                with _autocast(self.torch_device):
-                    views = self._forward(train, idx)
-                total, vse, rec = self.loss(views)
-                self.optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-                self.optimizer.step()
-                sums += (float(total.detach()), vse, rec)
-                steps += 1
-            val_metrics = self.evaluate(val)
-            self.epoch = epoch
-            for k, v in (("loss", sums[0] / steps), ("vse_loss", sums[1] / steps), ("rec_loss", sums[2] / steps),
-                         ("lr", lr), ("val_rsum", val_metrics["rsum"]),
-                         *((f"val_{d}_r@{k}", val_metrics[d][f"r@{k}"]) for d in ("image2speech", "speech2image")
-                           for k in (1, 5, 10))):
-                self.history.setdefault(k, []).append(float(v))
-            improved = val_metrics["rsum"] > self.best_rsum
-            if improved:
-                self.best_rsum, self.best_epoch = float(val_metrics["rsum"]), epoch
-                self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
-            log.info("vase epoch %d/%d: loss %.3f, val rsum %.1f%s", epoch + 1, cfg.epochs, sums[0] / steps,
-                     val_metrics["rsum"], " (best)" if improved else "")
-            if on_epoch:
-                on_epoch(self, improved)
-        if self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
-        return self
+        return self.run_epochs(train, val, on_epoch)  # type: ignore[return-value]
+
+    def lr_at(self, epoch: int) -> float:
+        return self.config.lr * 0.1 ** (epoch // self.config.lr_update)
+
+    def batches(self, train: CaptionData, epoch: int) -> Any:
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(train))
+        for a in range(0, len(order), self.config.batch_size):
+            idx = order[a:a + self.config.batch_size]
+            if len(idx) >= 2:  # a batch of one has no negatives
+                yield idx
+
+    def batch_loss(self, train: CaptionData, idx: np.ndarray, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+        views = self._forward(train, idx)
+        with torch.autocast(self.torch_device.type, enabled=False):  # the loss in float32, as the views are cast
+            total, vse, rec = self.loss(views)
+        return total, {"loss": float(total.detach()), "vse_loss": vse, "rec_loss": rec}
+
+    def validate(self, val: CaptionData) -> dict[str, float]:
+        m = self.evaluate(val)
+        return {"val_rsum": m["rsum"], **{f"val_{d}_r@{k}": m[d][f"r@{k}"] for d in ("image2speech", "speech2image")
+                                         for k in (1, 5, 10)}}
 
     # -- embedding and evaluation ------------------------------------------------------------------
 
@@ -465,7 +449,7 @@ class VASETrainer(Trainer):
         self.model.eval()
         bs = batch_size or max(self.config.batch_size, 64)
         out: dict[str, list[np.ndarray]] = {"image": [], "speech": [], "text": []}
-        with _autocast(self.torch_device):
+        with autocast(self.torch_device):
             for a in range(0, len(data.images), bs):
                 x = self._image_input(data, np.arange(a, min(a + bs, len(data.images))), train=False)
                 out["image"].append(self.model.image(x).float().cpu().numpy())
@@ -482,7 +466,3 @@ class VASETrainer(Trainer):
     def evaluate(self, data: CaptionData, folds: int = 1) -> dict[str, Any]:
         """Recall@1/5/10, medr, meanr both ways (image <-> speech; and image <-> text with three streams)."""
         return caption_recall(self.encode(data), data.image_of, folds=folds)
-
-    def fit(self, audio: np.ndarray, visual: np.ndarray, labels: np.ndarray) -> "VASETrainer":
-        """Not for labelled clip vectors: VASE trains on paired captions (see `fit_pairs`)."""
-        raise TypeError("VASE trains on spoken captions paired with images (fit_pairs), not on labelled clip vectors")

@@ -128,7 +128,7 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
     finally:
         if "bar" in bar:
             bar["bar"].close()
-    from .train import RunReport
+    from .training import RunReport
 
     runs = [r for r in reports if isinstance(r, RunReport)]
     reports = [r for r in reports if not isinstance(r, RunReport)]
@@ -162,31 +162,28 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
 
 
 def _echo_runs(runs: list[Any], random: list[str]) -> None:
-    from .captions import recall_line, recall_table
-    from .train import format_table, summary_line, table_rows
+    from .registry import TASKS
 
     for r in runs:
-        captions = r.metrics.get("task") == "captions"
-        if r.kind == "train" and captions:
-            resumed = r.metrics.get("resumed_at_epoch", 0)
-            did = ("up to date, run reused" if r.reused else
-                   f"trained {r.metrics['epochs']} epochs{f' (resumed after epoch {resumed})' if resumed else ''}, "
-                   f"best epoch {r.metrics['best_epoch']}, {r.seconds:.1f} s")
+        task = TASKS.get(r.task)()
+        if r.kind == "train":
+            m = r.metrics
+            if r.reused:
+                did = "up to date, run reused"
+            elif "best_epoch" in m:
+                resumed = m.get("resumed_at_epoch", 0)
+                did = (f"trained {m['epochs']} epochs{f' (resumed after epoch {resumed})' if resumed else ''}, "
+                       f"best epoch {m['best_epoch']}, {r.seconds:.1f} s")
+            else:
+                did = f"trained {r.units_trained} fold(s), reused {r.units_reused}, {r.seconds:.1f} s"
             click.echo(f"{r.name}: {did}; {r.run_dir}")
-            click.echo(f"  {recall_line(r.metrics)}")
-        elif r.kind == "train":
-            did = (f"up to date, run reused" if r.reused else
-                   f"trained {r.folds_trained} fold(s), reused {r.folds_reused}, {r.seconds:.1f} s")
-            click.echo(f"{r.name}: {did}; {r.run_dir}")
-            click.echo(f"  {summary_line(r.metrics)}")
-        elif captions:
-            click.echo(f"{r.name}: {'up to date, reused' if r.reused else 'evaluated'}; {r.run_dir}")
-            click.echo(recall_table(r.metrics["runs"]))
-            click.echo(f"Recall@K curves: {r.run_dir / 'recall_curve.png'}")
+            click.echo(f"  {task.line(m)}")
         else:
             click.echo(f"{r.name}: {'up to date, reused' if r.reused else 'evaluated'}; {r.run_dir}")
-            click.echo(format_table(table_rows(r.metrics["runs"])))
-            click.echo(f"PR curves: {r.run_dir / 'pr_curve.png'}")
+            click.echo(task.table(r.metrics["runs"]))
+            plot = next((p for p in ("pr_curve.png", "recall_curve.png") if (r.run_dir / p).exists()), None)
+            if plot:
+                click.echo(f"{'PR curves' if plot == 'pr_curve.png' else 'Recall@K curves'}: {r.run_dir / plot}")
     if runs and random:
         click.secho("these runs read features computed with RANDOM weights: the numbers show the pipeline "
                     "works, not what pretrained features achieve", fg="yellow")

@@ -59,6 +59,7 @@ class StageSpec:
     params: dict[str, Any]
     execution: dict[str, Any] = field(default_factory=dict)
     pinned: set[str] = field(default_factory=set)  # params set by --set: a dataset's `set` does not change them
+    views: dict[str, str] = field(default_factory=dict)  # a trainer's view name -> the upstream stage it reads
 
 
 @dataclass
@@ -252,7 +253,7 @@ def _fields(section: Any, where: str, allowed: set[str], required: tuple[str, ..
 
 
 _TOP = {"cache", "backend", "default_dataset", "execution", "datasets", "stages"}
-_STAGE_FIELDS = {"group", "implementation", "upstream", "params", "execution"}
+_STAGE_FIELDS = {"group", "implementation", "upstream", "params", "execution", "views"}
 _DATASET_FIELDS = {"adapter", "root", "params", "set"}
 
 
@@ -339,9 +340,14 @@ def load_config(path: str | os.PathLike = "stages.yaml", overrides: list[str] | 
             upstream = [upstream]
         if not isinstance(upstream, list) or not all(isinstance(u, str) for u in upstream):
             raise ConfigError(f"{where}: upstream: expected a list of stage names, got {upstream!r}")
+        views = dict(_expect(s.get("views") or {}, f"{where}: views"))
+        for view, stage in views.items():
+            if not isinstance(stage, str) or stage not in upstream:
+                raise ConfigError(f"{where}: views: '{view}' must name one of the stage's upstream stages "
+                                  f"({', '.join(upstream) or 'none'}), got {stage!r}")
         stages[name] = StageSpec(name, s["group"], s["implementation"], upstream,
                                  dict(_expect(s.get("params") or {}, f"{where}: params")),
-                                 dict(_expect(s.get("execution") or {}, f"{where}: execution")))
+                                 dict(_expect(s.get("execution") or {}, f"{where}: execution")), views=views)
 
     for text in overrides:
         stage, param, value = parse_override(text)

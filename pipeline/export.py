@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 
 from .config import PipelineConfig
-from .runner import PipelineError, in_use, require_complete, resolve
+from .context import PipelineError, require_complete
+from .locks import in_use
+from .runner import resolve
 from .store import FeatureStore
 
 log = logging.getLogger(__name__)

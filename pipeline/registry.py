@@ -1,4 +1,4 @@
-"""Named registries: datasets, extractors, trainers, evaluators and store backends each have one."""
+"""Named registries: datasets, extractors, trainers, evaluators, training tasks and store backends each have one."""
 from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
@@ -61,9 +61,11 @@ EXTRACTORS: Registry = Registry("extractor")
 TRAINERS: Registry = Registry("trainer")
 EVALUATORS: Registry = Registry("evaluator")
 STORE_BACKENDS: Registry = Registry("store backend")
+TASKS: Registry = Registry("task")
 
 register_dataset = _decorator(DATASETS)
 register_extractor = _decorator(EXTRACTORS)
 register_trainer = _decorator(TRAINERS)
 register_evaluator = _decorator(EVALUATORS)
 register_backend = _decorator(STORE_BACKENDS)
+register_task = _decorator(TASKS)

@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from .captions import chance_rsum
-from .train import DIRECTIONS
+from .training.base import task_name
+from .training.figures import DIRECTIONS, chance_rsum, recall_table
 
 
 def collect(cache: Path, dataset: str | None = None) -> list[dict[str, Any]]:
@@ -19,7 +19,7 @@ def collect(cache: Path, dataset: str | None = None) -> list[dict[str, Any]]:
     rows = []
     for path in sorted((cache / "runs").glob(f"{dataset or '*'}/*/metrics.json")):
         metrics = json.loads(path.read_text())
-        captions = metrics.get("task") == "captions" and "rsum" in metrics
+        captions = task_name(metrics.get("task")) == "pairs" and "rsum" in metrics
         if "folds" not in metrics and not captions:  # an evaluate stage's table, not a train run
             continue
         info = yaml.safe_load((path.parent / "params.yaml").read_text())
@@ -53,8 +53,6 @@ def format_text(rows: list[dict[str, Any]]) -> str:
     """The comparison table for a terminal."""
     if not rows:
         return "no completed train runs; run `pipeline run train`"
-    from .captions import recall_table
-
     out = []
     for dataset in dict.fromkeys(r["dataset"] for r in rows if r["task"] == "captions"):
         mine = [r for r in rows if r["task"] == "captions" and r["dataset"] == dataset]

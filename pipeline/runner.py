@@ -17,29 +17,17 @@ from .cache import DigestMemo, hash_key
 from .config import ConfigError, ExecutionParams, PipelineConfig, implementation, key_params, load_config
 from .datasets import Clip, DatasetAdapter, Manifest
 from .registry import DATASETS, TRAINERS
+from .context import Context, PipelineError, StageKeys, cache_paths, committed, require_complete  # noqa: F401
+from .locks import acquire, in_use, store_lock, unused
 from .store import (ClipResult, FeatureStore, StoreError, StoreScan, StoreWriter, repair_command, scan_store,
                     write_failures_log)
+
+from .training import TrainError, inapplicable, is_run_stage, resolve_runs, run_status
+from .training import run_stage as run_run_stage
 
 log = logging.getLogger(__name__)
 
 _EXTRACTOR_CACHE: dict[str, Any] = {}  # one model per worker process, keyed by stage key
-
-
-class PipelineError(RuntimeError):
-    """A run could not complete; the message says what to do."""
-
-
-@dataclass
-class StageKeys:
-    """Everything that identifies one stage's result for one dataset."""
-
-    name: str
-    implementation: str
-    params: dict[str, Any]
-    store_key: str
-    store_path: Path
-    upstream: list[str]
-    attrs: dict[str, Any]
 
 
 @dataclass
@@ -54,91 +42,6 @@ class StageReport:
     shards_computed: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
-
-
-@dataclass
-class Context:
-    """A config resolved against one dataset: its manifest, clip keys and every stage's keys."""
-
-    config: PipelineConfig
-    dataset: str
-    adapter: DatasetAdapter
-    manifest: Manifest | None
-    clip_keys: dict[str, str]
-    stages: dict[str, StageKeys]
-
-    def manifest_digest(self) -> str:
-        return hash_key(list(self.clip_keys.items()))
-
-
-def cache_paths(cache: Path) -> dict[str, Path]:
-    """The cache's fixed sub-folders."""
-    return {"stores": cache / "stores", "index": cache / "index", "runs": cache / "runs",
-            "locks": cache / "locks", "digests": cache / "digests.sqlite"}
-
-
-def _lock_path(cache: Path, store_path: Path, suffix: str = ".lock") -> Path:
-    path = cache_paths(cache)["locks"] / store_path.parent.name / f"{store_path.name}{suffix}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def store_lock(cache: Path, store_path: Path) -> Any:
-    """The exclusive inter-process lock of one store's writer (released by the OS if its holder dies)."""
-    from filelock import FileLock
-
-    return FileLock(str(_lock_path(cache, store_path)))
-
-
-@contextlib.contextmanager
-def in_use(cache: Path, store_path: Path) -> Iterator[None]:
-    """Hold a shared lock on a store while a run produces or reads it, so that `gc` leaves it alone. Where
-    no lock file can be made (a read-only cache) none is taken: gc cannot remove anything there either."""
-    import fcntl
-
-    fd = _open_lock(cache, store_path)
-    if fd is None:
-        log.debug("no use lock for %s (read-only cache?)", store_path)
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _open_lock(cache: Path, store_path: Path) -> int | None:
-    """A descriptor on a store's use-lock file: created if need be, else opened read-only (flock needs no
-    write access, and on a shared cache another user may own the file); None where neither works."""
-    try:
-        return os.open(_lock_path(cache, store_path, ".use"), os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError:
-        try:
-            return os.open(cache_paths(cache)["locks"] / store_path.parent.name / f"{store_path.name}.use",
-                           os.O_RDONLY)
-        except OSError:
-            return None
-
-
-@contextlib.contextmanager
-def _unused(cache: Path, store_path: Path) -> Iterator[bool]:
-    """Take a store's use lock exclusively without waiting: yields False when some run holds it."""
-    import fcntl
-
-    fd = _open_lock(cache, store_path)
-    if fd is None:  # no lock file, and none can be made: no run holds a lock on it
-        yield True
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
 
 
 def _reads(impl: Any) -> str | None:
@@ -312,30 +215,6 @@ def _os_reason(e: OSError) -> str:
     return f"{what}{f' ({e.filename})' if e.filename else ''}"
 
 
-def _done(scan: StoreScan, clip_keys: dict[str, str]) -> tuple[set[str], int, list[dict[str, Any]]]:
-    """Clip ids whose current key is committed (ok or failed), how many shards hold them, and the
-    current failures."""
-    ok, failed = scan.current(clip_keys)
-    shards = {rec["shard"] for rec, _ in ok.values()} | {rec["shard"] for rec, _ in failed.values()}
-    return set(ok) | set(failed), len(shards), [f for _, f in failed.values()]
-
-
-def require_complete(ctx: Context, name: str) -> None:
-    """Fail, naming the command that fills it, unless stage `name` has committed every clip of the manifest
-    and none of it is damaged."""
-    assert ctx.manifest is not None
-    sk = ctx.stages[name]
-    scan = scan_store(sk.store_path, ctx.clip_keys)
-    command = (f"`pipeline run {ctx.config.stages[name].group} --dataset {ctx.dataset} --stage {name}`")
-    if scan.is_damaged:
-        raise PipelineError(f"stage '{name}' of dataset '{ctx.dataset}' is damaged ({scan.describe_damage()}); "
-                            f"run {command} to recompute it")
-    done, _, _ = _done(scan, ctx.clip_keys)
-    if len(done) < len(ctx.manifest):
-        raise PipelineError(f"stage '{name}' holds {len(done)} of {len(ctx.manifest)} clips of dataset "
-                            f"'{ctx.dataset}'; run {command} first")
-
-
 def _write_index(ctx: Context, sk: StageKeys, report: StageReport) -> None:
     index = cache_paths(ctx.config.cache)["index"] / ctx.dataset
     pointer = index / f"{sk.name}.json"
@@ -350,19 +229,6 @@ def _write_index(ctx: Context, sk: StageKeys, report: StageReport) -> None:
                                "manifest": ctx.manifest_digest(), "clips": report.total,
                                "failed": report.failed, "completed": time.time()}, indent=2))
     os.replace(tmp, pointer)
-
-
-def _acquire(lock: Any, what: str, on_wait: Callable[[str], None] | None) -> None:
-    from filelock import Timeout
-
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        msg = f"{what}: another run holds {lock.lock_file}; waiting for it to finish"
-        log.info(msg)
-        if on_wait:
-            on_wait(msg)
-        lock.acquire()
 
 
 def _repair(writer: StoreWriter, scan: StoreScan, name: str, notice: Callable[[str], None]) -> StoreScan:
@@ -411,7 +277,7 @@ def run_stage(ctx: Context, name: str, execution: ExecutionParams,
     notice = on_notice or (lambda m: log.warning("%s", m))
     total = len(ctx.manifest.clips)
     scan = scan_store(sk.store_path, ctx.clip_keys)
-    done, shards_reused, failures = _done(scan, ctx.clip_keys)
+    done, shards_reused, failures = committed(scan, ctx.clip_keys)
     complete = len(done) == total and not scan.is_damaged
     if complete and (scan.legacy or scan.moved):  # records to bring up to date, nothing to compute
         try:
@@ -446,7 +312,7 @@ def _compute_stage(ctx: Context, sk: StageKeys, execution: ExecutionParams, on_p
     lock = store_lock(ctx.config.cache, sk.store_path)
     producer = _producer(ctx.config, name)
     with contextlib.ExitStack() as held:
-        _acquire(lock, f"stage '{name}'", on_wait)
+        acquire(lock, f"stage '{name}'", on_wait)
         held.callback(lock.release)
         if producer:
             held.enter_context(in_use(ctx.config.cache, ctx.stages[producer].store_path))
@@ -456,7 +322,7 @@ def _compute_stage(ctx: Context, sk: StageKeys, execution: ExecutionParams, on_p
         writer = StoreWriter(sk.store_path, sk.attrs, ctx.config.backend)
         writer.clean_temporaries()
         scan = _repair(writer, scan, name, notice)
-        done, shards_reused, _ = _done(scan, ctx.clip_keys)
+        done, shards_reused, _ = committed(scan, ctx.clip_keys)
         todo = [c for c in ctx.manifest.clips if c.clip_id not in done]
         report = StageReport(name, sk.store_path, total=len(ctx.manifest.clips), reused=len(done),
                              shards_reused=shards_reused)
@@ -493,7 +359,7 @@ def _compute_stage(ctx: Context, sk: StageKeys, execution: ExecutionParams, on_p
             executor.run(run_shard, tasks, execution, collect)
         scan = scan_store(sk.store_path, ctx.clip_keys)
         write_failures_log(sk.store_path, scan)
-        report.failures = _done(scan, ctx.clip_keys)[2]
+        report.failures = committed(scan, ctx.clip_keys)[2]
         report.failed = len(report.failures)
         _write_index(ctx, sk, report)
     report.seconds = time.perf_counter() - t0
@@ -521,7 +387,7 @@ def status(config: PipelineConfig, dataset: str | None) -> list[dict[str, Any]]:
     index = cache_paths(config.cache)["index"] / ctx.dataset
     for name, sk in ctx.stages.items():
         scan = scan_store(sk.store_path, ctx.clip_keys)
-        done, _, failures = _done(scan, ctx.clip_keys)
+        done, _, failures = committed(scan, ctx.clip_keys)
         total = len(ctx.manifest.clips)
         pointer = index / f"{name}.json"
         try:
@@ -542,39 +408,7 @@ def status(config: PipelineConfig, dataset: str | None) -> list[dict[str, Any]]:
             state = "missing"
         rows.append({"stage": name, "state": state, "done": len(done), "total": total, "failed": len(failures),
                      "store": str(sk.store_path), "damaged": dict(scan.damaged)})
-    return rows + _run_status(ctx, [n for n in config.stages if n not in ctx.stages and n not in errors])
-
-
-def _run_status(ctx: Context, names: list[str]) -> list[dict[str, Any]]:
-    """Train/evaluate stages: up to date / partial k folds / missing / stale, by their run directories."""
-    from .train import TrainError, resolve_runs
-
-    rows = []
-    skip = inapplicable(ctx.config, ctx.manifest, names) if ctx.manifest else {}
-    for name in names:
-        if name in skip:
-            rows.append({"stage": name, "state": f"does not apply: {skip[name]}", "done": 0, "total": 0, "failed": 0,
-                         "store": None})
-            continue
-        try:
-            rk = resolve_runs(ctx, [name]).get(name)
-        except TrainError as e:
-            rows.append({"stage": name, "state": f"cannot resolve: {e}", "done": 0, "total": 0, "failed": 0,
-                         "store": None})
-            continue
-        if rk is None:
-            continue
-        folds = [p for p in (rk.run_dir / "folds").glob("*/embeddings.npz")] if rk.kind == "train" else []
-        if (rk.run_dir / "metrics.json").exists():
-            state = "up to date"
-        elif folds:
-            state = f"partial: {len(folds)} fold(s) committed"
-        elif any(p != rk.run_dir for p in rk.run_dir.parent.glob(f"{name}-*")):
-            state = "stale (params, code or upstream changed since the last run)"
-        else:
-            state = "missing"
-        rows.append({"stage": name, "state": state, "done": 0, "total": 0, "failed": 0, "store": str(rk.run_dir)})
-    return rows
+    return rows + run_status(ctx, [n for n in config.stages if n not in ctx.stages and n not in errors])
 
 
 def _size(path: Path) -> int:
@@ -633,11 +467,11 @@ def collect_garbage(config: PipelineConfig, dry_run: bool = False,
     kept. A store that a running run produces or reads (its use lock) is kept, and so is one being written."""
     from filelock import Timeout
 
-    unused, skipped = garbage(config, everything)
+    candidates, skipped = garbage(config, everything)
     removed = []
-    for p in unused:
+    for p in candidates:
         size = _size(p)
-        with _unused(config.cache, p) as free:
+        with unused(config.cache, p) as free:
             if not free:
                 skipped.append(f"{p}: in use by a running run")
                 continue
@@ -656,24 +490,6 @@ def collect_garbage(config: PipelineConfig, dry_run: bool = False,
                 lock.release()
         removed.append((p, size))
     return removed, skipped
-
-
-def inapplicable(cfg: PipelineConfig, manifest: Manifest, names: list[str]) -> dict[str, str]:
-    """Why each run stage among `names` cannot run on this manifest: train stages that cannot learn
-    from it, evaluate stages whose train stages all cannot, and stages starting from one that cannot."""
-    from .captions import applies
-
-    why = {n: r for n in names if cfg.stages[n].implementation in TRAINERS
-           and (r := applies(TRAINERS.get(cfg.stages[n].implementation), manifest))}
-    for n in cfg.order(names) if why else []:
-        ups = [u for u in cfg.stages[n].upstream if u in names and _is_run_stage_name(cfg, u)]
-        if n in why or not ups:
-            continue
-        if all(u in why for u in ups):
-            why[n] = "every train stage it reads does not apply"
-        elif any(u in why for u in ups) and cfg.stages[n].implementation in TRAINERS:
-            why[n] = f"it starts from '{next(u for u in ups if u in why)}', which does not apply"
-    return why
 
 
 def _drop_inapplicable(cfg: PipelineConfig, adapter: DatasetAdapter, names: list[str], targets: list[str],
@@ -723,13 +539,6 @@ def _check_devices(devices: list[str]) -> None:
                                 f"(cuda:0 to cuda:{n - 1})")
 
 
-def _is_run_stage_name(cfg: PipelineConfig, name: str) -> bool:
-    """True when stage `name` runs a trainer or an evaluator."""
-    from .train import is_run_stage
-
-    return is_run_stage(implementation(cfg.stages[name].implementation))
-
-
 def run(group: str | None = "extract", dataset: str | None = None, stage: str | None = None,
         overrides: list[str] | tuple[str, ...] = (), config: str | os.PathLike | PipelineConfig = "stages.yaml",
         cache: str | os.PathLike | None = None, strict: bool = False,
@@ -740,15 +549,13 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
         on_notice: Callable[[str], None] | None = None,
         **execution: Any) -> list[Any]:
     """Run a group (or one stage) and everything upstream for a dataset; return a report per stage
-    (a StageReport per feature stage, a pipeline.train.RunReport per train/evaluate stage). `on_notice`
+    (a StageReport per feature stage, a pipeline.training.RunReport per train/evaluate stage). `on_notice`
     hears what the run found and did on the way (damaged shards recomputed, dataset entries skipped)."""
     cfg = config if isinstance(config, PipelineConfig) else load_config(config, overrides, cache)
     names = select_stages(cfg, group, stage)
     _check_devices([cfg.execution_for(n, **execution).device for n in names])
     targets = [stage] if stage else cfg.group(group or "extract")
     adapter = make_adapter(cfg, dataset)
-    from .captions import run_caption_train, task_of
-    from .train import TrainError, is_run_stage, resolve_runs, run_evaluate, run_train
 
     reads = {n: _reads(implementation(spec.implementation)) for n, spec in cfg.stages.items()}
     source = {}  # what each stage reads in the end: media or features (None for train/evaluate stages)
@@ -791,18 +598,12 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
             using.enter_context(in_use(cfg.cache, sk.store_path))
         for name in names:
             ex = cfg.execution_for(name, **execution)
-            try:
-                if name in runs and runs[name].kind == "train":
-                    if task_of(TRAINERS.get(runs[name].implementation)) == "captions":
-                        reports.append(run_caption_train(ctx, runs[name], runs, ex.device, on_wait, on_epoch))
-                    else:
-                        reports.append(run_train(ctx, runs[name], ex.device, on_wait))
-                    continue
-                if name in runs:
-                    reports.append(run_evaluate(ctx, runs[name], runs, on_wait))
-                    continue
-            except TrainError as e:
-                raise PipelineError(f"stage '{name}': {e}") from None
+            if name in runs:
+                try:
+                    reports.append(run_run_stage(ctx, runs[name], runs, ex.device, on_wait, on_epoch))
+                except TrainError as e:
+                    raise PipelineError(str(e)) from None
+                continue
             if name not in ctx.stages:
                 raise PipelineError(f"stage '{name}' cannot run on dataset '{ctx.dataset}' (an upstream stage "
                                     "does not apply to it)")

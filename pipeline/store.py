@@ -730,6 +730,10 @@ class FeatureStore:
         """CSR offsets into `to_dask()`'s rows, in `clip_ids` order (length n_clips + 1)."""
         return np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
 
+    def lengths_of(self, clip_ids: Sequence[str]) -> np.ndarray:
+        """Rows of each of `clip_ids` (each must be in the store)."""
+        return np.array([self._index[c][2] - self._index[c][1] for c in clip_ids], dtype=np.int64)
+
     def unusable(self, clip_id: str) -> str | None:
         """Why a clip cannot be read as features (failed, not computed, no rows), or None when it can."""
         if clip_id in self._index:

@@ -64,13 +64,13 @@ def test_training_beats_chance_is_deterministic_and_saves(tmp_path):
     a, v, y = _classes(400, rng, centres)
     at, vt, yt = _classes(200, rng, centres)
     cfg = {"epochs": 15, "triplet_batch": 40, "seed": 3, "n_components": 8}
-    model = TNNCCCATrainer(cfg).fit(a, v, y)
+    model = TNNCCCATrainer(cfg).fit_arrays(a, v, y)
     assert model.history["loss"][-1] < model.history["loss"][0]
     ea, ev = model.transform(at, vt)
     assert ea.shape == (200, 8) and ev.shape == (200, 8)
     score = mean_average_precision(cosine_similarity(ea, ev), yt, yt)
     assert score > chance_average_precision(yt, yt) + 0.4
-    again = TNNCCCATrainer(cfg).fit(a, v, y).transform(at, vt)
+    again = TNNCCCATrainer(cfg).fit_arrays(a, v, y).transform(at, vt)
     np.testing.assert_array_equal(again[0], ea)  # same seed, same numbers
     torch.save(model.state_dict(), tmp_path / "m.pt")
     loaded = TNNCCCATrainer(cfg).load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))

@@ -212,7 +212,7 @@ def test_a_cnn_with_auxiliary_outputs_in_training_is_fine_tuned_on_its_main_outp
 
 def test_finetune_cnn_needs_the_cnn_and_the_pictures():
     with pytest.raises(ValueError, match="pass the CNN"):
-        VASETrainer({**TINY, "finetune_cnn": True}, "cpu")
+        VASETrainer({**TINY, "finetune_cnn": True}, "cpu").fit_pairs(_planted(4, 2, 7), None)
     with pytest.raises(ValueError, match="needs finetune_cnn"):
         VASEConfig(crop_size=64)
     data = _planted(4, 2, 7)

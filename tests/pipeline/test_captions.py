@@ -72,15 +72,15 @@ def test_vase_stage_writes_a_complete_run(project):
               "test_embeddings.npz", "metrics.json"):
         assert (d / f).exists(), f
     m = json.loads((d / "metrics.json").read_text())
-    assert m["task"] == "captions" and m["evaluated_on"] == "test" and m["n_images"] == 2 and m["n_captions"] == 4
+    assert m["task"] == "pairs" and m["evaluated_on"] == "test" and m["n_images"] == 2 and m["n_captions"] == 4
     for direction in ("image2speech", "speech2image"):
         assert set(m[direction]) == {"r@1", "r@5", "r@10", "medr", "meanr"}
     assert m["rsum"] == pytest.approx(sum(m[d][f"r@{k}"] for d in ("image2speech", "speech2image") for k in (1, 5, 10)))
     hist = json.loads((d / "history.json").read_text())
     assert len(hist["loss"]) == 2 and len(hist["val_rsum"]) == 2
     assert m["best_epoch"] == int(np.argmax(hist["val_rsum"])) + 1
-    audio = open_store(d / "embeddings" / "audio")
-    visual = open_store(d / "embeddings" / "visual")
+    audio = open_store(d / "embeddings" / "speech")
+    visual = open_store(d / "embeddings" / "image")
     assert len(audio) == 16 and audio["img0000_0"].shape == (1, 16)
     # both captions of one image share its image embedding
     assert np.array_equal(visual["img0000_0"], visual["img0000_1"])
@@ -142,7 +142,7 @@ def test_finetune_starts_from_stage_one_and_evaluate_tabulates(project):
     # stage 1's key is part of stage 2's: a new stage-1 margin means a new stage-2 run
     cfg = load_config(project, ["vase-3s.margin=0.3"])
     from pipeline.runner import resolve
-    from pipeline.train import resolve_runs
+    from pipeline.training import resolve_runs
 
     ctx = resolve(cfg, "shapes", only=["vase-3s-finetune"])
     assert resolve_runs(ctx, ["vase-3s", "vase-3s-finetune"])["vase-3s-finetune"].run_dir != runs["vase-3s-finetune"]
@@ -189,26 +189,28 @@ def test_finetune_cnn_trains_vgg16_end_to_end_on_the_raw_pictures(project):
     cnn_keys = sorted(k for k in state["model"] if k.startswith("image.cnn."))
     assert cnn_keys, "the fine-tuned VGG16 is part of the saved model"
 
-    from models.vase import VASEConfig, VASETrainer
-    from pipeline.captions import image_cnn, load_pairs
+    from models.vase import VASETrainer
+    from pipeline.registry import TASKS
     from pipeline.runner import resolve
-    from pipeline.train import resolve_runs
+    from pipeline.training import load_trainer, resolve_runs, trainer_for
+    from pipeline.training.views import read_items
 
-    ctx = resolve(load_config(project, ["vgg16.crop_size=32"]), "shapes", only=["vase-3s-finetune"])
+    ctx = resolve(cfg, "shapes", only=["vase-3s-finetune"])
     rk = resolve_runs(ctx, ["vase-3s", "vase-3s-finetune"])["vase-3s-finetune"]
-    cnn, pictures = image_cnn(ctx, rk, None)
-    assert (pictures.resize_size, cnn.crop_size, cnn.dim) == (37, 32, 4096)  # VGG16's 256:224, at 32
-    fresh = cnn.build().eval()  # the vgg16 stage's random:0 network
+    assert rk.run_dir == rep.run_dir
+    tr = trainer_for(ctx, rk)
+    assert (tr._picture_reader.resize_size, tr.cnn.crop_size, tr.cnn.dim) == (37, 32, 4096)  # VGG16's 256:224, at 32
+    fresh = tr.cnn.build().eval()  # the vgg16 stage's random:0 network
     assert any(not torch.equal(state["model"][k], fresh.state_dict()[k.removeprefix("image.cnn.")]) for k in cnn_keys)
     # the pictures reach the CNN decoded, resized and cropped as the vgg16 stage did: same fc7 as its store
-    data, _ = load_pairs(ctx, rk, 64, need_text=True, pictures=pictures)
-    tr = VASETrainer(VASEConfig(**{**SMALL, "streams": 3, "finetune_cnn": True}), "cpu", cnn=cnn)
+    pairs = TASKS.get("pairs")()
+    items, _ = read_items(ctx, rk, tr, pairs)
+    (unit,) = pairs.plan(items, rk.params)[1]
+    train = VASETrainer.captions(items.subset(unit.train))
     with torch.no_grad():
-        fc7 = fresh(tr._pictures(data["train"], np.arange(3), train=False)).numpy()
-    assert np.allclose(fc7, data["train"].images[:3], rtol=1e-4, atol=1e-5)
+        fc7 = fresh(tr._pictures(train, np.arange(3), train=False)).numpy()
+    assert np.allclose(fc7, train.images[:3], rtol=1e-4, atol=1e-5)
     # the saved run loads back, fine-tuned VGG16 included, and embeds the test split as the run did
-    from pipeline.train import load_trainer
-
-    back = load_trainer(rep.run_dir).encode(data["test"])
+    back = load_trainer(rep.run_dir).embed(items.subset(unit.test))
     with np.load(rep.run_dir / "test_embeddings.npz") as z:
         assert np.allclose(back["image"], z["image"], atol=1e-5) and np.allclose(back["speech"], z["speech"], atol=1e-5)

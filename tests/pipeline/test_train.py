@@ -10,7 +10,7 @@ from models.metrics import mean_average_precision
 from pipeline import open_store
 from pipeline.config import load_config
 from pipeline.runner import PipelineError, run, status
-from pipeline.train import RunReport
+from pipeline.training import RunReport
 
 from ..conftest import cli, write_config
 from .test_tnn import IMPORT_STAGES, make_tnn_h5, make_tnn_npy
@@ -88,7 +88,7 @@ def test_changing_the_margin_trains_anew_on_the_cached_features(features_project
     imports = [r for r in second if not isinstance(r, RunReport)]
     assert [r.computed for r in imports] == [0, 0] and [r.reused for r in imports] == [144, 144]
     new = second[-1]
-    assert not new.reused and new.run_dir != old and new.folds_trained == 1
+    assert not new.reused and new.run_dir != old and new.units_trained == 1
     assert yaml.safe_load((new.run_dir / "params.yaml").read_text())["params"]["margin"] == 0.5
     assert (old / "metrics.json").exists()  # the first run is still there
 
@@ -130,7 +130,7 @@ def test_cross_validation_resumes_after_an_interrupted_fold(tmp_path, monkeypatc
     monkeypatch.setattr(ClusterCCATrainer, "fit", real)
     rep = run("train", stage="cluster-cca", config=cfg)[-1]
     assert states()["cluster-cca"] == "up to date"
-    assert (rep.folds_reused, rep.folds_trained) == (2, 3) and rep.metrics["protocol"] == "folds"
+    assert (rep.units_reused, rep.units_trained) == (2, 3) and rep.metrics["protocol"] == "folds"
     assert list(rep.metrics["folds"]) == [f"fold-{k}" for k in range(5)]
     m = rep.metrics["map_audio2visual"]
     fold3 = json.loads((run_dir / "folds" / "fold-3" / "metrics.json").read_text())  # per-fold metrics

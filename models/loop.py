@@ -1,0 +1,163 @@
+"""One epoch loop for every torch trainer: epochs (and resuming after the last completed one), the lr
+schedule, bf16 autocast on CUDA, gradient clipping, model selection on a validation score, the
+per-epoch history and progress line, and checkpoints that resume bit for bit (weights, optimizer,
+RNG state, best model so far).
+
+A trainer supplies the model and optimizer and four hooks: `batches(train, epoch)`,
+`batch_loss(train, batch, epoch) -> (loss, parts)`, optionally `validate(val) -> {"val_<score>": ...}`
+and `lr_at(epoch)`. The pipeline's run loop calls `fit`, which calls `run_epochs` with an `on_epoch`
+callback that writes the checkpoint and reports progress.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+from typing import Any, Callable, ClassVar, Iterable
+
+import torch
+from torch import nn
+
+from .base import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def autocast(device: torch.device) -> Any:
+    """bf16 autocast on CUDA; nothing on a CPU (where it would only be slower)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+class EpochTrainer(Trainer):
+    """A torch trainer driven by the shared loop. Set `self.model` (an nn.Module) and `self.optimizer`."""
+
+    score_name: ClassVar[str | None] = None  # validation score the best model is selected on ("rsum")
+
+    def __init__(self, config: Any = None, device: str = "auto") -> None:
+        super().__init__(config, device)
+        from extractors._torch import pick_device
+
+        self.torch_device = pick_device(device)
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.epoch = -1  # last completed epoch
+        self.best_score = -math.inf
+        self.best_epoch = -1
+        self.best_state: dict[str, Any] | None = None
+
+    # -- hooks ---------------------------------------------------------------------------------------
+
+    @property
+    def total_epochs(self) -> int:
+        return int(self.config.epochs)
+
+    @property
+    def grad_clip(self) -> float:
+        return float(getattr(self.config, "grad_clip", 0.0) or 0.0)
+
+    def lr_at(self, epoch: int) -> float | None:
+        """The learning rate of an epoch (None: leave the optimizer's as it is)."""
+        return None
+
+    def batches(self, train: Any, epoch: int) -> Iterable[Any]:
+        raise NotImplementedError
+
+    def batch_loss(self, train: Any, batch: Any, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss to minimise on one batch, and the numbers to average into the history ("loss" first)."""
+        raise NotImplementedError
+
+    def validate(self, val: Any) -> dict[str, float]:
+        """Validation numbers after an epoch; `val_<score_name>` selects the best model."""
+        raise NotImplementedError
+
+    def rng_state(self) -> dict[str, Any]:
+        """Generators of the trainer's own (besides torch's global one) to checkpoint."""
+        return {}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore what `rng_state` saved."""
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    def run_epochs(self, train: Any, val: Any = None,
+                   on_epoch: Callable[["EpochTrainer", bool], None] | None = None) -> "EpochTrainer":
+        """Train the remaining epochs (all of them, unless resumed), validating after each one when there
+        is a validation set; at the end the best validated model (or the last one) is kept."""
+        assert self.model is not None and self.optimizer is not None
+        for epoch in range(self.epoch + 1, self.total_epochs):
+            lr = self.lr_at(epoch)
+            if lr is not None:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+            self.model.train()
+            sums: dict[str, float] = {}
+            steps = 0
+            for batch in self.batches(train, epoch):
+                with autocast(self.torch_device):
+                    loss, parts = self.batch_loss(train, batch, epoch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+                self.optimizer.step()
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                steps += 1
+            scores = self.validate(val) if val is not None and self.score_name else {}
+            self.epoch = epoch
+            record = {k: v / max(steps, 1) for k, v in sums.items()}
+            if lr is not None:
+                record["lr"] = lr
+            record.update(scores)
+            for k, v in record.items():
+                self.history.setdefault(k, []).append(float(v))
+            improved = False
+            if scores:
+                score = float(scores[f"val_{self.score_name}"])
+                improved = score > self.best_score
+                if improved:
+                    self.best_score, self.best_epoch = score, epoch
+                    self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+            log.info("%s epoch %d/%d: %s%s", self.name, epoch + 1, self.total_epochs,
+                     ", ".join(f"{k} {v:.4g}" for k, v in record.items() if not k.startswith("val_") or
+                               k == f"val_{self.score_name}"), " (best)" if improved else "")
+            if on_epoch:
+                on_epoch(self, improved)
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        return self
+
+    def selection(self) -> dict[str, Any]:
+        """How the kept model was chosen, for metrics.json."""
+        if not self.score_name:
+            return {"epochs": self.total_epochs}
+        return {"best_epoch": self.best_epoch + 1, "epochs": self.total_epochs,
+                f"best_val_{self.score_name}": self.best_score}
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything to resume training after the last completed epoch."""
+        assert self.model is not None and self.optimizer is not None
+        rng: dict[str, Any] = {"torch_rng": torch.get_rng_state()}
+        if self.torch_device.type == "cuda":  # dropout on the GPU draws from the CUDA generator
+            rng["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return {**self.state_dict(), "current": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": int(self.epoch), "history": self.history, "best_score": float(self.best_score),
+                "own_rng": self.rng_state(), **rng}
+
+    def resume(self, ckpt: dict[str, Any]) -> "EpochTrainer":
+        """Continue from `checkpoint()`: current weights, optimizer, epoch, best model so far, history, RNG."""
+        self.load_state_dict(ckpt)  # builds the model (and optimizer) and loads the best weights so far
+        assert self.model is not None and self.optimizer is not None
+        self.best_state = ckpt["model"] if "model" in ckpt else None
+        self.model.load_state_dict(ckpt["current"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.epoch, self.history = int(ckpt["epoch"]), dict(ckpt["history"])
+        self.best_score = float(ckpt.get("best_score", ckpt.get("best_rsum", -math.inf)))
+        torch.set_rng_state(ckpt["torch_rng"])
+        if self.torch_device.type == "cuda" and "cuda_rng" in ckpt:
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+        self.set_rng_state(ckpt.get("own_rng", {}))
+        return self

@@ -1,0 +1,101 @@
+"""Raw pictures for a CNN trained end to end (VASE's `finetune_cnn`): the visual stage's CNN as a trainable
+module (`ImageCNN`, with the preprocessing bound to its weights) and its pictures decoded exactly as
+that stage decoded them (shorter side resized, not cropped), several at a time, kept in memory up to a
+budget."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+_PICTURE_BYTES = 2 << 30  # decoded pictures kept in memory up to this much
+
+
+@dataclass
+class ImageCNN:
+    """The CNN fine-tuned as the image branch: a factory for it (with its initial weights) and the
+    preprocessing bound to those weights."""
+
+    build: Callable[[], Any]  # normalised float [B, 3, crop, crop] -> [B, dim] (an nn.Module)
+    dim: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_size: int  # input side; pictures arrive resized (shorter side) but not cropped
+    name: str = "cnn"
+
+
+class Pictures:
+    """Raw pictures decoded as the visual stage decodes them (uint8 `[3, H, W]`, shorter side resized,
+    not cropped), several at a time (ffmpeg runs in threads), kept in memory up to `budget` bytes."""
+
+    def __init__(self, extractor: Any, resize_size: int, budget: int = _PICTURE_BYTES) -> None:
+        self.extractor, self.resize_size, self.budget = extractor, resize_size, budget
+        self.cache: dict[str, Any] = {}
+        self.held = 0
+
+    def _decode(self, clip: Any) -> Any:
+        frames = self.extractor.decode_resized(clip, self.resize_size)
+        return frames[len(frames) // 2].clone()  # a still picture has one frame; a video, its middle one
+
+    def reader(self, clips: list[Any]) -> "PictureReader":
+        """A reader of the pictures of `clips`: `read(indices)`, `read.subset(indices)`."""
+        return PictureReader(self, clips)
+
+    def read(self, clips: list[Any], idx: np.ndarray) -> list[Any]:
+        """The pictures of `clips[i]` for i in `idx`."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        want = [clips[int(i)] for i in idx]
+        todo = list({c.clip_id: c for c in want if c.clip_id not in self.cache}.values())
+        got: dict[str, Any] = {}
+        if todo:
+            with ThreadPoolExecutor(max_workers=min(len(todo), max(2, os.cpu_count() or 1), 8)) as pool:
+                got = dict(zip((c.clip_id for c in todo), pool.map(self._decode, todo)))
+            for cid, img in got.items():
+                if self.held + img.numel() <= self.budget:
+                    self.cache[cid] = img
+                    self.held += img.numel()
+        return [self.cache[c.clip_id] if c.clip_id in self.cache else got[c.clip_id] for c in want]
+
+
+@dataclass
+class PictureReader:
+    """The pictures of some clips by index (one per group: the group's first clip), sliceable like Items."""
+
+    pictures: Pictures
+    clips: list[Any]
+
+    def __call__(self, idx: np.ndarray) -> list[Any]:
+        return self.pictures.read(self.clips, idx)
+
+    def subset(self, idx: np.ndarray) -> "PictureReader":
+        return PictureReader(self.pictures, [self.clips[int(i)] for i in idx])
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+
+def stage_cnn(name: str, implementation: str, params: dict[str, Any], crop_size: int | None,
+              ) -> tuple[ImageCNN, Pictures]:
+    """The CNN of a visual stage (its architecture, weights and preprocessing) and a picture reader."""
+    from extractors._frames import FrameExtractor
+    from pipeline.registry import EXTRACTORS
+
+    cls = EXTRACTORS.get(implementation)
+    if not (isinstance(cls, type) and issubclass(cls, FrameExtractor)):
+        raise ValueError(f"finetune_cnn trains the CNN of the visual stage end to end, and stage '{name}' "
+                         f"({implementation}) runs no CNN on pictures; use a CNN stage (vgg16) or drop finetune_cnn")
+    ext = cls(cls.Config(**params))
+    dims = ext.frame_dims()
+    if len(dims) != 1:
+        raise ValueError(f"finetune_cnn needs a CNN that gives one vector per picture; stage '{name}' gives "
+                         f"{list(dims)} maps (its layer param): use layer fc7")
+    try:
+        resize, crop = ext.input_size(crop_size)
+    except ValueError as e:
+        raise ValueError(f"finetune_cnn: {e}") from None
+    t = ext.preprocessing
+    cnn = ImageCNN(ext.network, int(dims[0]), tuple(t.mean), tuple(t.std), crop, implementation)
+    return cnn, Pictures(ext, resize)

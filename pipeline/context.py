@@ -1,0 +1,74 @@
+"""A config resolved against one dataset (`Context`): its manifest, clip keys and every feature stage's keys
+and store path. Shared by the runner and the training layer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .cache import hash_key
+from .config import PipelineConfig
+from .datasets import DatasetAdapter, Manifest
+from .store import StoreScan, scan_store
+
+
+class PipelineError(RuntimeError):
+    """A run could not complete; the message says what to do."""
+
+
+@dataclass
+class StageKeys:
+    """Everything that identifies one feature stage's result for one dataset."""
+
+    name: str
+    implementation: str
+    params: dict[str, Any]
+    store_key: str
+    store_path: Path
+    upstream: list[str]
+    attrs: dict[str, Any]
+
+
+@dataclass
+class Context:
+    """A config resolved against one dataset: its manifest, clip keys and every stage's keys."""
+
+    config: PipelineConfig
+    dataset: str
+    adapter: DatasetAdapter
+    manifest: Manifest | None
+    clip_keys: dict[str, str]
+    stages: dict[str, StageKeys]
+
+    def manifest_digest(self) -> str:
+        return hash_key(list(self.clip_keys.items()))
+
+
+def cache_paths(cache: Path) -> dict[str, Path]:
+    """The cache's fixed sub-folders."""
+    return {"stores": cache / "stores", "index": cache / "index", "runs": cache / "runs",
+            "locks": cache / "locks", "digests": cache / "digests.sqlite"}
+
+
+def committed(scan: StoreScan, clip_keys: dict[str, str]) -> tuple[set[str], int, list[dict[str, Any]]]:
+    """Clip ids whose current key is committed (ok or failed), how many shards hold them, and the
+    current failures."""
+    ok, failed = scan.current(clip_keys)
+    shards = {rec["shard"] for rec, _ in ok.values()} | {rec["shard"] for rec, _ in failed.values()}
+    return set(ok) | set(failed), len(shards), [f for _, f in failed.values()]
+
+
+def require_complete(ctx: Context, name: str) -> None:
+    """Fail, naming the command that fills it, unless stage `name` has committed every clip of the manifest
+    and none of it is damaged."""
+    assert ctx.manifest is not None
+    sk = ctx.stages[name]
+    scan = scan_store(sk.store_path, ctx.clip_keys)
+    command = (f"`pipeline run {ctx.config.stages[name].group} --dataset {ctx.dataset} --stage {name}`")
+    if scan.is_damaged:
+        raise PipelineError(f"stage '{name}' of dataset '{ctx.dataset}' is damaged ({scan.describe_damage()}); "
+                            f"run {command} to recompute it")
+    done, _, _ = committed(scan, ctx.clip_keys)
+    if len(done) < len(ctx.manifest):
+        raise PipelineError(f"stage '{name}' holds {len(done)} of {len(ctx.manifest)} clips of dataset "
+                            f"'{ctx.dataset}'; run {command} first")

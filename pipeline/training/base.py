@@ -1,0 +1,57 @@
+"""What the training layer passes around: a run's keys (`RunKeys`), what it did (`RunReport`), its errors."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..registry import EVALUATORS, TRAINERS
+
+
+class TrainError(RuntimeError):
+    """A train or evaluate stage cannot run; the message says what to do."""
+
+
+@dataclass
+class RunKeys:
+    """What identifies one train/evaluate stage's run for one dataset."""
+
+    name: str
+    implementation: str
+    kind: str  # "train" or "evaluate"
+    params: dict[str, Any]
+    key: str
+    run_dir: Path
+    task: str = "classes"
+    views: dict[str, str] = field(default_factory=dict)  # view name -> upstream feature stage (train)
+    upstream_runs: list[str] = field(default_factory=list)  # train stages an evaluate stage reads
+    init_from: str | None = None  # a train stage whose model this one starts from (fine-tuning)
+
+
+@dataclass
+class RunReport:
+    """What a train/evaluate stage did: reused or trained, its metrics, where the run lives."""
+
+    name: str
+    kind: str
+    run_dir: Path
+    reused: bool
+    units_trained: int = 0  # folds (or splits) trained in this run
+    units_reused: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def task(self) -> str:
+        return task_name(self.metrics.get("task"))
+
+
+def task_name(value: Any) -> str:
+    """A run's task as metrics.json records it ('captions' is what runs before the training core wrote)."""
+    return "pairs" if value in ("pairs", "captions") else "classes"
+
+
+def is_run_stage(impl: Any) -> bool:
+    """True for trainers and evaluators (stages that write a run directory, not a feature store)."""
+    name = getattr(impl, "name", None)
+    return any(name in reg and reg.get(name) is impl for reg in (TRAINERS, EVALUATORS))

@@ -1,0 +1,154 @@
+"""Pictures and tables of runs: PR curves, Recall@K curves, training curves, MAP and Recall tables."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DIRECTIONS = ("audio2visual", "visual2audio")
+
+
+def save_figure(fig: Any, path: Path, title: str, dpi: int = 110) -> None:
+    """Title, lay out and write a matplotlib figure as PNG, atomically (temporary name, then rename)."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_pr(curves: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+    """One PR-curve PNG: a line per (name, direction)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, d in zip(axes, DIRECTIONS):
+        for name, m in curves.items():
+            ax.plot(m[f"pr_{d}"]["recall"], m[f"pr_{d}"]["precision"], marker="o", ms=3,
+                    label=f"{name} (MAP {m[f'map_{d}']['mean']:.3f})")
+        ax.set_title(d.replace("2", " -> "))
+        ax.set_xlabel("recall")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("interpolated precision")
+    save_figure(fig, path, title)
+
+
+def plot_recall(run_dirs: dict[str, Path], path: Path, title: str, max_k: int = 50) -> None:
+    """Recall@K against K (1..max_k) per run, image -> speech and speech -> image, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from models.metrics import caption_ranks, cosine_similarity
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for name, run_dir in run_dirs.items():
+        with np.load(run_dir / "test_embeddings.npz") as z:
+            i2c, c2i = caption_ranks(cosine_similarity(z["image"], z["speech"]), z["image_of"])
+        for ax, ranks in zip(axes, (i2c, c2i)):
+            k = np.arange(1, max_k + 1)
+            ax.plot(k, [100 * np.mean(ranks < kk) for kk in k], label=name)
+    for ax, d in zip(axes, ("image -> speech", "speech -> image")):
+        ax.set_title(d)
+        ax.set_xlabel("K")
+        ax.set_ylim(0, 101)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("Recall@K (%)")
+    save_figure(fig, path, title)
+
+
+def table_rows(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flat rows (one per run) of MAP mean/std per direction, chance and fold count, for tables."""
+    rows = []
+    for name, m in runs.items():
+        row = {"stage": name, "implementation": m.get("implementation", ""), "folds": len(m["folds"]),
+               "chance": m["chance_map"]["mean"]}
+        for d in DIRECTIONS:
+            row[d] = (m[f"map_{d}"]["mean"], m[f"map_{d}"]["std"])
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text MAP table with chance level beside each row."""
+    head = f"{'stage':<14} {'method':<12} {'MAP audio->visual':>18} {'MAP visual->audio':>18} {'chance':>7} {'folds':>5}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        cells = [f"{r[d][0]:.3f} ± {r[d][1]:.3f}" for d in DIRECTIONS]
+        lines.append(f"{r['stage']:<14} {r['implementation']:<12} {cells[0]:>18} {cells[1]:>18} "
+                     f"{r['chance']:>7.3f} {r['folds']:>5}")
+    return "\n".join(lines)
+
+
+def summary_line(m: dict[str, Any]) -> str:
+    """'MAP audio->visual 0.61 ± 0.04, visual->audio ... (chance ...), N folds' for one train run."""
+    a, v = (f"{m[f'map_{d}']['mean']:.3f} ± {m[f'map_{d}']['std']:.3f}" for d in DIRECTIONS)
+    return (f"MAP audio->visual {a}, visual->audio {v} (chance {m['chance_map']['mean']:.3f}), "
+            f"{len(m['folds'])} fold(s), {m.get('protocol', '')}")
+
+
+def plot_history(history: dict[str, list[float]], path: Path, title: str) -> None:
+    """Training loss and validation rsum per epoch, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    for k in ("loss", "vse_loss", "rec_loss"):
+        if k in history:
+            ax1.plot(epochs, history[k], label=k)
+    ax1.set_xlabel("epoch")
+    ax1.set_title("training loss (per batch)")
+    ax1.legend(fontsize=8)
+    ax2.plot(epochs, history.get("val_rsum", []), marker="o", ms=3)
+    ax2.set_xlabel("epoch")
+    ax2.set_title("validation rsum (R@1+5+10, both ways)")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    save_figure(fig, path, title, dpi=100)
+
+
+def chance_rsum(m: dict[str, Any]) -> float:
+    """The rsum (R@1+5+10, image <-> speech) a random ranking gets, from a captions run's metrics."""
+    return float(sum(v for d in ("image2speech", "speech2image") for v in m["chance"][d].values()))
+
+
+def _cell(m: dict[str, Any], d: str) -> str:
+    return f"{m[d]['r@1']:5.1f} {m[d]['r@5']:5.1f} {m[d]['r@10']:5.1f} {m[d]['medr']:5.0f}"
+
+
+def recall_line(m: dict[str, Any]) -> str:
+    """'image->speech R@1/5/10 ..., speech->image ..., rsum ... (chance ...)' for one captions run."""
+    chance = chance_rsum(m)
+    parts = [f"{d.replace('2', '->')} R@1/5/10 {m[d]['r@1']:.1f}/{m[d]['r@5']:.1f}/{m[d]['r@10']:.1f}, "
+             f"medr {m[d]['medr']:.0f}" for d in ("image2speech", "speech2image")]
+    return (f"{'; '.join(parts)}; rsum {m['rsum']:.1f} (chance {chance:.1f}) on {m['n_images']} "
+            f"{m.get('evaluated_on', 'test')} images")
+
+
+def recall_table(runs: dict[str, dict[str, Any]]) -> str:
+    """A plain-text Recall@K table (R@1 R@5 R@10 medr each way, rsum, chance rsum) of captions runs."""
+    head = (f"{'stage':<18} {'image -> speech':>23}   {'speech -> image':>23} {'rsum':>7} {'chance':>7} {'images':>6}\n"
+            f"{'':<18} {'R@1   R@5  R@10  medr':>23}   {'R@1   R@5  R@10  medr':>23}")
+    lines = [head, "-" * len(head.splitlines()[0])]
+    for name, m in runs.items():
+        chance = chance_rsum(m)
+        lines.append(f"{name:<18} {_cell(m, 'image2speech'):>23}   {_cell(m, 'speech2image'):>23} "
+                     f"{m['rsum']:7.1f} {chance:7.1f} {m['n_images']:>6}")
+    return "\n".join(lines)

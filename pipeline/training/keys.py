@@ -1,0 +1,161 @@
+"""Which runs a config asks for: the key and run directory of every train and evaluate stage, the upstream
+stage bound to each view of its trainer, its task; which run stages do not apply to a dataset; and
+their status."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from models.base import Trainer
+
+from ..cache import hash_key
+from ..config import PipelineConfig, implementation, key_params
+from ..registry import EVALUATORS, TASKS, TRAINERS
+from .base import RunKeys, TrainError, is_run_stage
+
+if TYPE_CHECKING:
+    from ..context import Context
+    from ..datasets import Manifest
+
+
+def task_for(impl: Any, manifest: "Manifest | None") -> str:
+    """The first of a trainer's tasks that applies to the dataset (its first task when none does)."""
+    tasks = list(getattr(impl, "tasks", ("classes",)))
+    if manifest is not None:
+        for t in tasks:
+            if TASKS.get(t)().applies(manifest) is None:
+                return t
+    return tasks[0]
+
+
+def applies(impl: Any, manifest: "Manifest") -> str | None:
+    """Why a trainer cannot learn from this dataset (none of its tasks applies), or None when it can."""
+    reasons = [TASKS.get(t)().applies(manifest) for t in getattr(impl, "tasks", ("classes",))]
+    return None if any(r is None for r in reasons) else reasons[0]
+
+
+def bind_views(ctx: "Context", name: str, trainer: Any) -> dict[str, str]:
+    """View name -> the upstream feature stage it reads: the stage named in the stage's `views`, else the
+    one upstream stage of the view's modality that applies to the dataset."""
+    spec = ctx.config.stages[name]
+    bound: dict[str, str] = {}
+    for v in trainer.views():
+        if v.form == "tokens":
+            continue  # text comes from the manifest
+        if v.name in spec.views:
+            stage = spec.views[v.name]
+            if stage not in ctx.stages:
+                raise TrainError(f"stage '{name}': view '{v.name}' reads stage '{stage}', which has no feature store "
+                                 f"for dataset '{ctx.dataset}'")
+            bound[v.name] = stage
+            continue
+        found = [u for u in spec.upstream if u in ctx.stages and ctx.stages[u].attrs.get("modality") == v.modality]
+        if len(found) > 1:
+            raise TrainError(f"stage '{name}': upstream stages '{found[0]}' and '{found[1]}' are both {v.modality} for "
+                             f"dataset '{ctx.dataset}'; name the one view '{v.name}' reads under the stage's `views`")
+        if not found:
+            raise TrainError(f"stage '{name}' has no {v.modality} upstream stage that applies to dataset "
+                             f"'{ctx.dataset}' (its upstream: {', '.join(spec.upstream) or 'none'}); add an "
+                             f"extract (media datasets) or import (feature datasets) stage of that modality")
+        bound[v.name] = found[0]
+    return bound
+
+
+def resolve_runs(ctx: "Context", names: list[str]) -> dict[str, RunKeys]:
+    """Keys and run directories of the train/evaluate stages among `names` (feature stages resolved in ctx)."""
+    from ..registry import TASKS as _tasks
+
+    cfg = ctx.config
+    runs: dict[str, RunKeys] = {}
+    root = cfg.cache / "runs" / ctx.dataset
+    for name in cfg.order(names):
+        spec = cfg.stages[name]
+        impl = implementation(spec.implementation)
+        if not is_run_stage(impl):
+            continue
+        params = cfg.params_for(name, ctx.dataset)
+        if impl.name in TRAINERS:
+            task = task_for(impl, ctx.manifest)
+            try:
+                trainer = impl(impl.Config(**params), "cpu")
+            except ValueError as e:
+                raise TrainError(f"stage '{name}': {e}") from None
+            views = bind_views(ctx, name, trainer)
+            ident: dict[str, Any] = {"implementation": spec.implementation, "version": impl.VERSION,
+                                     "params": key_params(impl.Config, params),
+                                     "views": {v: ctx.stages[s].store_key for v, s in sorted(views.items())}}
+            if ctx.manifest is not None:
+                t = _tasks.get(task)()
+                ident[t.digest_field] = t.digest(ctx)
+            inits = [u for u in spec.upstream if u in runs and runs[u].kind == "train"]
+            if len(inits) > 1:
+                raise TrainError(f"stage '{name}' lists train stages {', '.join(inits)} upstream; it can start "
+                                 "from one model only")
+            if inits:
+                if type(trainer).start_from is Trainer.start_from:
+                    raise TrainError(f"stage '{name}' ({spec.implementation}) cannot start from another run "
+                                     f"('{inits[0]}'); its trainer cannot be fine-tuned")
+                ident["init"] = runs[inits[0]].key
+            key = hash_key(ident)
+            runs[name] = RunKeys(name, spec.implementation, "train", params, key, root / f"{name}-{key}", task,
+                                 views, init_from=inits[0] if inits else None)
+        else:
+            ups = [u for u in spec.upstream if u in runs and runs[u].kind == "train"]
+            if not ups:
+                raise TrainError(f"stage '{name}' evaluates train stages; list them under its upstream "
+                                 f"(its upstream: {', '.join(spec.upstream) or 'none'})")
+            task = getattr(impl, "task", "classes")
+            wrong = [u for u in ups if runs[u].task != task]
+            if wrong:
+                raise TrainError(f"evaluate stage '{name}' ({spec.implementation}) scores '{task}' runs, and train "
+                                 f"stage '{wrong[0]}' ({runs[wrong[0]].implementation}) learns '{runs[wrong[0]].task}': "
+                                 f"use an evaluator of that task ({', '.join(n for n in EVALUATORS.names() if getattr(EVALUATORS.get(n), 'task', None) == runs[wrong[0]].task)})")
+            key = hash_key({"implementation": spec.implementation, "version": impl.VERSION, "params": params,
+                            "runs": [runs[u].key for u in ups]})
+            runs[name] = RunKeys(name, spec.implementation, "evaluate", params, key, root / f"{name}-{key}", task,
+                                 upstream_runs=ups)
+    return runs
+
+
+def inapplicable(cfg: PipelineConfig, manifest: "Manifest", names: list[str]) -> dict[str, str]:
+    """Why each run stage among `names` cannot run on this manifest: train stages that cannot learn
+    from it, evaluate stages whose train stages all cannot, and stages starting from one that cannot."""
+    why = {n: r for n in names if cfg.stages[n].implementation in TRAINERS
+           and (r := applies(TRAINERS.get(cfg.stages[n].implementation), manifest))}
+    for n in cfg.order(names) if why else []:
+        ups = [u for u in cfg.stages[n].upstream if u in names and is_run_stage(implementation(cfg.stages[u].implementation))]
+        if n in why or not ups:
+            continue
+        if all(u in why for u in ups):
+            why[n] = "every train stage it reads does not apply"
+        elif any(u in why for u in ups) and cfg.stages[n].implementation in TRAINERS:
+            why[n] = f"it starts from '{next(u for u in ups if u in why)}', which does not apply"
+    return why
+
+
+def run_status(ctx: "Context", names: list[str]) -> list[dict[str, Any]]:
+    """Train/evaluate stages: up to date / partial k units / missing / stale, by their run directories."""
+    rows = []
+    skip = inapplicable(ctx.config, ctx.manifest, names) if ctx.manifest else {}
+    for name in names:
+        row = {"stage": name, "done": 0, "total": 0, "failed": 0, "store": None}
+        if name in skip:
+            rows.append({**row, "state": f"does not apply: {skip[name]}"})
+            continue
+        try:
+            rk = resolve_runs(ctx, [name]).get(name)
+        except TrainError as e:
+            rows.append({**row, "state": f"cannot resolve: {e}"})
+            continue
+        if rk is None:
+            continue
+        folds = list((rk.run_dir / "folds").glob("*/embeddings.npz")) if rk.kind == "train" else []
+        if (rk.run_dir / "metrics.json").exists():
+            state = "up to date"
+        elif folds:
+            state = f"partial: {len(folds)} fold(s) committed"
+        elif any(p != rk.run_dir for p in rk.run_dir.parent.glob(f"{name}-*")):
+            state = "stale (params, code or upstream changed since the last run)"
+        else:
+            state = "missing"
+        rows.append({**row, "state": state, "store": str(rk.run_dir)})
+    return rows

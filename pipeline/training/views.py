@@ -1,0 +1,104 @@
+"""Reading a trainer's views: each `View` from its upstream feature store (or the manifest, for text) into
+`Items`, in the form the trainer asked for, for the items the task keeps; the others are left out with
+their reason."""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from models.items import Items, SequenceData, TokensData, View
+
+from ..context import require_complete
+from ..store import FeatureStore
+
+if TYPE_CHECKING:
+    from ..context import Context
+    from .base import RunKeys
+    from .tasks import Task
+
+log = logging.getLogger(__name__)
+
+_PRELOAD_BYTES = 1 << 30  # sequences smaller than this in all are read once and kept in memory
+
+
+def unusable(stores: dict[str, FeatureStore], stages: dict[str, str], clip_id: str) -> str | None:
+    """Why a clip cannot be an item (failed, not computed or empty in one of the view stores), or None."""
+    for view, st in stores.items():
+        why = st.unusable(clip_id)
+        if why:
+            return f"stage '{stages[view]}': {why}"
+    return None
+
+
+def _distribution(means: np.ndarray, temperature: float) -> np.ndarray:
+    """Rows that are probabilities already stay; logits become softmax(logits / temperature)."""
+    if (means >= 0).all() and np.allclose(means.sum(axis=1), 1.0, atol=1e-3):
+        return means
+    z = means / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _read(view: View, store: FeatureStore | None, ids: list[str], clips: list[Any]) -> Any:
+    """One view's data for the items `ids` (per group: the group's first item), in the view's form."""
+    if view.form == "tokens":
+        return TokensData([c.text[0] if c.text else "" for c in clips], max_len=view.max_len)
+    assert store is not None
+    dims = [int(d) for d in store.attrs.get("dims") or []]
+    if view.form == "sequence":
+        dim = int(np.prod(dims)) if dims else 1
+        lengths = np.minimum(store.lengths_of(ids), view.max_len)
+        cache: dict[str, np.ndarray] = {}
+        if int(lengths.sum()) * dim * 4 <= _PRELOAD_BYTES:
+            cache = {cid: store[cid][:view.max_len] for cid in ids}
+        return SequenceData(lambda cid: cache[cid] if cid in cache else store[cid][:view.max_len], list(ids),
+                            int(view.max_len or 0), dim, lengths)
+    means = store.clip_means(ids)
+    if view.form == "map":
+        if len(dims) != 3:
+            raise ValueError(f"view '{view.name}' is a map, and its store holds rows of {dims}, not [H, W, C]")
+        return means.reshape(len(ids), *dims).astype(view.dtype)
+    if view.form == "distribution":
+        return _distribution(means.astype(np.float64), view.temperature).astype(view.dtype)
+    return means.astype(view.dtype)
+
+
+def read_items(ctx: "Context", rk: "RunKeys", trainer: Any, task: "Task") -> tuple[Items, dict[str, str]]:
+    """Every qualifying item of the dataset with the trainer's views, and the items left out (id -> why)."""
+    assert ctx.manifest is not None
+    views: list[View] = trainer.views()
+    for stage in {rk.views[v.name] for v in views if v.name in rk.views}:
+        require_complete(ctx, stage)
+    stores = {v.name: FeatureStore(ctx.stages[rk.views[v.name]].store_path, clip_keys=ctx.clip_keys)
+              for v in views if v.name in rk.views}
+    needs_text = any(v.form == "tokens" for v in views)
+    skipped: dict[str, str] = {}
+    keep = []
+    for c in ctx.manifest.clips:
+        why = (task.qualifies(c) or unusable(stores, rk.views, c.clip_id)
+               or ("no transcript (a text view needs one)" if needs_text and not c.text else None)
+               or trainer.needs_media(c))
+        if why:
+            skipped[c.clip_id] = why
+        else:
+            keep.append(c)
+    if skipped:
+        log.warning("stage '%s': %d item(s) left out, e.g. %s: %s", rk.name, len(skipped), *next(iter(skipped.items())))
+    fields = task.annotate(keep, ctx.manifest)
+    ids = [c.clip_id for c in keep]
+    items = Items(ids, {}, frozenset(v.name for v in views if v.per == "group"), media=keep, **fields)
+    firsts = items.group_firsts() if items.group_of is not None else None
+    for v in views:
+        if v.per == "group":
+            if firsts is None:
+                raise ValueError(f"view '{v.name}' is read per group, and the task '{task.name}' has no groups")
+            items.data[v.name] = _read(v, stores.get(v.name), [ids[i] for i in firsts], [keep[i] for i in firsts])
+        else:
+            items.data[v.name] = _read(v, stores.get(v.name), ids, keep)
+    extra = trainer.media_data(items)
+    items.data.update(extra)
+    items.per_group = items.per_group | frozenset(extra)
+    return items, skipped
