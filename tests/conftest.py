@@ -12,6 +12,7 @@ import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow start-up chatter
 
+SHAPES = {"n_images": 8, "captions_per_image": 2, "n_val": 2, "n_test": 2, "size": 32, "seed": 0}
 TINY = {"n_classes": 2, "clips_per_class": 3, "duration": 1.0, "size": 32, "fps": 5, "seed": 0, "n_folds": 3}
 
 
@@ -47,6 +48,16 @@ def tiny_synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("data") / "tiny"
     SyntheticDataset("tiny", root, SyntheticConfig(**TINY)).prepare()
+    return root
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny spoken-caption corpus (8 pictures x 2 espeak-ng captions), generated once per test session."""
+    from pipeline.datasets.spoken_shapes import SpokenShapesConfig, SpokenShapesDataset
+
+    root = tmp_path_factory.mktemp("data") / "shapes"
+    SpokenShapesDataset("shapes", root, SpokenShapesConfig(**SHAPES)).prepare()
     return root
 
 

@@ -297,7 +297,8 @@ class Pairs(Task):
         tmp = run_dir / f".tmp-model-{uuid.uuid4().hex[:8]}.pt"
         torch.save(trainer.state_dict(), tmp)
         os.replace(tmp, run_dir / "model.pt")
-        figures.plot_history(trainer.history, run_dir / "training_curve.png", f"{run_dir.name}")
+        if trainer.history.get("loss"):
+            figures.plot_history(trainer.history, run_dir / "training_curve.png", f"{run_dir.name}")
         emb = trainer.embed(test)
         tmp = run_dir / f".tmp-test-{uuid.uuid4().hex[:8]}.npz"
         np.savez(tmp, clip_ids=np.array(test.ids, dtype=str), groups=np.array(test.groups, dtype=str),

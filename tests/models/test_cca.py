@@ -88,3 +88,18 @@ def test_state_dict_round_trip_and_errors(tmp_path):
         CCA(2).transform(x, y)
     with pytest.raises(ValueError, match="beta"):
         ClusterCCA(2, beta=1.5)
+
+
+def test_beta_weights_the_paired_cross_covariance():
+    from models.cca import covariances, solve_cca
+
+    rng = np.random.default_rng(4)
+    x, y, labels, _, _ = planted(200, rng)
+    beta = 0.25
+    model = ClusterCCA(n_components=3, beta=beta, reg=1e-3).fit(x, y, labels)
+    _, _, _, _, sxx, syy, paired = covariances(x, y, 1e-3, torch.device("cpu"))
+    cluster = torch.as_tensor(naive_cluster_cross_covariance(x, y, labels))
+    _, _, want = solve_cca(sxx, syy, beta * paired + (1 - beta) * cluster, 3)  # Σ12 = β·paired + (1-β)·cluster
+    np.testing.assert_allclose(model.correlations_, want.numpy(), rtol=0, atol=1e-10)
+    _, _, swapped = solve_cca(sxx, syy, (1 - beta) * paired + beta * cluster, 3)
+    assert not np.allclose(model.correlations_, swapped.numpy(), atol=1e-6)

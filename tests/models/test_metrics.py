@@ -170,3 +170,15 @@ def test_recall_over_folds_averages_slices_of_images():
     assert two["folds"] == 2 and whole["folds"] == 1
     with pytest.raises(ValueError, match="folds"):
         recall_metrics(images, caps, image_of, folds=11)
+
+
+def test_recall_at_k_counts_ranks_below_k_not_a_rank_of_exactly_k():
+    from models.metrics import caption_recall
+
+    # 3 images, one caption each; caption 0's image comes first, caption 1's second (0-based rank 1 = K for
+    # K = 1), caption 2's third: R@1 = 1/3, R@2 = 2/3
+    images = np.eye(3)
+    speech = np.array([[1.0, 0.0, 0.0], [0.9, 0.8, 0.0], [0.9, 0.5, 0.1]])
+    m = caption_recall({"image": images, "speech": speech}, np.arange(3), ks=(1, 2, 3))
+    assert m["speech2image"]["r@1"] == pytest.approx(100 / 3) and m["speech2image"]["r@2"] == pytest.approx(200 / 3)
+    assert m["speech2image"]["r@3"] == pytest.approx(100.0)

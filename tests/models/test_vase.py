@@ -219,3 +219,12 @@ def test_finetune_cnn_needs_the_cnn_and_the_pictures():
     data.images = data.images[:, :16]
     with pytest.raises(ValueError, match="without them"):
         VASETrainer({**TINY, "finetune_cnn": True}, "cpu", cnn=CNN).fit_pairs(data, data)
+
+
+def test_the_reconstruction_temperature_is_the_smooth_param():
+    torch.manual_seed(0)
+    views = [torch.nn.functional.normalize(torch.randn(6, 8), dim=1) for _ in range(2)]
+    losses = {s: VASETrainer({**TINY, "smooth": s}, "cpu").loss(views)[2] for s in (1.0, 6.0, 30.0)}
+    assert len({round(v, 6) for v in losses.values()}) == 3
+    default = VASETrainer(TINY, "cpu").loss(views)[2]
+    assert default == pytest.approx(losses[6.0])  # two streams: VASE's 6

@@ -13,9 +13,8 @@ from pipeline.config import load_config
 from pipeline.datasets.spoken_shapes import SpokenShapesConfig, SpokenShapesDataset
 from pipeline.runner import PipelineError, run
 
-from ..conftest import TINY, cli, write_config
+from ..conftest import SHAPES, TINY, cli, write_config
 
-SHAPES = {"n_images": 8, "captions_per_image": 2, "n_val": 2, "n_test": 2, "size": 32, "seed": 0}
 SMALL = {"width": 0.0625, "embed_size": 16, "max_frames": 64, "batch_size": 4, "epochs": 2, "lr": 1e-3,
          "min_word_count": 1}
 STAGES = {
@@ -33,13 +32,6 @@ STAGES = {
     "evaluate-speech": {"group": "evaluate", "implementation": "recall",
                         "upstream": ["vase-2s", "vase-3s", "vase-3s-finetune"], "params": {"ks": [1, 5, 10]}},
 }
-
-
-@pytest.fixture(scope="session")
-def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data") / "shapes"
-    SpokenShapesDataset("shapes", root, SpokenShapesConfig(**SHAPES)).prepare()
-    return root
 
 
 @pytest.fixture

@@ -1,0 +1,67 @@
+"""The import graph of the project's packages has no cycle (function-level imports count too)."""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("pipeline", "extractors", "models")
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for pkg in PACKAGES:
+        for p in (ROOT / pkg).rglob("*.py"):
+            parts = list(p.relative_to(ROOT).with_suffix("").parts)
+            mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return mods
+
+
+def _imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
+    """Modules of the project that `name` imports anywhere in its body (not under `if TYPE_CHECKING:`)."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found: set[str] = set()
+
+    def walk(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                for n in child.orelse:
+                    walk(n)
+                continue
+            if isinstance(child, ast.Import):
+                found.update(a.name for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = (".".join(package.split(".")[:len(package.split(".")) - child.level + 1] + ([child.module] if
+                        child.module else [])) if child.level else child.module) or ""
+                found.update(f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in child.names)
+            walk(child)
+
+    walk(ast.parse(path.read_text()))
+    out = set()
+    for m in found:
+        while m and m not in mods:
+            m = m.rpartition(".")[0]
+        if m and m != name:
+            out.add(m)
+    return out
+
+
+def test_no_import_cycles():
+    mods = _modules()
+    graph = {m: _imports(m, p, mods) for m, p in mods.items()}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m: str, trail: list[str]) -> None:
+        if state.get(m) == 2:
+            return
+        if state.get(m) == 1:
+            cycles.append(trail[trail.index(m):] + [m])
+            return
+        state[m] = 1
+        for n in sorted(graph[m]):
+            visit(n, trail + [m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        visit(m, [])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+    assert "pipeline.training.run" in graph["pipeline.runner"] or "pipeline.training" in graph["pipeline.runner"]
