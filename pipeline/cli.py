@@ -92,6 +92,7 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
         bar["bar"] = tqdm(total=todo, unit="clip", desc=report.name, disable=no_progress, dynamic_ncols=True)
 
     committed = [0]
+    skips: dict[str, list[str]] = {}  # reason -> stages that do not apply for it, said once after the work
 
     def on_progress(n: int) -> None:
         committed[0] += 1
@@ -108,7 +109,7 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
         cfg = load_config(config_path, overrides, cache)
         reports = run(group, dataset=dataset, stage=stage, config=cfg, strict=False, on_plan=on_plan,
                       on_progress=on_progress, on_wait=lambda m: click.echo(m, err=True), on_notice=on_notice,
-                      on_skip=lambda n, why: click.echo(f"{n}: skipped, it does not apply to this dataset: {why}"),
+                      on_skip=lambda n, why: skips.setdefault(why, []).append(n),
                       on_epoch=None if no_progress else lambda n, e, total, rsum: click.echo(
                           f"{n}: epoch {e}/{total}, validation rsum {rsum:.1f}", err=True),
                       workers=workers, executor=executor, scheduler=scheduler, shard_size=shard_size,
@@ -155,6 +156,9 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
             click.secho(f"{r.name}: computed with RANDOM weights ({attrs['params'].get('weights')}): "
                         "not pretrained features, for smoke tests only", fg="yellow", bold=True)
     _echo_runs(runs, random)
+    if skips:
+        click.echo("skipped, they do not apply to this dataset: " + "; ".join(
+            f"{', '.join(names)} ({why})" for why, names in skips.items()))
     click.echo(f"done in {time.perf_counter() - t0:.1f} s")
     if strict and failed:
         click.secho(f"error: {len(failed)} clip(s) failed and --strict is set", fg="red", err=True)
@@ -246,7 +250,7 @@ def ls_cmd(config_path: str, cache: str | None) -> None:
               help="also remove the stores of datasets that stages.yaml does not name")
 @common
 def gc_cmd(dry_run: bool, everything: bool, config_path: str, cache: str | None) -> None:
-    """Remove stores that no current key in stages.yaml references (never one a running run uses)."""
+    """Remove stores and run directories that no current key in stages.yaml references (never one a running run uses)."""
     from .config import load_config
     from .runner import collect_garbage
 
@@ -262,7 +266,8 @@ def gc_cmd(dry_run: bool, everything: bool, config_path: str, cache: str | None)
         click.echo(f"{verb} {path} ({_human(size)})")
     for s in skipped:
         click.echo(f"kept: {s}")
-    click.echo(f"{verb} {len(removed)} store(s), {_human(sum(s for _, s in removed))}")
+    n_runs = sum(1 for p, _ in removed if p.parent.parent.name == "runs")
+    click.echo(f"{verb} {len(removed) - n_runs} store(s) and {n_runs} run(s), {_human(sum(s for _, s in removed))}")
 
 
 @main.command("verify")

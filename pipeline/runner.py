@@ -435,12 +435,36 @@ def list_cache(config: PipelineConfig) -> list[dict[str, Any]]:
     return out
 
 
+def _current_runs(config: PipelineConfig, name: str, skipped: list[str]) -> set[Path] | None:
+    """Run directories of dataset `name` that a current key references (None: the dataset cannot be read,
+    so none of its runs can be judged)."""
+    run_stages = [n for n in config.stages if is_run_stage(implementation(config.stages[n].implementation))]
+    if not run_stages:
+        return set()
+    try:
+        ctx = resolve(config, name, errors={})
+        assert ctx.manifest is not None
+    except Exception as e:  # no data here (a corpus not downloaded): keep its runs
+        skipped.append(f"the runs of dataset '{name}': its manifest cannot be read ({e})")
+        return None
+    keep: set[Path] = set()
+    why = inapplicable(config, ctx.manifest, run_stages)
+    for stage in run_stages:
+        if stage in why:
+            continue
+        try:
+            keep.update(rk.run_dir for rk in resolve_runs(ctx, [stage]).values())
+        except TrainError:  # unknown current key: keep every run of that stage
+            keep.update((config.cache / "runs" / name).glob(f"{stage}-*"))
+    return keep
+
+
 def garbage(config: PipelineConfig, everything: bool = False) -> tuple[list[Path], list[str]]:
-    """Stores that no current key of any dataset in stages.yaml references, and what was left alone. The
-    stores of datasets stages.yaml does not name are left alone unless `everything`."""
+    """Stores and run directories that no current key of any dataset in stages.yaml references, and what was
+    left alone. Those of datasets stages.yaml does not name are left alone unless `everything`."""
     keep: set[Path] = set()
     skipped: list[str] = []
-    stores = cache_paths(config.cache)["stores"]
+    stores, runs = cache_paths(config.cache)["stores"], cache_paths(config.cache)["runs"]
     for name in config.datasets:
         unresolved: dict[str, str] = {}
         try:
@@ -448,24 +472,30 @@ def garbage(config: PipelineConfig, everything: bool = False) -> tuple[list[Path
         except Exception as e:  # a dataset we cannot resolve keeps all its stores
             skipped.append(f"{name}: {e}")
             keep.update(p for p in (stores / name).glob("*") if p.is_dir())
-            continue
-        keep.update(sk.store_path for sk in ctx.stages.values())
-        for stage in unresolved:  # unknown current key: keep every store of that stage
-            keep.update(p for p in (stores / name).glob(f"{stage}-*"))
-    others = sorted(d.name for d in stores.glob("*") if d.is_dir() and d.name not in config.datasets)
-    if others and not everything:
-        skipped.append(f"the stores of dataset(s) {', '.join(others)}: not in {config.path.name} "
-                       "(`pipeline gc --all` removes them too)")
-        keep.update(p for d in others for p in (stores / d).glob("*"))
-    unused = [p for p in sorted(stores.glob("*/*")) if p.is_dir() and p not in keep]
-    return unused, skipped
+            ctx = None
+        if ctx is not None:
+            keep.update(sk.store_path for sk in ctx.stages.values())
+            for stage in unresolved:  # unknown current key: keep every store of that stage
+                keep.update(p for p in (stores / name).glob(f"{stage}-*"))
+        current = _current_runs(config, name, skipped)
+        keep.update(p for p in (runs / name).glob("*") if p.is_dir()) if current is None else keep.update(current)
+    for root, what in ((stores, "stores"), (runs, "runs")):
+        others = sorted(d.name for d in root.glob("*") if d.is_dir() and d.name not in config.datasets)
+        if others and not everything:
+            skipped.append(f"the {what} of dataset(s) {', '.join(others)}: not in {config.path.name} "
+                           "(`pipeline gc --all` removes them too)")
+            keep.update(p for d in others for p in (root / d).glob("*"))
+    candidates = [p for root in (stores, runs) for p in sorted(root.glob("*/*"))
+                  if p.is_dir() and not p.name.startswith(".") and p not in keep]
+    return candidates, skipped
 
 
 def collect_garbage(config: PipelineConfig, dry_run: bool = False,
                     everything: bool = False) -> tuple[list[tuple[Path, int]], list[str]]:
-    """Remove (or with dry_run only list) unreferenced stores; returns (path, bytes) of each and what was
-    kept. A store that a running run produces or reads (its use lock) is kept, and so is one being written."""
-    from filelock import Timeout
+    """Remove (or with dry_run only list) unreferenced stores and run directories; returns (path, bytes) of
+    each and what was kept. What a running run produces or reads (its use lock) is kept, and so is what is
+    being written (its writer or run lock)."""
+    from filelock import FileLock, Timeout
 
     candidates, skipped = garbage(config, everything)
     removed = []
@@ -478,7 +508,10 @@ def collect_garbage(config: PipelineConfig, dry_run: bool = False,
             if dry_run:  # (taking the writer lock would need a writable cache)
                 removed.append((p, size))
                 continue
-            lock = store_lock(config.cache, p)
+            is_run = p.parent.parent == cache_paths(config.cache)["runs"]
+            lock = (FileLock(str(cache_paths(config.cache)["locks"] / "runs" / p.parent.name / f"{p.name}.lock"))
+                    if is_run else store_lock(config.cache, p))
+            Path(lock.lock_file).parent.mkdir(parents=True, exist_ok=True)
             try:
                 lock.acquire(timeout=0)
             except Timeout:
@@ -594,8 +627,8 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
         raise PipelineError(str(e)) from None
     reports: list[Any] = []
     with Executor() as executor, contextlib.ExitStack() as using:
-        for sk in ctx.stages.values():  # held until the run ends: gc leaves what this run makes or reads
-            using.enter_context(in_use(cfg.cache, sk.store_path))
+        for path in [sk.store_path for sk in ctx.stages.values()] + [rk.run_dir for rk in runs.values()]:
+            using.enter_context(in_use(cfg.cache, path))  # until the run ends: gc leaves what it makes or reads
         for name in names:
             ex = cfg.execution_for(name, **execution)
             if name in runs:

@@ -200,3 +200,13 @@ def test_a_clip_too_short_for_vggish_fails_by_name_and_training_goes_on(tmp_path
     padded = run("extract", config=cfg, stage="vggish", overrides=["vggish.pad_short=true"])[-1]
     assert padded.failed == 0 and padded.computed == 7 and padded.store_path != by_name["vggish"].store_path
     assert open_store(padded.store_path)["dog/blip"].shape == (1, 128)
+
+
+def test_gc_removes_runs_no_current_key_references(features_project, tmp_path):
+    kept = run("train", stage="cca", config=features_project)[-1].run_dir
+    old = run("train", stage="cca", config=features_project, overrides=["cca.reg=0.01"])[-1].run_dir
+    dry = cli("gc", "--dry-run", "--config", str(features_project)).stdout
+    assert f"would remove {old}" in dry and str(kept) not in dry and old.exists()
+    out = cli("gc", "--config", str(features_project)).stdout
+    assert "removed 0 store(s) and 1 run(s)" in out and not old.exists() and kept.exists()
+    assert run("train", stage="cca", config=features_project)[-1].reused
