@@ -244,7 +244,7 @@ class GeneratedDataset(DatasetAdapter):
         import json
         import shutil
         import uuid
-        from dataclasses import asdict
+        from dataclasses import asdict, fields
 
         from filelock import FileLock
 
@@ -253,7 +253,8 @@ class GeneratedDataset(DatasetAdapter):
         with FileLock(str(self.root) + ".lock"):
             marker = self.root / MARKER
             if marker.exists():
-                found = json.loads(marker.read_text())
+                # a param added to the generator later is absent from older markers: its default is what made them
+                found = {**{f.name: f.default for f in fields(self.config)}, **json.loads(marker.read_text())}
                 if found != params:
                     raise DatasetError(
                         f"dataset '{self.dataset_name}': {self.root} holds a {self.name} set generated with "

@@ -2,6 +2,13 @@
 
 Each class has its own picture (test pattern + hue) and its own sound (tone frequency + noise
 colour); every clip jitters both, so the task is learnable but not trivial.
+
+`nuisance` > 0 makes the harder variant (`synthetic-hard` in stages.yaml): each clip also draws three
+factors that show in both its picture and its sound but say nothing about its class (brightness and
+loudness, contrast and noise level, gamma and a slight detuning), so the strongest pair-level
+correlations are not the class; and `class_noise` > 0 gives each class its own noise level. Plain CCA,
+which maximises pair-level correlation, then spends components on the nuisance; Cluster-CCA (all
+within-class pairs) and the triplet network (class labels) see through it.
 """
 from __future__ import annotations
 
@@ -32,6 +39,8 @@ class SyntheticConfig:
     sample_rate: int = 16000
     n_folds: int = 5
     seed: int = 0
+    nuisance: float = 0.0  # strength of the class-free factors shared by a clip's picture and sound (0: none)
+    class_noise: float = 0.0  # the noise level grows by this factor from the first class to the last
 
     def __post_init__(self) -> None:
         checks = [(self.n_classes >= 2, "n_classes must be >= 2"),
@@ -40,7 +49,8 @@ class SyntheticConfig:
                   (self.size >= 16 and self.size % 2 == 0, "size must be an even number >= 16 (H.264 4:2:0)"),
                   (self.fps >= 1, "fps must be >= 1"),
                   (self.sample_rate >= 8000, "sample_rate must be >= 8000"),
-                  (self.n_folds >= 1, "n_folds must be >= 1")]
+                  (self.n_folds >= 1, "n_folds must be >= 1"),
+                  (0 <= self.nuisance <= 1, "nuisance must be in [0, 1]"), (self.class_noise >= 0, "class_noise must be >= 0")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"{msg} (got {asdict(self)})")
@@ -48,7 +58,7 @@ class SyntheticConfig:
 
 def _clip_spec(k: int, i: int, cfg: SyntheticConfig) -> dict:
     rng = np.random.default_rng([cfg.seed, k, i])
-    return {
+    spec = {
         "pattern": _PATTERNS[k % len(_PATTERNS)],
         "hue": float((k * 360.0 / max(cfg.n_classes, 1) + rng.uniform(-8, 8)) % 360),
         "freq": float(220.0 * 2 ** (k * 4 / 12) * rng.uniform(0.97, 1.03)),
@@ -56,6 +66,13 @@ def _clip_spec(k: int, i: int, cfg: SyntheticConfig) -> dict:
         "noise_amp": float(rng.uniform(0.02, 0.08)),
         "noise_seed": int(rng.integers(0, 2**31 - 1)),
     }
+    if cfg.nuisance or cfg.class_noise:  # drawn after the plain set's numbers, so those stay as they were
+        z = rng.uniform(-1, 1, 3) * cfg.nuisance
+        spec.update({"brightness": float(0.3 * z[0]), "gain_db": float(9.0 * z[0]),
+                     "contrast": float(1.0 + 0.6 * z[1]), "gamma": float(1.0 + 0.6 * z[2])})
+        spec["freq"] *= float(1.0 + 0.02 * z[2])
+        spec["noise_amp"] *= float((1.0 + 0.9 * z[1]) * (1.0 + cfg.class_noise * k / max(cfg.n_classes - 1, 1)))
+    return spec
 
 
 def _render(path: Path, spec: dict, cfg: SyntheticConfig) -> None:
@@ -64,10 +81,15 @@ def _render(path: Path, spec: dict, cfg: SyntheticConfig) -> None:
     d, n = cfg.duration, cfg.sample_rate
     video = (ffmpeg.input(f"{spec['pattern']}=size={cfg.size}x{cfg.size}:rate={cfg.fps}:duration={d}", f="lavfi")
              .filter("hue", h=round(spec["hue"], 3)))
+    if "brightness" in spec:
+        video = video.filter("eq", brightness=round(spec["brightness"], 4), contrast=round(spec["contrast"], 4),
+                             gamma=round(spec["gamma"], 4))
     tone = ffmpeg.input(f"sine=frequency={spec['freq']:.3f}:sample_rate={n}:duration={d}", f="lavfi")
-    noise = ffmpeg.input(f"anoisesrc=color={spec['noise']}:amplitude={spec['noise_amp']:.4f}"
+    noise = ffmpeg.input(f"anoisesrc=color={spec['noise']}:amplitude={min(spec['noise_amp'], 1.0):.4f}"
                          f":sample_rate={n}:duration={d}:seed={spec['noise_seed']}", f="lavfi")
     audio = ffmpeg.filter([tone, noise], "amix", inputs=2, duration="shortest", normalize=0)
+    if "gain_db" in spec:
+        audio = audio.filter("volume", f"{spec['gain_db']:.2f}dB")
     out = (ffmpeg.output(video, audio, "file:" + str(path.absolute()), vcodec="libx264", pix_fmt="yuv420p",
                          preset="ultrafast", acodec="aac", ar=n, movflags="+faststart", t=d)
            .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1").overwrite_output())
