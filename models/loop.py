@@ -12,19 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import math
 from typing import Any, Callable, ClassVar, Iterable
 
-import torch
-from torch import nn
-
+from ._lazy import lazy
 from .base import Trainer
+
+torch = lazy("torch")  # imported when a trainer first computes, not when the registry loads
 
 log = logging.getLogger(__name__)
 
 
-def autocast(device: torch.device) -> Any:
+def autocast(device: "torch.device") -> Any:
     """bf16 autocast on CUDA; nothing on a CPU (where it would only be slower)."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
@@ -36,15 +37,19 @@ class EpochTrainer(Trainer):
 
     def __init__(self, config: Any = None, device: str = "auto") -> None:
         super().__init__(config, device)
-        from extractors._torch import pick_device
-
-        self.torch_device = pick_device(device)
-        self.model: nn.Module | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.model: Any = None  # an nn.Module
+        self.optimizer: Any = None
         self.epoch = -1  # last completed epoch
         self.best_score = -math.inf
         self.best_epoch = -1
         self.best_state: dict[str, Any] | None = None
+
+    @functools.cached_property
+    def torch_device(self) -> "torch.device":
+        """The device to train on (picked on first use: declaring views needs no torch)."""
+        from extractors._torch import pick_device
+
+        return pick_device(self.device)
 
     # -- hooks ---------------------------------------------------------------------------------------
 
@@ -99,7 +104,7 @@ class EpochTrainer(Trainer):
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
                 self.optimizer.step()
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v

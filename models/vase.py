@@ -37,16 +37,26 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from pipeline.registry import register_trainer
 
 from .items import PAD, START, END, UNK, Items, View, build_vocab, encode_texts, tokenize  # noqa: F401
+from ._lazy import lazy
 from .loop import EpochTrainer, autocast
-from .losses import ContrastiveLoss, l2norm, reconstruction_loss
 from .metrics import caption_recall
 from .pictures import ImageCNN
+
+torch = lazy("torch")
+_nets = lazy("models.vase_nets")
+_losses = lazy("models.losses")
+_NETS = ("DavenetEncoder", "ImageEncoder", "CNNImageEncoder", "TextEncoder", "VASEModel")
+
+
+def __getattr__(name: str) -> Any:
+    """The networks live in models.vase_nets (imported with torch, on first use)."""
+    if name in _NETS:
+        return getattr(_nets, name)
+    raise AttributeError(f"module 'models.vase' has no attribute {name!r}")
 
 log = logging.getLogger(__name__)
 
@@ -104,92 +114,6 @@ def encode_captions(captions: Sequence[str], vocab: Sequence[str]) -> tuple[torc
     return torch.from_numpy(ids), torch.from_numpy(lengths)
 
 
-class DavenetEncoder(nn.Module):
-    """DAVEnet convolutions + bidirectional GRU: log-mel `[B, T, 40]` -> l2-normalised `[B, embed]`."""
-
-    def __init__(self, embed_size: int = 1024, width: float = 1.0, seq_norm: str = "time", n_mels: int = 40) -> None:
-        super().__init__()
-        c1, c2, c3, c4, c5 = (max(1, round(c * width)) for c in (128, 256, 512, 512, 1024))
-        self.batchnorm = nn.BatchNorm2d(1)
-        self.convs = nn.ModuleList([
-            nn.Conv2d(1, c1, (n_mels, 1)), nn.Conv2d(c1, c2, (1, 11), padding=(0, 5)),
-            nn.Conv2d(c2, c3, (1, 17), padding=(0, 8)), nn.Conv2d(c3, c4, (1, 17), padding=(0, 8)),
-            nn.Conv2d(c4, c5, (1, 17), padding=(0, 8))])
-        self.pool = nn.AvgPool2d((1, 3), stride=(1, 2), padding=(0, 1))
-        self.rnn = nn.GRU(c5, embed_size, batch_first=True, bidirectional=True)
-        self.seq_dim = 1 if seq_norm == "time" else 2
-        self.embed_size = embed_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.batchnorm(x.transpose(1, 2).unsqueeze(1))  # [B, 1, 40, T]
-        for i, conv in enumerate(self.convs):
-            x = torch.relu(conv(x))
-            if i >= 1:
-                x = self.pool(x)
-        seq = l2norm(x.squeeze(2).transpose(1, 2), dim=self.seq_dim)  # [B, T/16, C]
-        out, _ = self.rnn(seq)
-        last = out[:, -1]
-        return l2norm((last[:, :self.embed_size] + last[:, self.embed_size:]) / 2)
-
-
-class ImageEncoder(nn.Module):
-    """Pre-extracted CNN features: l2norm -> Linear (Xavier uniform, bias 0) -> l2norm."""
-
-    def __init__(self, in_dim: int = 4096, embed_size: int = 1024) -> None:
-        super().__init__()
-        self.fc = nn.Linear(in_dim, embed_size)
-        nn.init.xavier_uniform_(self.fc.weight)
-        nn.init.zeros_(self.fc.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return l2norm(self.fc(l2norm(x)))
-
-
-class CNNImageEncoder(ImageEncoder):
-    """Raw pictures through a trainable CNN, then the `ImageEncoder` head (same `fc` weights, so a model
-    trained on the CNN's stored features starts the fine-tuning where it left off)."""
-
-    def __init__(self, cnn: nn.Module, in_dim: int = 4096, embed_size: int = 1024) -> None:
-        super().__init__(in_dim, embed_size)
-        if getattr(cnn, "aux_logits", False):
-            # torchvision's Inception-V3 would also return its auxiliary classifier's logits in training
-            # mode (and that branch fails on inputs under 299 px); the embedding uses the main output only
-            cnn.aux_logits, cnn.AuxLogits = False, None
-        self.cnn = cnn
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.cnn(x).flatten(1))
-
-
-class TextEncoder(nn.Module):
-    """Word embedding -> GRU -> the output at each caption's last token -> l2norm."""
-
-    def __init__(self, vocab_size: int, word_dim: int = 300, embed_size: int = 1024) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab_size, word_dim)
-        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
-        self.rnn = nn.GRU(word_dim, embed_size, batch_first=True)
-
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        packed = nn.utils.rnn.pack_padded_sequence(self.embed(ids), lengths.cpu(), batch_first=True,
-                                                   enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True)
-        return l2norm(out[torch.arange(len(lengths)), lengths.to(out.device) - 1])
-
-
-class VASEModel(nn.Module):
-    """The branches of one VASE model (text only with three streams)."""
-
-    def __init__(self, cfg: VASEConfig, image_dim: int, vocab: Sequence[str] = (), cnn: nn.Module | None = None,
-                 ) -> None:
-        super().__init__()
-        self.speech = DavenetEncoder(cfg.embed_size, cfg.width, cfg.seq_norm)
-        self.image = ImageEncoder(image_dim, cfg.embed_size) if cnn is None else CNNImageEncoder(cnn, image_dim,
-                                                                                                  cfg.embed_size)
-        self.text = TextEncoder(len(vocab), cfg.word_dim, cfg.embed_size) if cfg.streams == 3 else None
-
-
 @dataclass
 class CaptionData:
     """Paired items of one split: spoken captions, the image each describes, and its transcript.
@@ -223,7 +147,7 @@ class VASETrainer(EpochTrainer):
     def __init__(self, config: Any = None, device: str = "auto", cnn: ImageCNN | None = None) -> None:
         super().__init__(config, device)
         self.cnn = cnn
-        self.model: VASEModel | None = None
+        self.model: Any = None
         self.vocab: list[str] = []
         self._picture_reader: Any = None
 
@@ -309,7 +233,7 @@ class VASETrainer(EpochTrainer):
             image_dim = self.cnn.dim
         torch.manual_seed(self.config.seed)
         self.vocab = list(vocab)
-        self.model = VASEModel(self.config, image_dim, self.vocab, cnn).to(self.torch_device)
+        self.model = _nets.VASEModel(self.config, image_dim, self.vocab, cnn).to(self.torch_device)
         # fused: one kernel over all tensors; on a CPU it steps VGG16's 134M parameters ~5x faster than foreach
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.lr, fused=True)
         return self
@@ -354,7 +278,7 @@ class VASETrainer(EpochTrainer):
     @property
     def finetuning(self) -> bool:
         """Whether the image branch runs the CNN on raw pictures (else it reads stored features)."""
-        return isinstance(self.model.image if self.model is not None else None, CNNImageEncoder)
+        return isinstance(self.model.image if self.model is not None else None, _nets.CNNImageEncoder)
 
     def _pictures(self, data: CaptionData, image_idx: np.ndarray, train: bool) -> torch.Tensor:
         """Normalised CNN input `[B, 3, crop, crop]`: a random resized crop and a random flip in training
@@ -400,12 +324,12 @@ class VASETrainer(EpochTrainer):
     def loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, float, float]:
         """(total, VSE part, reconstruction part) of one batch of branch outputs."""
         cfg = self.config
-        crit = ContrastiveLoss(cfg.margin, cfg.max_violation)
+        crit = _losses.ContrastiveLoss(cfg.margin, cfg.max_violation)
         views = [v.float() for v in views]
         vse = crit(views[0], views[1])
         if len(views) == 3:
             vse = vse + crit(views[0], views[2]) + crit(views[1], views[2])
-        rec = reconstruction_loss(views, cfg.smoothing, cfg.rec_rounds) if cfg.rec_rounds else torch.zeros(())
+        rec = _losses.reconstruction_loss(views, cfg.smoothing, cfg.rec_rounds) if cfg.rec_rounds else torch.zeros(())
         return vse + cfg.rec_weight * rec, float(vse.detach()), float(rec.detach())
 
     def fit_pairs(self, train: CaptionData, val: CaptionData | None,
@@ -442,14 +366,13 @@ class VASETrainer(EpochTrainer):
 
     # -- embedding and evaluation ------------------------------------------------------------------
 
-    @torch.inference_mode()
     def encode(self, data: CaptionData, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """Embeddings of a split: `image` per image, `speech` (and `text`) per caption."""
         assert self.model is not None
         self.model.eval()
         bs = batch_size or max(self.config.batch_size, 64)
         out: dict[str, list[np.ndarray]] = {"image": [], "speech": [], "text": []}
-        with autocast(self.torch_device):
+        with torch.inference_mode(), autocast(self.torch_device):
             for a in range(0, len(data.images), bs):
                 x = self._image_input(data, np.arange(a, min(a + bs, len(data.images))), train=False)
                 out["image"].append(self.model.image(x).float().cpu().numpy())
