@@ -35,7 +35,7 @@ def collect(cache: Path, dataset: str | None = None) -> list[dict[str, Any]]:
             rows.append(row)
             continue
         row.update({"task": "classes", "protocol": metrics["protocol"], "folds": len(metrics["folds"]),
-                    "clips": info.get("clips"), "chance": metrics["chance_map"]["mean"],
+                    "clips": info.get("clips"), "chance": metrics["chance_map"]["mean"], "metrics": metrics,
                     "plot": path.parent / "pr_curve.png"})
         for d in DIRECTIONS:
             row[d] = (metrics[f"map_{d}"]["mean"], metrics[f"map_{d}"]["std"])
@@ -80,56 +80,100 @@ def _map_text(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_html(rows: list[dict[str, Any]], out: Path) -> Path:
-    """A self-contained page: the table, then each run's PR curves (PNG inlined)."""
+def _label(rows: list[dict[str, Any]], r: dict[str, Any]) -> str:
+    """A run's name in a chart: its stage, with the time when the stage ran more than once."""
+    if [x["stage"] for x in rows].count(r["stage"]) == 1:
+        return r["stage"]
+    return f"{r['stage']} ({time.strftime('%m-%d %H:%M', time.localtime(r['completed']))})"
+
+
+def _details(r: dict[str, Any]) -> str:
     e = html.escape
-    cells, recall = [], []
-    for r in rows:
-        if r["task"] == "captions":
+    params = "".join(f"<div><code>{e(k)}: {e(str(v))}</code></div>" for k, v in r["params"].items()) or "(none)"
+    return (f"<details><summary>params</summary>{params}<div class='path'><code>{e(r['run_dir'])}</code>"
+            f"</div></details>")
+
+
+def _chart(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f"<img alt='{html.escape(path.stem)}' src='data:image/png;base64,{data}'>"
+
+
+def write_html(rows: list[dict[str, Any]], out: Path) -> Path:
+    """A self-contained page: one table per task (params folded, shown on demand), then per dataset one
+    chart of every run's PR curves (or Recall@K curves) with the chance line, images inlined."""
+    from .training.figures import plot_pr, plot_recall
+
+    e = html.escape
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sections = []
+    classes = [r for r in rows if r["task"] == "classes"]
+    if classes:
+        body = []
+        for r in classes:
+            a, v = (f"{r[d][0]:.3f}&nbsp;&plusmn;&nbsp;{r[d][1]:.3f}" for d in DIRECTIONS)
+            body.append(f"<tr><td>{e(r['dataset'])}</td><td>{e(r['stage'])}</td><td>{e(r['implementation'])}</td>"
+                        f"<td class='wrap'>{e(r['features'])}</td><td class='num'>{a}</td><td class='num'>{v}</td>"
+                        f"<td class='num'>{r['chance']:.3f}</td><td>{e(r['protocol'])}&nbsp;({r['folds']})</td>"
+                        f"<td class='num'>{r['clips'] if r['clips'] is not None else ''}</td>"
+                        f"<td class='num'>{e(time.strftime('%m-%d %H:%M', time.localtime(r['completed'])))}</td>"
+                        f"<td>{_details(r)}</td></tr>")
+        sections.append(
+            "<h2>Labelled clips: cross-modal MAP</h2><p>Mean &plusmn; std over the protocol's test folds (cosine "
+            "similarity, relevance = same class); chance = the exact expected MAP of a random ranking.</p>"
+            "<table><tr><th>dataset</th><th>stage</th><th>method</th><th>features</th><th>MAP a&rarr;v</th>"
+            "<th>MAP v&rarr;a</th><th>chance</th><th>protocol</th><th>clips</th><th>when</th><th></th></tr>"
+            + "".join(body) + "</table>")
+    pairs = [r for r in rows if r["task"] == "captions"]
+    if pairs:
+        body = []
+        for r in pairs:
             m = r["metrics"]
-            nums = "".join(f"<td>{m[d][k]:.1f}</td>" for d in ("image2speech", "speech2image")
+            nums = "".join(f"<td class='num'>{m[d][k]:.1f}</td>" for d in ("image2speech", "speech2image")
                            for k in ("r@1", "r@5", "r@10", "medr"))
-            chance = chance_rsum(m)
-            recall.append(f"<tr><td>{e(r['dataset'])}</td><td>{e(r['stage'])}</td><td>{e(r['features'])}</td>{nums}"
-                          f"<td>{m['rsum']:.1f}</td><td>{chance:.1f}</td><td>{m['n_images']} "
-                          f"({e(str(m.get('evaluated_on')))})</td><td><code>{e(_params(r['params']))}</code></td>"
-                          f"<td><code>{e(r['run_dir'])}</code></td></tr>")
-            continue
-        a, v = (f"{r[d][0]:.3f} &plusmn; {r[d][1]:.3f}" for d in DIRECTIONS)
-        cells.append(f"<tr><td>{e(r['dataset'])}</td><td>{e(r['stage'])}</td><td>{e(r['implementation'])}</td>"
-                     f"<td>{e(r['features'])}</td><td>{a}</td><td>{v}</td><td>{r['chance']:.3f}</td>"
-                     f"<td>{e(r['protocol'])} ({r['folds']})</td><td>{r['clips']}</td>"
-                     f"<td><code>{e(_params(r['params']))}</code></td><td><code>{e(r['run_dir'])}</code></td></tr>")
-    plots = []
-    for r in rows:
-        if Path(r["plot"]).exists():
-            data = base64.b64encode(Path(r["plot"]).read_bytes()).decode()
-            what = "training curve" if r["task"] == "captions" else "PR curves"
-            plots.append(f"<h3>{e(r['dataset'])} / {e(r['stage'])}</h3><p><code>{e(_params(r['params']))}"
-                         f"</code></p><img alt='{what}' src='data:image/png;base64,{data}'>")
-    heads = "".join(f"<th>{d} {k}</th>" for d in ("image&rarr;speech", "speech&rarr;image")
-                    for k in ("R@1", "R@5", "R@10", "medr"))
-    recall_table = (f"<h2>Spoken caption retrieval</h2><p>Recall@K in percent on the test split (Places: val); "
-                    f"medr = floor(median rank) + 1; rsum = the six R@K; chance = the rsum of a random ranking.</p>"
-                    f"<table><tr><th>dataset</th><th>stage</th><th>features</th>{heads}<th>rsum</th><th>chance</th>"
-                    f"<th>test images</th><th>params</th><th>run</th></tr>{''.join(recall)}</table>"
-                    if recall else "")
+            body.append(f"<tr><td>{e(r['dataset'])}</td><td>{e(r['stage'])}</td><td class='wrap'>{e(r['features'])}"
+                        f"</td>{nums}<td class='num'>{m['rsum']:.1f}</td><td class='num'>{chance_rsum(m):.1f}</td>"
+                        f"<td class='num'>{m['n_images']}&nbsp;({e(str(m.get('evaluated_on')))})</td>"
+                        f"<td>{_details(r)}</td></tr>")
+        heads = "".join(f"<th>{k}</th>" for _ in range(2) for k in ("R@1", "R@5", "R@10", "medr"))
+        sections.append(
+            "<h2>Paired items: Recall@K</h2><p>Percent of queries whose match ranks in the top K, on the test "
+            "split (Places: val); medr = floor(median rank) + 1; rsum = the six R@K; chance = a random "
+            "ranking's rsum.</p><table><tr><th rowspan=2>dataset</th><th rowspan=2>stage</th>"
+            "<th rowspan=2>features</th><th colspan=4>image &rarr; speech</th><th colspan=4>speech &rarr; image</th>"
+            "<th rowspan=2>rsum</th><th rowspan=2>chance</th><th rowspan=2>test images</th><th rowspan=2></th></tr>"
+            f"<tr>{heads}</tr>" + "".join(body) + "</table>")
+    charts = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == dataset and r["task"] == "classes"]
+        if mine:
+            path = out.parent / f"{dataset}-pr.png"
+            plot_pr({_label(mine, r): r["metrics"] for r in mine}, path, f"{dataset}: PR curves of every run",
+                    {_label(mine, r): Path(r["run_dir"]) for r in mine})
+            charts.append(f"<h3>{e(dataset)}: precision-recall</h3>{_chart(path)}")
+        mine = [r for r in rows if r["dataset"] == dataset and r["task"] == "captions"]
+        if mine:
+            path = out.parent / f"{dataset}-recall.png"
+            plot_recall({_label(mine, r): Path(r["run_dir"]) for r in mine}, path,
+                        f"{dataset}: Recall@K of every run")
+            charts.append(f"<h3>{e(dataset)}: Recall@K</h3>{_chart(path)}")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>avpipeline runs</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;font-size:14px}} th{{background:#eee}} img{{max-width:100%}}</style>
-</head><body>
+<style>
+body{{font-family:sans-serif;margin:1.5em;max-width:1300px}} h2{{margin-top:1.6em}}
+table{{border-collapse:collapse;width:100%;font-size:13px}} td,th{{border:1px solid #ccc;padding:3px 6px;
+vertical-align:top;white-space:nowrap}} th{{background:#eee}} td.wrap{{white-space:normal;max-width:18em}}
+td.num{{text-align:right;font-variant-numeric:tabular-nums}} details summary{{cursor:pointer;color:#036}}
+details div{{white-space:normal}} .path{{color:#666;font-size:11px;word-break:break-all;max-width:26em}}
+img{{max-width:100%}} p{{color:#333;font-size:14px;max-width:70em}}
+</style></head><body>
 <h1>Cross-modal retrieval runs</h1>
-<p>MAP: mean &plusmn; std over the protocol's test folds (cosine similarity, relevance = same class).
-Chance: the exact expected MAP of a random ranking. Generated {e(time.strftime('%Y-%m-%d %H:%M'))}.</p>
-<table><tr><th>dataset</th><th>stage</th><th>method</th><th>features</th><th>MAP audio&rarr;visual</th>
-<th>MAP visual&rarr;audio</th><th>chance</th><th>protocol</th><th>clips</th><th>params</th><th>run</th></tr>
-{''.join(cells)}
-</table>
-{recall_table}
-{''.join(plots)}
+<p>Every completed train run in the cache, newest first per dataset. Generated
+{e(time.strftime('%Y-%m-%d %H:%M'))}. Runs whose features came from networks with random weights say so in the
+features column: their numbers show that the pipeline works, not what pretrained features achieve.</p>
+{''.join(sections)}
+{''.join(charts)}
 </body></html>
 """
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     return out

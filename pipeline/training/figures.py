@@ -23,18 +23,34 @@ def save_figure(fig: Any, path: Path, title: str, dpi: int = 110) -> None:
     os.replace(tmp, path)
 
 
-def plot_pr(curves: dict[str, dict[str, Any]], path: Path, title: str) -> None:
-    """One PR-curve PNG: a line per (name, direction)."""
+def pr_chance(run_dir: Path) -> float | None:
+    """The precision a random ranking gets on a classes run's test folds (class share of the gallery)."""
+    values = []
+    for f in sorted((run_dir / "folds").glob("*/embeddings.npz")):
+        with np.load(f) as z:
+            labels = np.asarray(z["labels"])
+        if len(labels):
+            _, counts = np.unique(labels, return_counts=True)
+            values.append(float(np.sum(counts * counts) / len(labels) ** 2))
+    return float(np.mean(values)) if values else None
+
+
+def plot_pr(curves: dict[str, dict[str, Any]], path: Path, title: str,
+            run_dirs: dict[str, Path] | None = None) -> None:
+    """One PR-curve PNG: a line per (name, direction), and the precision of a random ranking."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    chance = next((c for d in (run_dirs or {}).values() if (c := pr_chance(d)) is not None), None)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     for ax, d in zip(axes, DIRECTIONS):
         for name, m in curves.items():
             ax.plot(m[f"pr_{d}"]["recall"], m[f"pr_{d}"]["precision"], marker="o", ms=3,
                     label=f"{name} (MAP {m[f'map_{d}']['mean']:.3f})")
+        if chance is not None:
+            ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance ({chance:.3f})")
         ax.set_title(d.replace("2", " -> "))
         ax.set_xlabel("recall")
         ax.set_xlim(0, 1)
@@ -46,21 +62,27 @@ def plot_pr(curves: dict[str, dict[str, Any]], path: Path, title: str) -> None:
 
 
 def plot_recall(run_dirs: dict[str, Path], path: Path, title: str, max_k: int = 50) -> None:
-    """Recall@K against K (1..max_k) per run, image -> speech and speech -> image, one PNG."""
+    """Recall@K against K (1..max_k) per run, image -> speech and speech -> image, with a random ranking's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from models.metrics import caption_ranks, cosine_similarity
+    from models.metrics import caption_ranks, chance_recall, cosine_similarity
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    k = np.arange(1, max_k + 1)
+    image_of = None
     for name, run_dir in run_dirs.items():
         with np.load(run_dir / "test_embeddings.npz") as z:
             i2c, c2i = caption_ranks(cosine_similarity(z["image"], z["speech"]), z["image_of"])
+            image_of = z["image_of"]
         for ax, ranks in zip(axes, (i2c, c2i)):
-            k = np.arange(1, max_k + 1)
             ax.plot(k, [100 * np.mean(ranks < kk) for kk in k], label=name)
+    if image_of is not None:
+        chance = chance_recall(image_of, tuple(int(x) for x in k))
+        for ax, d in zip(axes, ("image2caption", "caption2image")):
+            ax.plot(k, [chance[d][f"r@{kk}"] for kk in k], color="grey", ls="--", lw=1, label="chance")
     for ax, d in zip(axes, ("image -> speech", "speech -> image")):
         ax.set_title(d)
         ax.set_xlabel("K")

@@ -218,7 +218,8 @@ class Classes(Task):
         return {"folds": per_fold, **_summarise(per_fold)}
 
     def plot(self, runs: dict[str, tuple[Path, dict[str, Any]]], path: Path, title: str) -> Path:
-        figures.plot_pr({name: m for name, (_, m) in runs.items()}, path / "pr_curve.png", title)
+        figures.plot_pr({name: m for name, (_, m) in runs.items()}, path / "pr_curve.png", title,
+                        {name: d for name, (d, _) in runs.items()})
         return path / "pr_curve.png"
 
     def line(self, metrics: dict[str, Any]) -> str:

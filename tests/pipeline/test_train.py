@@ -168,7 +168,8 @@ def test_report_lists_runs_in_a_table_and_a_page(features_project, tmp_path):
     assert len(lines) == 2 and all(" cca " in line for line in lines)
     assert any("reg=0.5" in line for line in lines) and any("reg=0.001" in line for line in lines)
     page = (tmp_path / "r.html").read_text()
-    assert page.count("<tr><td>feats</td>") == 2 and page.count("data:image/png;base64,") == 2
+    assert page.count("<tr><td>feats</td>") == 2 and page.count("<details><summary>params</summary>") == 2
+    assert page.count("data:image/png;base64,") == 1  # one chart per dataset, every run overlaid
 
 
 def test_a_clip_too_short_for_vggish_fails_by_name_and_training_goes_on(tmp_path, clip_factory):
