@@ -8,12 +8,21 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 
+def cuda_present() -> bool:
+    """False when there is certainly no CUDA device (Linux without /dev/nvidia*): spares torch's driver probe,
+    which can take seconds on a machine without a GPU."""
+    import sys
+    from pathlib import Path
+
+    return not sys.platform.startswith("linux") or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
 def pick_device(name: str | None) -> Any:
     """'auto' -> cuda when available, else cpu; anything else as torch.device."""
     import torch
 
     if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if cuda_present() and torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name} asked for, but CUDA is not available here; use --device cpu")

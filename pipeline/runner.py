@@ -559,6 +559,11 @@ def _check_devices(devices: list[str]) -> None:
     wanted = sorted({d for d in devices if d.startswith("cuda")})
     if not wanted:
         return
+    from extractors._torch import cuda_present
+
+    if not cuda_present():  # no NVIDIA device node: say so without torch's slow driver probe
+        raise PipelineError(f"device {wanted[0]} asked for, but this machine has no CUDA device (no /dev/nvidia*); "
+                            "use --device cpu or --device auto")
     import torch
 
     if not torch.cuda.is_available():
