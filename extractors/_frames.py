@@ -83,6 +83,18 @@ class FrameExtractor(Extractor):
         """The weights' bound ImageClassification transform (resize, crop, mean, std, interpolation)."""
         return self.pretrained()["imagenet"].transforms()
 
+    def input_key(self, clip: Any, memo: Any) -> str | None:
+        """What this extractor's output depends on in a clip: its picture or video (content digest) and segment;
+        clips with the same key share one row (the runner computes it once)."""
+        from pipeline.cache import hash_key
+        from pipeline.datasets import DatasetError
+
+        try:
+            path = clip.source("video", "image")
+        except DatasetError:
+            return None
+        return hash_key([memo.digest(path), clip.start, clip.end])
+
     def load(self, clip: Any, upstream: Any = None) -> np.ndarray:
         """Frames at `fps`, native size, then the weights' resize + centre crop: uint8 [T, crop, crop, 3]."""
         import torchvision.transforms.functional as TF

@@ -136,7 +136,8 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
     failed: set[str] = set()
     for r in reports:
         if r.computed or r.failed:
-            click.echo(f"{r.name}: computed {r.computed} clips in {r.shards_computed} shards, reused {r.reused} "
+            shared = f" ({r.shared} of them share an input with another clip: computed once)" if r.shared else ""
+            click.echo(f"{r.name}: computed {r.computed} clips{shared} in {r.shards_computed} shards, reused {r.reused} "
                        f"({r.shards_reused} shards), {r.failed} failed, {r.seconds:.1f} s")
         if r.failures:
             click.secho(f"{r.name}: {len(r.failures)} clip(s) failed (log: {r.store_path / 'failures.jsonl'}):",

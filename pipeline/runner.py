@@ -42,6 +42,7 @@ class StageReport:
     shards_computed: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    shared: int = 0  # clips whose input another clip has: its row, computed once
 
 
 def _reads(impl: Any) -> str | None:
@@ -324,15 +325,16 @@ def _compute_stage(ctx: Context, sk: StageKeys, execution: ExecutionParams, on_p
         scan = _repair(writer, scan, name, notice)
         done, shards_reused, _ = committed(scan, ctx.clip_keys)
         todo = [c for c in ctx.manifest.clips if c.clip_id not in done]
+        compute, copies = _shared_inputs(ctx, sk, todo, scan)
         report = StageReport(name, sk.store_path, total=len(ctx.manifest.clips), reused=len(done),
-                             shards_reused=shards_reused)
+                             shards_reused=shards_reused, shared=len(copies))
         upstream = None
         if producer:
             upstream = FeatureStore(ctx.stages[producer].store_path, clip_keys=ctx.clip_keys)
         size = max(1, execution.shard_size)
         tasks = []
-        for s in range(0, len(todo), size):
-            chunk = todo[s:s + size]
+        for s in range(0, len(compute), size):
+            chunk = compute[s:s + size]
             keys = [ctx.clip_keys[c.clip_id] for c in chunk]
             tasks.append(ShardTask(
                 shard_id=hash_key([sk.store_key, keys]), store_path=str(sk.store_path),
@@ -357,6 +359,8 @@ def _compute_stage(ctx: Context, sk: StageKeys, execution: ExecutionParams, on_p
                 own.run(run_shard, tasks, execution, collect)
         else:
             executor.run(run_shard, tasks, execution, collect)
+        if copies:
+            _commit_copies(ctx, sk, writer, [c for c in todo if c.clip_id in copies], copies, size, collect)
         scan = scan_store(sk.store_path, ctx.clip_keys)
         write_failures_log(sk.store_path, scan)
         report.failures = committed(scan, ctx.clip_keys)[2]
@@ -364,6 +368,52 @@ def _compute_stage(ctx: Context, sk: StageKeys, execution: ExecutionParams, on_p
         _write_index(ctx, sk, report)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _shared_inputs(ctx: Context, sk: StageKeys, todo: list[Clip], scan: StoreScan) -> tuple[list[Clip], dict[str, str]]:
+    """The clips to compute, and for each clip whose extractor input another clip already has (the picture of
+    five spoken captions), the clip whose row it takes: each input is computed once per store."""
+    impl = implementation(sk.implementation)
+    if getattr(impl, "input_key", None) is None or not todo:
+        return todo, {}
+    ex = impl(impl.Config(**sk.params))
+    memo = DigestMemo(cache_paths(ctx.config.cache)["digests"])
+    by_id = ctx.manifest.by_id() if ctx.manifest is not None else {}
+    source: dict[str, str] = {}
+    ok, failed = scan.current(ctx.clip_keys)
+    for cid in [c for c in ctx.clip_keys if c in ok or c in failed]:
+        key = ex.input_key(by_id[cid], memo)
+        if key is not None:
+            source.setdefault(key, cid)
+    compute, copies = [], {}
+    for c in todo:
+        key = ex.input_key(c, memo)
+        if key is None:
+            compute.append(c)
+        elif key in source:
+            copies[c.clip_id] = source[key]
+        else:
+            source[key] = c.clip_id
+            compute.append(c)
+    return compute, copies
+
+
+def _commit_copies(ctx: Context, sk: StageKeys, writer: StoreWriter, clips: list[Clip], copies: dict[str, str],
+                   size: int, collect: Callable[[dict[str, Any]], None]) -> None:
+    """Commit the clips that share their input with a computed clip: its row (or its failure), in shards."""
+    store = FeatureStore(sk.store_path, clip_keys=ctx.clip_keys)
+    for s in range(0, len(clips), size):
+        results = []
+        for c in clips[s:s + size]:
+            src = copies[c.clip_id]
+            if src in store:
+                results.append(ClipResult(c.clip_id, ctx.clip_keys[c.clip_id], store[src]))
+            elif src in store.failures:
+                results.append(ClipResult(c.clip_id, ctx.clip_keys[c.clip_id], None, store.failures[src]))
+        if results:  # (a source that did not commit leaves its copies to the next run)
+            keys = [r.key for r in results]
+            record = writer.write_shard(hash_key([sk.store_key, keys]), results)
+            collect({"shard": record["shard"], "ok": len(record["clips"]), "failed": record["failed"]})
 
 
 def select_stages(config: PipelineConfig, group: str | None, stage: str | None) -> list[str]:

@@ -209,3 +209,21 @@ def test_finetune_cnn_trains_vgg16_end_to_end_on_the_raw_pictures(project):
     back = load_trainer(rep.run_dir).embed(items.subset(unit.test))
     with np.load(rep.run_dir / "test_embeddings.npz") as z:
         assert np.allclose(back["image"], z["image"], atol=1e-5) and np.allclose(back["speech"], z["speech"], atol=1e-5)
+
+
+def test_each_picture_is_decoded_and_embedded_once_per_store(project, monkeypatch):
+    from extractors._frames import FrameExtractor
+
+    calls: list[str] = []
+    real = FrameExtractor.decode_resized
+
+    def counting(self, clip, resize_size=None):
+        calls.append(clip.clip_id)
+        return real(self, clip, resize_size)
+
+    monkeypatch.setattr(FrameExtractor, "decode_resized", counting)
+    (rep,) = run("extract", stage="vgg16", config=project, overrides=["vgg16.crop_size=32"], shard_size=3)
+    assert rep.computed == 16 and rep.shared == 8 and len(calls) == 8  # 8 pictures, 16 captions
+    store = open_store(rep.store_path)
+    for i in range(8):
+        np.testing.assert_array_equal(store[f"img{i:04d}_0"], store[f"img{i:04d}_1"])
