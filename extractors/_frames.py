@@ -24,9 +24,10 @@ class FrameConfig:
     fps: float = 1.0
     pool: Literal["none", "mean", "max"] = "none"
     crop_size: int | None = None  # CNN input side; None: the weights' own (resize keeps the weights' resize : crop)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (fast on CPUs with AVX512-BF16/AMX, and CUDA)
 
     # added after stores were cached: at these values they stay out of the store key, so those stores stay valid
-    KEY_NEUTRAL: ClassVar[dict[str, Any]] = {"crop_size": None}
+    KEY_NEUTRAL: ClassVar[dict[str, Any]] = {"crop_size": None, "precision": "fp32"}
 
     def __post_init__(self) -> None:
         if self.fps <= 0:
@@ -76,7 +77,7 @@ class FrameExtractor(Extractor):
         return OutputSpec("visual", self.frame_dims(), "float32", None if pooled else float(self.config.fps),
                           {"fps": self.config.fps, "pool": self.config.pool, "weights": self.config.weights,
                            "random_weights": self.weights.is_random, "arch": self.arch,
-                           "input_size": self.input_size()[1]})
+                           "input_size": self.input_size()[1], "precision": self.config.precision})
 
     @functools.cached_property
     def preprocessing(self) -> Any:
@@ -167,7 +168,8 @@ class FrameExtractor(Extractor):
         model, transform, device = self._runtime
         frames = np.concatenate(inputs, axis=0) if inputs else np.zeros((0, 1, 1, 3), np.uint8)
         batch = self.execution.batch_size if self.execution else 32
-        out = _torch.run_batched(model, frames, batch, device, prepare=transform, image=True)
+        out = _torch.run_batched(model, frames, batch, device, prepare=transform, image=True,
+                                 precision=self.config.precision)
         per_clip = [x.reshape(len(x), *self.frame_dims()).astype(np.float32)
                     for x in split_rows(out, [x.shape[0] for x in inputs])]
         if self.config.pool == "mean":

@@ -40,18 +40,21 @@ def prepare_model(model: Any, device: Any, image: bool) -> Any:
 
 
 @contextlib.contextmanager
-def _autocast(device: Any) -> Iterator[None]:
+def autocast(device: Any, precision: str) -> Iterator[None]:
+    """bf16 autocast when the stage's `precision` says bf16 (on the CPU or CUDA), else nothing: the device,
+    an execution param, never changes the numbers a store's key stands for."""
     import torch
 
-    if device.type == "cuda":
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+    if precision == "bf16":
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             yield
     else:
         yield
 
 
 def run_batched(model: Any, data: np.ndarray, batch_size: int, device: Any,
-                prepare: Callable[[Any], Any] | None = None, image: bool = False) -> np.ndarray:
+                prepare: Callable[[Any], Any] | None = None, image: bool = False,
+                precision: str = "fp32") -> np.ndarray:
     """Run `model` over rows of `data` in batches; `prepare` maps a device tensor batch to model input."""
     import torch
 
@@ -65,7 +68,7 @@ def run_batched(model: Any, data: np.ndarray, batch_size: int, device: Any,
                 t = prepare(t)
             if image and device.type == "cuda":
                 t = t.contiguous(memory_format=torch.channels_last)
-            with _autocast(device):
+            with autocast(device, precision):
                 y = model(t)
             outs.append(y.float().cpu().numpy())
     if not outs:

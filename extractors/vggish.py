@@ -46,8 +46,9 @@ class VGGishConfig:
     pca: str = "audioset"
     hub_handle: str = TFHUB_VGGISH
     pad_short: bool = False  # zero-pad a clip shorter than one 0.96 s example instead of failing it
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (torch backend; CPUs with AVX512-BF16/AMX, CUDA)
 
-    KEY_NEUTRAL: ClassVar[dict[str, Any]] = {"pad_short": False}
+    KEY_NEUTRAL: ClassVar[dict[str, Any]] = {"pad_short": False, "precision": "fp32"}
 
 
 def build_vggish() -> Any:
@@ -149,7 +150,8 @@ class VGGish(Extractor):
                           1 / vggish_input.EXAMPLE_SECONDS,
                           {"vggish_backend": self.config.backend, "postprocess": self.config.postprocess,
                            "weights": self.config.weights if self.config.backend == "torch" else self.config.hub_handle,
-                           "random_weights": self.weights.is_random, "example_seconds": vggish_input.EXAMPLE_SECONDS})
+                           "random_weights": self.weights.is_random, "example_seconds": vggish_input.EXAMPLE_SECONDS,
+                           "precision": self.config.precision})
 
     @functools.cached_property
     def _pca(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -193,7 +195,8 @@ class VGGish(Extractor):
         batch = self.execution.batch_size if self.execution else 32
         flat = np.concatenate(examples, axis=0) if examples else np.zeros((0, 96, 64), np.float32)
         # [B, 1, 96, 64]: rank 4, as channels_last needs on CUDA
-        out = _torch.run_batched(model, flat[:, None], batch, device, image=True).reshape(-1, 128)
+        out = _torch.run_batched(model, flat[:, None], batch, device, image=True,
+                                 precision=self.config.precision).reshape(-1, 128)
         return split_rows(out, [e.shape[0] for e in examples])
 
     def min_seconds(self) -> float | None:

@@ -141,3 +141,20 @@ def test_a_picture_shared_by_several_clips_goes_through_the_cnn_once(monkeypatch
     assert seen == [2]  # two distinct pictures
     assert np.array_equal(out[0], out[2]) and np.array_equal(out[1], out[4]) and not np.array_equal(out[0], out[1])
     assert np.allclose(out[0], real(ex, [a])[0], atol=1e-5)
+
+
+def test_precision_is_an_identity_param_and_bf16_stays_close_to_fp32(tmp_path, tiny_synthetic_root):
+    from pipeline import open_store
+
+    stages = {"vgg16": {"group": "extract", "implementation": "vgg16",
+                        "params": {"weights": "random:0", "crop_size": 64}}}
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                       {"tiny": {"adapter": "synthetic", "root": str(tiny_synthetic_root), "params": TINY}}, stages)
+    fp32 = run("extract", config=cfg)[0]
+    bf16 = run("extract", config=cfg, overrides=["vgg16.precision=bf16"])[0]
+    assert bf16.store_path != fp32.store_path and bf16.computed == 6  # another key: other numbers
+    a, b = open_store(fp32.store_path), open_store(bf16.store_path)
+    assert b.attrs["precision"] == "bf16" and a.attrs["precision"] == "fp32"
+    x, y = a.to_dask().compute().reshape(-1, 4096), b.to_dask().compute().reshape(-1, 4096)
+    cos = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
+    assert not np.array_equal(x, y) and cos.min() > 0.99
