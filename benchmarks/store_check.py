@@ -66,7 +66,7 @@ def main() -> None:
         assert unchecked_read(path) == args.clips and not st.scan_store(path, keys).is_damaged
         old = best(lambda: unchecked_read(path), args.repeat)
         cheap = best(lambda: st.scan_store(path, keys), args.repeat)
-        print(f"\nper store                        unchecked read   cheap check   ratio")
+        print("\nper store                        unchecked read   cheap check   ratio")
         print(f"  parse records (+ stat files)   {old * 1e3:10.1f} ms {cheap * 1e3:10.1f} ms   {cheap / old:5.2f}x")
         total = cheap * args.stages
         verdict = "within" if total < 1.0 else "OVER"

@@ -186,9 +186,8 @@ def _echo_runs(runs: list[Any], random: list[str]) -> None:
         else:
             click.echo(f"{r.name}: {'up to date, reused' if r.reused else 'evaluated'}; {r.run_dir}")
             click.echo(task.table(r.metrics["runs"]))
-            plot = next((p for p in ("pr_curve.png", "recall_curve.png") if (r.run_dir / p).exists()), None)
-            if plot:
-                click.echo(f"{'PR curves' if plot == 'pr_curve.png' else 'Recall@K curves'}: {r.run_dir / plot}")
+            if (r.run_dir / task.plot_file).exists():
+                click.echo(f"{task.plot_label}: {r.run_dir / task.plot_file}")
     if runs and random:
         click.secho("these runs read features computed with RANDOM weights: the numbers show the pipeline "
                     "works, not what pretrained features achieve", fg="yellow")

@@ -92,6 +92,13 @@ def acquire(lock: Any, what: str, on_wait: Callable[[str], None] | None) -> None
 
 
 
+def run_lock_path(cache: Path, run_dir: Path) -> Path:
+    """The lock file of a run directory (runs/<dataset>/<stage>-<key>), its folder made."""
+    path = cache_paths(cache)["locks"] / "runs" / run_dir.parent.name / f"{run_dir.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @contextlib.contextmanager
 def run_lock(cache: Path, dataset: str, run_dir: Path, what: str,
              on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
@@ -101,9 +108,7 @@ def run_lock(cache: Path, dataset: str, run_dir: Path, what: str,
     if (run_dir / "metrics.json").exists():
         yield
         return
-    path = cache_paths(cache)["locks"] / "runs" / dataset / f"{run_dir.name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path))
+    lock = FileLock(str(run_lock_path(cache, run_dir)))
     acquire(lock, what, on_wait)
     try:
         yield

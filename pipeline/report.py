@@ -58,9 +58,7 @@ def format_text(rows: list[dict[str, Any]]) -> str:
         mine = [r for r in rows if r["task"] == "captions" and r["dataset"] == dataset]
         flag = " [random-weight features]" if any(r["random_weights"] for r in mine) else ""
         out.append(f"{dataset}: Recall@K on {mine[0]['metrics'].get('evaluated_on', 'test')}{flag}\n"
-                   + recall_table({(r["stage"] if [x["stage"] for x in mine].count(r["stage"]) == 1
-                                    else f"{r['stage']} ({time.strftime('%m-%d %H:%M', time.localtime(r['completed']))})"):
-                                   r["metrics"] for r in mine}))
+                   + recall_table({_label(mine, r): r["metrics"] for r in mine}))
     rows = [r for r in rows if r["task"] == "classes"]
     if rows:
         out.insert(0, _map_text(rows))

@@ -11,14 +11,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from .cache import DigestMemo, hash_key
 from .config import ConfigError, ExecutionParams, PipelineConfig, implementation, key_params, load_config
 from .datasets import Clip, DatasetAdapter, Manifest
 from .registry import DATASETS, TRAINERS
-from .context import Context, PipelineError, StageKeys, cache_paths, committed, require_complete  # noqa: F401
-from .locks import acquire, in_use, store_lock, unused
+from .context import Context, PipelineError, StageKeys, cache_paths, committed
+from .locks import acquire, in_use, run_lock_path, store_lock, unused
 from .store import (ClipResult, FeatureStore, StoreError, StoreScan, StoreWriter, repair_command, scan_store,
                     write_failures_log)
 
@@ -528,7 +528,9 @@ def garbage(config: PipelineConfig, everything: bool = False) -> tuple[list[Path
             for stage in unresolved:  # unknown current key: keep every store of that stage
                 keep.update(p for p in (stores / name).glob(f"{stage}-*"))
         current = _current_runs(config, name, skipped)
-        keep.update(p for p in (runs / name).glob("*") if p.is_dir()) if current is None else keep.update(current)
+        if current is None:
+            current = {p for p in (runs / name).glob("*") if p.is_dir()}
+        keep.update(current)
     for root, what in ((stores, "stores"), (runs, "runs")):
         others = sorted(d.name for d in root.glob("*") if d.is_dir() and d.name not in config.datasets)
         if others and not everything:
@@ -559,9 +561,7 @@ def collect_garbage(config: PipelineConfig, dry_run: bool = False,
                 removed.append((p, size))
                 continue
             is_run = p.parent.parent == cache_paths(config.cache)["runs"]
-            lock = (FileLock(str(cache_paths(config.cache)["locks"] / "runs" / p.parent.name / f"{p.name}.lock"))
-                    if is_run else store_lock(config.cache, p))
-            Path(lock.lock_file).parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(run_lock_path(config.cache, p))) if is_run else store_lock(config.cache, p)
             try:
                 lock.acquire(timeout=0)
             except Timeout:

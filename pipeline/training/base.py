@@ -1,11 +1,15 @@
 """What the training layer passes around: a run's keys (`RunKeys`), what it did (`RunReport`), its errors."""
 from __future__ import annotations
 
+import json
+import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..registry import EVALUATORS, TRAINERS
+from ..store import _atomic_write_text
 
 
 class TrainError(RuntimeError):
@@ -44,6 +48,23 @@ class RunReport:
     @property
     def task(self) -> str:
         return task_name(self.metrics.get("task"))
+
+
+def atomic_json(path: Path, obj: Any) -> None:
+    """Write JSON under a temporary name, then rename: a reader never sees half a file."""
+    _atomic_write_text(path, json.dumps(obj, indent=2))
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save under a temporary name, then rename."""
+    import torch
+
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def task_name(value: Any) -> str:

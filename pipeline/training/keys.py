@@ -62,8 +62,6 @@ def bind_views(ctx: "Context", name: str, trainer: Any) -> dict[str, str]:
 
 def resolve_runs(ctx: "Context", names: list[str]) -> dict[str, RunKeys]:
     """Keys and run directories of the train/evaluate stages among `names` (feature stages resolved in ctx)."""
-    from ..registry import TASKS as _tasks
-
     cfg = ctx.config
     runs: dict[str, RunKeys] = {}
     root = cfg.cache / "runs" / ctx.dataset
@@ -84,7 +82,7 @@ def resolve_runs(ctx: "Context", names: list[str]) -> dict[str, RunKeys]:
                                      "params": key_params(impl.Config, params),
                                      "views": {v: ctx.stages[s].store_key for v, s in sorted(views.items())}}
             if ctx.manifest is not None:
-                t = _tasks.get(task)()
+                t = TASKS.get(task)()
                 ident[t.digest_field] = t.digest(ctx)
             inits = [u for u in spec.upstream if u in runs and runs[u].kind == "train"]
             if len(inits) > 1:

@@ -21,7 +21,6 @@ import logging
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -35,8 +34,8 @@ from ..config import implementation
 from ..context import PipelineError
 from ..locks import in_use, run_lock
 from ..registry import TASKS, TRAINERS
-from ..store import ClipResult, StoreError, StoreWriter, _atomic_write_text
-from .base import RunKeys, RunReport, TrainError
+from ..store import ClipResult, StoreError, StoreWriter
+from .base import RunKeys, RunReport, TrainError, atomic_json, atomic_save
 from .tasks import Task, Unit
 from .views import read_items
 
@@ -46,18 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EpochCallback = Callable[[str, int, int, float], None]
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    _atomic_write_text(path, json.dumps(obj, indent=2))
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    import torch
-
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _params_yaml(ctx: "Context", rk: RunKeys, extra: dict[str, Any]) -> str:
@@ -152,9 +139,9 @@ def _fit_unit(rk: RunKeys, unit: Unit, trainer: Any, items: Items, unit_dir: Pat
 
     def checkpoint(tr: Any, improved: bool) -> None:
         if improved:
-            _atomic_save(tr.state_dict(), unit_dir / "model_best.pt")
-        _atomic_save(tr.checkpoint(), ckpt)  # after model_best: a resume never lacks the best so far
-        _atomic_json(unit_dir / "history.json", tr.history)
+            atomic_save(tr.state_dict(), unit_dir / "model_best.pt")
+        atomic_save(tr.checkpoint(), ckpt)  # after model_best: a resume never lacks the best so far
+        atomic_json(unit_dir / "history.json", tr.history)
         if on_epoch and tr.score_name:
             on_epoch(rk.name, tr.epoch + 1, tr.total_epochs, tr.history[f"val_{tr.score_name}"][-1])
 
@@ -211,7 +198,7 @@ def run_train(ctx: "Context", rk: RunKeys, runs: dict[str, RunKeys], device: str
         if task.final == "refit" and protocol == "folds":
             final = _create(rk, device, stages)
             _fit_unit(rk, Unit("final model", np.arange(len(items)), np.arange(0)), final, items, rk.run_dir, None, None)
-            _atomic_save(final.state_dict(), rk.run_dir / "model.pt")
+            atomic_save(final.state_dict(), rk.run_dir / "model.pt")
             model_on = "all clips (after cross-validation)"
         else:
             unit = units[0]
@@ -224,7 +211,7 @@ def run_train(ctx: "Context", rk: RunKeys, runs: dict[str, RunKeys], device: str
         metrics = task.metrics(rk.run_dir, rk.params)
         if isinstance(metrics.get("folds"), dict):  # per-fold metrics beside each fold's embeddings
             for name, m in metrics["folds"].items():
-                _atomic_json(rk.run_dir / "folds" / name / "metrics.json", m)
+                atomic_json(rk.run_dir / "folds" / name / "metrics.json", m)
         metrics.update({"stage": rk.name, "implementation": rk.implementation, "task": rk.task, "protocol": protocol,
                         "dataset": ctx.dataset, "key": rk.key, "left_out": len(skipped)})
         if "splits" in info:
@@ -234,7 +221,7 @@ def run_train(ctx: "Context", rk: RunKeys, runs: dict[str, RunKeys], device: str
             metrics["resumed_at_epoch"] = resumed_at
         task.plot({rk.name: (rk.run_dir, metrics)}, rk.run_dir, f"{rk.name} on {ctx.dataset} ({protocol})")
         metrics["completed"] = time.time()
-        _atomic_json(rk.run_dir / "metrics.json", metrics)  # last: marks the run complete
+        atomic_json(rk.run_dir / "metrics.json", metrics)  # last: marks the run complete
         report.metrics = metrics
     report.seconds = time.perf_counter() - t0
     return report
@@ -266,7 +253,7 @@ def run_evaluate(ctx: "Context", rk: RunKeys, runs: dict[str, RunKeys],
         task.plot({n: (runs[n].run_dir, m) for n, m in rows.items()}, rk.run_dir, f"{', '.join(rows)} on {ctx.dataset}")
         metrics = {"stage": rk.name, "dataset": ctx.dataset, "key": rk.key, "runs": rows, "completed": time.time(),
                    "task": rk.task}
-        _atomic_json(rk.run_dir / "metrics.json", metrics)
+        atomic_json(rk.run_dir / "metrics.json", metrics)
     return RunReport(rk.name, "evaluate", rk.run_dir, False, metrics=metrics, seconds=time.perf_counter() - t0)
 
 

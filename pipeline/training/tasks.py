@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,8 @@ import numpy as np
 
 from ..cache import hash_key
 from ..registry import register_task
-from ..store import _atomic_write_text
 from . import figures
-from .base import TrainError
+from .base import TrainError, atomic_save
 
 if TYPE_CHECKING:
     from models.items import Items
@@ -56,10 +54,6 @@ class Unit:
                                  f"both trained on and {what}")
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    _atomic_write_text(path, json.dumps(obj, indent=2))
-
-
 def _natural(s: str) -> tuple:
     return (0, int(s)) if s.lstrip("-").isdigit() else (1, s)
 
@@ -70,6 +64,8 @@ class Task:
     name: ClassVar[str]
     digest_field: ClassVar[str]  # the run key's entry for what the task reads besides the features
     final: ClassVar[str]  # "refit": the final model trains on every item; "unit": it is the (one) unit's model
+    plot_file: ClassVar[str]  # the picture `plot` writes into a run directory
+    plot_label: ClassVar[str]
 
     def applies(self, manifest: "Manifest") -> str | None:
         """Why this task cannot be learned from the dataset, or None when it can."""
@@ -130,6 +126,7 @@ class Classes(Task):
     name = "classes"
     digest_field = "labels"
     final = "refit"
+    plot_file, plot_label = "pr_curve.png", "PR curves"
 
     def applies(self, manifest: "Manifest") -> str | None:
         if not any(c.label is not None for c in manifest.clips):
@@ -218,9 +215,9 @@ class Classes(Task):
         return {"folds": per_fold, **_summarise(per_fold)}
 
     def plot(self, runs: dict[str, tuple[Path, dict[str, Any]]], path: Path, title: str) -> Path:
-        figures.plot_pr({name: m for name, (_, m) in runs.items()}, path / "pr_curve.png", title,
+        figures.plot_pr({name: m for name, (_, m) in runs.items()}, path / self.plot_file, title,
                         {name: d for name, (d, _) in runs.items()})
-        return path / "pr_curve.png"
+        return path / self.plot_file
 
     def line(self, metrics: dict[str, Any]) -> str:
         return figures.summary_line(metrics)
@@ -252,6 +249,7 @@ class Pairs(Task):
     name = "pairs"
     digest_field = "pairs"
     final = "unit"
+    plot_file, plot_label = "recall_curve.png", "Recall@K curves"
 
     def applies(self, manifest: "Manifest") -> str | None:
         if not any(c.group for c in manifest.clips):
@@ -293,11 +291,7 @@ class Pairs(Task):
         return (run_dir / "test_embeddings.npz").exists() and (run_dir / "model.pt").exists()
 
     def save_unit(self, run_dir: Path, unit: Unit, trainer: Any, test: "Items", seconds: float) -> None:
-        import torch
-
-        tmp = run_dir / f".tmp-model-{uuid.uuid4().hex[:8]}.pt"
-        torch.save(trainer.state_dict(), tmp)
-        os.replace(tmp, run_dir / "model.pt")
+        atomic_save(trainer.state_dict(), run_dir / "model.pt")
         if trainer.history.get("loss"):
             figures.plot_history(trainer.history, run_dir / "training_curve.png", f"{run_dir.name}")
         emb = trainer.embed(test)
@@ -325,8 +319,8 @@ class Pairs(Task):
             raise TrainError(f"{run_dir}: {e}") from None
 
     def plot(self, runs: dict[str, tuple[Path, dict[str, Any]]], path: Path, title: str) -> Path:
-        figures.plot_recall({name: d for name, (d, _) in runs.items()}, path / "recall_curve.png", title)
-        return path / "recall_curve.png"
+        figures.plot_recall({name: d for name, (d, _) in runs.items()}, path / self.plot_file, title)
+        return path / self.plot_file
 
     def line(self, metrics: dict[str, Any]) -> str:
         return figures.recall_line(metrics)
@@ -334,7 +328,3 @@ class Pairs(Task):
     def table(self, runs: dict[str, dict[str, Any]]) -> str:
         return figures.recall_table(runs)
 
-
-def completed(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Stamp metrics with the time they were completed."""
-    return {**metrics, "completed": time.time()}
