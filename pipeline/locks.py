@@ -13,9 +13,10 @@ from .context import cache_paths
 log = logging.getLogger(__name__)
 
 
-def _lock_path(cache: Path, store_path: Path, suffix: str = ".lock") -> Path:
+def _lock_path(cache: Path, store_path: Path, suffix: str = ".lock", make: bool = True) -> Path:
     path = cache_paths(cache)["locks"] / store_path.parent.name / f"{store_path.name}{suffix}"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make:
+        path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -51,8 +52,7 @@ def _open_lock(cache: Path, store_path: Path) -> int | None:
         return os.open(_lock_path(cache, store_path, ".use"), os.O_RDWR | os.O_CREAT, 0o666)
     except OSError:
         try:
-            return os.open(cache_paths(cache)["locks"] / store_path.parent.name / f"{store_path.name}.use",
-                           os.O_RDONLY)
+            return os.open(_lock_path(cache, store_path, ".use", make=False), os.O_RDONLY)
         except OSError:
             return None
 
@@ -100,7 +100,7 @@ def run_lock_path(cache: Path, run_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def run_lock(cache: Path, dataset: str, run_dir: Path, what: str,
+def run_lock(cache: Path, run_dir: Path, what: str,
              on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold a run directory's lock (a complete run, metrics.json written, is never written again: no lock)."""
     from filelock import FileLock

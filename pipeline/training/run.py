@@ -158,7 +158,7 @@ def run_train(ctx: "Context", rk: RunKeys, runs: dict[str, RunKeys], device: str
     """Train (or resume, or reuse) one train stage's run; see the module docstring."""
     t0 = time.perf_counter()
     task: Task = TASKS.get(rk.task)()
-    with run_lock(ctx.config.cache, ctx.dataset, rk.run_dir, f"stage '{rk.name}'", on_wait), \
+    with run_lock(ctx.config.cache, rk.run_dir, f"stage '{rk.name}'", on_wait), \
             contextlib.ExitStack() as held:
         if (rk.run_dir / "metrics.json").exists():
             metrics = json.loads((rk.run_dir / "metrics.json").read_text())
@@ -232,7 +232,7 @@ def run_evaluate(ctx: "Context", rk: RunKeys, runs: dict[str, RunKeys],
     """Score the upstream train runs with this stage's params: one table, one plot."""
     t0 = time.perf_counter()
     task: Task = TASKS.get(rk.task)()
-    with run_lock(ctx.config.cache, ctx.dataset, rk.run_dir, f"stage '{rk.name}'", on_wait):
+    with run_lock(ctx.config.cache, rk.run_dir, f"stage '{rk.name}'", on_wait):
         if (rk.run_dir / "metrics.json").exists():
             metrics = json.loads((rk.run_dir / "metrics.json").read_text())
             return RunReport(rk.name, "evaluate", rk.run_dir, True, metrics=metrics, seconds=time.perf_counter() - t0)
