@@ -9,8 +9,6 @@ from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 
-from pipeline.media import MediaError, decode_frames, probe
-
 from . import _torch
 from .base import Extractor, OutputSpec, split_rows
 from .weights import PretrainedWeights, ResolvedWeights, WeightsFile, announce_random, resolve_weights
@@ -118,12 +116,9 @@ class FrameExtractor(Extractor):
         import torch
         import torchvision.transforms.functional as TF
 
-        path = clip.source("video", "image")
-        info = probe(path)
-        if not info.has_video:
-            raise MediaError("no video stream: the file has no picture to sample")
         duration = clip.end - clip.start if clip.start is not None and clip.end is not None else None
-        frames = decode_frames(path, self.config.fps, None, start=clip.start, duration=duration, info=info)
+        frames = self.media.decode_frames(clip.source("video", "image"), self.config.fps, None, start=clip.start,
+                                          duration=duration)
         t = self.preprocessing
         x = torch.from_numpy(frames).permute(0, 3, 1, 2)
         return TF.resize(x, [resize_size or self.input_size()[0]], interpolation=t.interpolation,

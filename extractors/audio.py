@@ -6,7 +6,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.media import decode_audio
 from pipeline.registry import register_extractor
 
 from .base import Extractor, OutputSpec
@@ -23,7 +22,7 @@ class AudioConfig:
 
 @register_extractor
 class AudioDemux(Extractor):
-    """Mono waveform per clip (the mean of its channels), decoded by ffmpeg at `sample_rate`."""
+    """Mono waveform per clip (the mean of its channels), decoded at `sample_rate`."""
 
     name = "audio"
     VERSION = 2  # 2: multichannel audio is the mean of its channels (1: ffmpeg's -ac 1 downmix)
@@ -37,7 +36,8 @@ class AudioDemux(Extractor):
 
     def load(self, clip, upstream=None) -> np.ndarray:
         duration = clip.end - clip.start if clip.start is not None and clip.end is not None else None
-        return decode_audio(clip.source("audio", "video"), self.config.sample_rate, start=clip.start, duration=duration)
+        return self.media.decode_audio(clip.source("audio", "video"), self.config.sample_rate, start=clip.start,
+                                       duration=duration)
 
     def compute(self, inputs: Sequence[np.ndarray], upstream: dict[str, Any] | None = None) -> list[np.ndarray]:
         return [np.asarray(x, dtype=np.float32) for x in inputs]

@@ -40,6 +40,16 @@ class Extractor:
         self.config = config if dataclasses.is_dataclass(config) else self.Config(**(config or {}))
         self.execution = execution
 
+    @property
+    def media(self) -> Any:
+        """The decoder of this run's media backend (pipeline.media.decoder): probe, decode_audio, decode_frames."""
+        from pipeline.media import DEFAULT_BACKEND, DEFAULT_TIMEOUT, decoder
+
+        ex = self.execution
+        if ex is None:
+            return decoder(DEFAULT_BACKEND, DEFAULT_TIMEOUT, 1)
+        return decoder(ex.media_backend, ex.decode_timeout, ex.decode_threads)
+
     def weights_digest(self) -> str | None:
         """Digest of the weights this extractor computes with (None when it has none)."""
         return None

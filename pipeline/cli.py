@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from .config import ConfigError
+from .media import BACKENDS
 
 log = logging.getLogger("pipeline")
 
@@ -60,12 +61,14 @@ def main(verbose: int) -> None:
 @click.option("--shard-size", type=int, default=None, help="clips per shard (the unit of work and of resume)")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 or auto")
 @click.option("--batch-size", type=int, default=None, help="clips per model batch")
+@click.option("--media-backend", type=click.Choice(BACKENDS), default=None,
+              help="decode with PyAV in-process (pyav, the default) or the ffmpeg programs (ffmpeg)")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @common
 def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple[str, ...], strict: bool,
             workers: int | None, executor: str | None, scheduler: str | None, shard_size: int | None,
-            device: str | None, batch_size: int | None, no_progress: bool, config_path: str,
-            cache: str | None) -> None:
+            device: str | None, batch_size: int | None, media_backend: str | None, no_progress: bool,
+            config_path: str, cache: str | None) -> None:
     """Run every stage of GROUP (e.g. extract) and whatever upstream stage is missing."""
     from tqdm import tqdm
 
@@ -113,7 +116,8 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
                       on_epoch=None if no_progress else lambda n, e, total, rsum: click.echo(
                           f"{n}: epoch {e}/{total}, validation rsum {rsum:.1f}", err=True),
                       workers=workers, executor=executor, scheduler=scheduler, shard_size=shard_size,
-                      device=device, batch_size=batch_size, progress=not no_progress)
+                      device=device, batch_size=batch_size, media_backend=media_backend,
+                      progress=not no_progress)
     except (ConfigError, DatasetError, PipelineError, StoreError, MediaError, ExecutorError, WeightsError,
             KeyError) as e:
         _fail(str(e))

@@ -15,6 +15,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from .media.common import DEFAULT_TIMEOUT
 from .registry import DATASETS, EVALUATORS, EXTRACTORS, TRAINERS, RegistryError
 
 
@@ -24,7 +25,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ExecutionParams:
-    """How to run, never what to compute: none of these go into a cache key."""
+    """How to run, never what to compute: none of these go into a cache key, except `media_backend` in the
+    key of the stages that decode media (the two backends' arrays differ in their last bits)."""
 
     workers: int = 2
     executor: Literal["local", "dask"] = "local"
@@ -34,11 +36,15 @@ class ExecutionParams:
     batch_size: int = 32
     device: str = "auto"
     progress: bool = True
+    media_backend: Literal["pyav", "ffmpeg"] = "pyav"  # decoding changes the last bits: in the key of media stages
+    decode_timeout: float = DEFAULT_TIMEOUT  # seconds one clip may take to decode before it fails as hung
 
     def __post_init__(self) -> None:
         for name in ("workers", "shard_size", "decode_threads", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.decode_timeout <= 0:
+            raise ValueError(f"decode_timeout must be > 0 seconds, got {self.decode_timeout}")
 
 
 @dataclass

@@ -50,6 +50,19 @@ def _reads(impl: Any) -> str | None:
     return getattr(impl, "reads", "media") if getattr(impl, "consumes", None) is None else None
 
 
+def _check_media_backends(backends: set[str]) -> None:
+    """Refuse, before any work, a media backend whose library or programs are not installed."""
+    import importlib.util
+
+    missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
+    if "ffmpeg" in backends and missing:
+        raise PipelineError(f"media backend ffmpeg: {' and '.join(missing)} not found on PATH; install Debian's "
+                            "ffmpeg (apt-get install ffmpeg), or use --media-backend pyav")
+    if "pyav" in backends and importlib.util.find_spec("av") is None:
+        raise PipelineError("media backend pyav: the `av` package (PyAV) is not installed; `pip install av` "
+                            "(or run `bash .ci/setup`), or use --media-backend ffmpeg")
+
+
 def make_adapter(config: PipelineConfig, dataset: str | None) -> DatasetAdapter:
     """Instantiate the dataset adapter named in stages.yaml."""
     spec = config.dataset(dataset)
@@ -59,11 +72,13 @@ def make_adapter(config: PipelineConfig, dataset: str | None) -> DatasetAdapter:
 
 def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
             need_manifest: bool = True, only: list[str] | None = None,
-            errors: dict[str, str] | None = None, manifest: Manifest | None = None) -> Context:
+            errors: dict[str, str] | None = None, manifest: Manifest | None = None,
+            execution: dict[str, Any] | None = None) -> Context:
     """Compute store keys for `dataset` (the `only` stages and their upstream, else all) and the
     manifest's clip keys. With `errors`, a stage whose key cannot be computed (e.g. its weights are
     missing) is recorded there, with everything downstream of it, instead of raising. `manifest`:
-    one already read for this dataset (after prepare), not read again."""
+    one already read for this dataset (after prepare), not read again. `execution`: the run's execution
+    overrides (its media backend enters the key of the stages that decode media)."""
     adapter = make_adapter(config, dataset)
     clip_keys: dict[str, str] = {}
     if not need_manifest:
@@ -103,17 +118,21 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
                 raise
             errors[name] = str(e)
             continue
-        store_key = hash_key({
+        identity = {
             "implementation": spec.implementation, "version": impl.VERSION, "params": key_params(impl.Config, params),
             "weights": weights, "upstream": [stages[u].store_key for u in spec.upstream],
-            "dataset": adapter.dataset_name, "backend": config.backend})
+            "dataset": adapter.dataset_name, "backend": config.backend}
+        media = config.execution_for(name, **(execution or {})).media_backend if _reads(impl) == "media" else None
+        if media not in (None, "ffmpeg"):  # stores decoded by the ffmpeg programs (the first backend) keep their keys
+            identity["media"] = media
+        store_key = hash_key(identity)
         attrs = {
             **out.extra,  # the extractor's own metadata first: the reserved keys below win
             "key": store_key, "stage": name, "group": spec.group, "dataset": adapter.dataset_name,
             "extractor": spec.implementation, "version": impl.VERSION, "params": params,
             "weights": weights, "upstream": {u: stages[u].store_key for u in spec.upstream},
             "modality": ex.modality, "kind": out.kind, "dims": None if out.dims is None else list(out.dims),
-            "dtype": out.dtype, "frame_rate": out.frame_rate,
+            "dtype": out.dtype, "frame_rate": out.frame_rate, **({"media_backend": media} if media else {}),
             "how_to_read": "CSR: each clip is rows [start:stop) of its shard's `data`; "
                            "rows are frames at `frame_rate` per second; pipeline.open_store(path)[clip_id]",
         }
@@ -663,11 +682,8 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
                             f"{', '.join(wrong)} read {source[wrong[0]]}{hint}")
     names = [n for n in names if n in kept]
     names, manifest = _drop_inapplicable(cfg, adapter, names, targets, stage is not None, on_skip)
-    missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
-    if missing and any(reads[n] == "media" for n in names):
-        raise PipelineError(f"{' and '.join(missing)} not found on PATH; install Debian's ffmpeg "
-                            "(apt-get install ffmpeg) or run `bash .ci/setup`")
-    ctx = resolve(cfg, dataset, prepare=True, only=names, manifest=manifest)
+    _check_media_backends({cfg.execution_for(n, **execution).media_backend for n in names if reads[n] == "media"})
+    ctx = resolve(cfg, dataset, prepare=True, only=names, manifest=manifest, execution=execution)
     if ctx.manifest is not None and ctx.manifest.skipped:
         shown = "; ".join(f"{p} ({why})" for p, why in ctx.manifest.skipped[:5])
         more = len(ctx.manifest.skipped) - 5
