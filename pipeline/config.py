@@ -31,8 +31,8 @@ class ExecutionParams:
     workers: int = 2
     executor: Literal["local", "dask"] = "local"
     scheduler: str | None = None
-    shard_size: int = 8
-    decode_threads: int = 4
+    shard_size: int | None = None  # clips per shard; None: sized to the work (runner.shard_size_for)
+    decode_threads: int = 2  # per worker: clips decoded at once, each by its own decoder process
     batch_size: int = 32
     device: str = "auto"
     progress: bool = True
@@ -41,7 +41,7 @@ class ExecutionParams:
 
     def __post_init__(self) -> None:
         for name in ("workers", "shard_size", "decode_threads", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.decode_timeout <= 0:
             raise ValueError(f"decode_timeout must be > 0 seconds, got {self.decode_timeout}")

@@ -156,6 +156,15 @@ def _producer(config: PipelineConfig, name: str) -> str | None:
     return None
 
 
+MIN_SHARD, MAX_SHARD = 8, 256
+
+
+def shard_size_for(clips: int, workers: int) -> int:
+    """Clips per shard when stages.yaml does not say: about four shards per worker (every worker busy,
+    progress and resume in steps), between 8 and 256 clips, so a 28k-clip store is ~110 shards, not 3500."""
+    return min(MAX_SHARD, max(MIN_SHARD, -(-clips // (4 * max(1, workers)))))
+
+
 @dataclass
 class ShardTask:
     """A unit of work: compute and commit one shard of clips into one store."""
@@ -196,19 +205,31 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
             return None, e.reason
 
     threads = max(1, min(task.execution.get("decode_threads", 4), len(task.clips)))
+    batch = max(1, task.execution.get("batch_size", 32))
+    loaded: list[tuple[Any, str | None]] = []
+    outputs: dict[int, Any] = {}
+    pending: list[int] = []  # loaded clips waiting for a full batch
+
+    def compute(idx: list[int]) -> None:
+        for i, out in zip(idx, ex.compute([loaded[i][0] for i in idx], task.upstream_attrs)):
+            outputs[i] = out
+
     try:
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            loaded = list(pool.map(load, task.clips))
+            # every clip is handed to the decode threads at once: while the model runs on one batch, the
+            # threads (and their decoder processes) decode the next
+            for i, future in enumerate([pool.submit(load, c) for c in task.clips]):
+                loaded.append(future.result())
+                if loaded[i][0] is not None:
+                    pending.append(i)
+                if len(pending) == batch:
+                    compute(pending)
+                    pending = []
+            if pending:
+                compute(pending)
     finally:
         ex.release()
     reasons = {i: why for i, (_, why) in enumerate(loaded)}
-    ok = [i for i, (x, _) in enumerate(loaded) if x is not None]
-    outputs: dict[int, Any] = {}
-    batch = max(1, task.execution.get("batch_size", 32))
-    for b in range(0, len(ok), batch):
-        idx = ok[b:b + batch]
-        for i, out in zip(idx, ex.compute([loaded[i][0] for i in idx], task.upstream_attrs)):
-            outputs[i] = out
     writer = StoreWriter(task.store_path)
     for i, out in list(outputs.items()):  # a clip unlike the others fails alone, not the shard
         why = writer.mismatch(out) or (ex.no_rows_reason(loaded[i][0], task.upstream_attrs) if len(out) == 0 else None)
@@ -350,7 +371,7 @@ def _compute_stage(ctx: Context, sk: StageKeys, execution: ExecutionParams, on_p
         upstream = None
         if producer:
             upstream = FeatureStore(ctx.stages[producer].store_path, clip_keys=ctx.clip_keys)
-        size = max(1, execution.shard_size)
+        size = execution.shard_size or shard_size_for(len(compute), execution.workers)
         tasks = []
         for s in range(0, len(compute), size):
             chunk = compute[s:s + size]

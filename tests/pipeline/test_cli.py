@@ -32,3 +32,20 @@ def test_errors_are_clear_and_exit_2(project):
 def test_datasets_lists_adapters():
     out = cli("datasets").stdout
     assert "folder:" in out and "synthetic:" in out and "<class name>" in out
+
+
+def test_a_cached_noop_imports_no_heavy_library(project, tmp_path):
+    import subprocess
+    import sys
+
+    cli("run", "extract", "--config", str(project), "--no-progress")
+    # what the two commands import, as the console script runs them (av: no media decoded)
+    probe = ("import sys, runpy; sys.argv = ['pipeline'] + sys.argv[1:]\n"
+             "try:\n    runpy.run_module('pipeline.cli', run_name='__main__')\n"
+             "except SystemExit as e:\n    assert not e.code, e.code\n"
+             "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'tensorflow', 'av', 'torchaudio'})\n"
+             "print('HEAVY', heavy)")
+    for args in (["run", "extract"], ["status"]):
+        out = subprocess.run([sys.executable, "-c", probe, *args, "--config", str(project)], capture_output=True,
+                             text=True, check=True).stdout
+        assert "HEAVY []" in out, (args, out)
