@@ -74,22 +74,33 @@ class DigestMemo:
             self._local.conn = conn
         return conn
 
+    def _known(self, conn: sqlite3.Connection) -> dict[str, tuple[int, int, str]]:
+        """Every memoized row, read once: a manifest of 10,000 files asks 10,000 times."""
+        known = getattr(self, "_rows", None)
+        if known is None:
+            try:
+                known = {r[0]: tuple(r[1:]) for r in conn.execute("SELECT path, size, mtime_ns, digest FROM files")}
+            except sqlite3.Error:  # an immutable view of a file someone is writing: hash instead
+                known = {}
+            self._rows = known
+        return known
+
     def digest(self, path: str | os.PathLike) -> str:
         """Digest of the file's content, or a marker for a missing or unreadable file."""
-        p = Path(path).absolute()
+        sp = os.fspath(path)
+        if not (isinstance(path, Path) and path.is_absolute()):  # a manifest's paths are: no parsing per clip
+            sp = str(Path(sp).absolute())
         try:
-            st = p.stat()
+            st = os.stat(sp)
         except OSError:
-            return f"missing:{p}"
+            return f"missing:{sp}"
         conn = self._conn()
-        row = self._memory.get(str(p))
+        row = self._memory.get(sp)
         if row is None and conn is not None:
-            try:
-                row = conn.execute("SELECT size, mtime_ns, digest FROM files WHERE path=?", (str(p),)).fetchone()
-            except sqlite3.Error:  # an immutable view of a file someone is writing: hash instead
-                row = None
+            row = self._known(conn).get(sp)
         if row and row[0] == st.st_size and row[1] == st.st_mtime_ns:
             return row[2]
+        p = Path(sp)
         try:
             d = _hash_file(p)
         except OSError as e:
@@ -98,9 +109,10 @@ class DigestMemo:
             try:
                 with conn:
                     conn.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?)",
-                                 (str(p), st.st_size, st.st_mtime_ns, d))
+                                 (sp, st.st_size, st.st_mtime_ns, d))
+                self._known(conn)[sp] = (st.st_size, st.st_mtime_ns, d)
                 return d
             except sqlite3.OperationalError as e:  # locked past the timeout, or read-only after all
                 log.debug("digest memo %s not updated: %s", self.path, e)
-        self._memory[str(p)] = (st.st_size, st.st_mtime_ns, d)
+        self._memory[sp] = (st.st_size, st.st_mtime_ns, d)
         return d

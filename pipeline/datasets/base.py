@@ -71,10 +71,12 @@ class Manifest:
     def clip_keys(self, memo: DigestMemo) -> dict[str, str]:
         """Clip id -> key of its content (media digests and segment); ordered like `clips`."""
         keys = {}
-        seen: dict[Path, str] = {}  # feature datasets name one file for many clips
+        seen: dict[str, str] = {}  # feature datasets name one file for many clips
         for c in self.clips:
-            media = {role: seen[p] if p in seen else seen.setdefault(p, memo.digest(p))
-                     for role, p in sorted(c.media.items())}
+            media = {}
+            for role, p in sorted(c.media.items()):
+                s = str(p)
+                media[role] = seen[s] if s in seen else seen.setdefault(s, memo.digest(p))
             ident: list[Any] = [c.clip_id, media, c.start, c.end]
             if c.refs:  # only then: keys of media clips stay what they were before refs existed
                 ident.append(sorted(c.refs.items()))

@@ -1,7 +1,9 @@
 """`folder`: a directory of class subfolders of videos (the raw VEGAS layout) as a manifest."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..registry import register_dataset
 from .base import DatasetAdapter, DatasetError, Clip, Manifest, class_balanced_folds, is_media
@@ -35,16 +37,16 @@ class FolderDataset(DatasetAdapter):
         entries = []
         skipped: list[tuple[str, str]] = []
         for cls in classes:
-            for p in sorted((self.root / cls).rglob("*")):
-                where = p.relative_to(self.root).as_posix()
-                if any(part.startswith(".") for part in p.relative_to(self.root).parts):
+            for parts, is_dir, is_file in _walk(self.root / cls):  # in the order of sorted(rglob("*"))
+                where = "/".join((cls, *parts))
+                p = self.root / where
+                if any(part.startswith(".") for part in parts):
                     continue  # hidden files (.DS_Store, editor swap files) are nobody's clips
-                if is_media(p) and (p.is_file() or p.is_symlink()):  # dangling links become failures
-                    rel = p.relative_to(self.root / cls).with_suffix("")
-                    entries.append((f"{cls}/{rel.as_posix()}", p, cls))
+                if is_media(p) and not is_dir:  # files, and links (dangling ones become failures)
+                    entries.append((f"{cls}/{where[len(cls) + 1:].rsplit('.', 1)[0]}", p, cls))
                 elif is_media(p):
                     skipped.append((where, "a folder with a media file's name"))
-                elif p.is_file():
+                elif is_file:
                     skipped.append((where, "not a media file type"))
         if not entries:
             raise DatasetError(f"dataset '{self.dataset_name}': class folders under {self.root} hold no media files")
@@ -57,3 +59,28 @@ class FolderDataset(DatasetAdapter):
         clips = [Clip(clip_id=cid, media={"video": p.absolute()}, label=cls, fold=f)
                  for (cid, p, cls), f in zip(entries, folds)]
         return Manifest(self.dataset_name, self.root, clips, classes, skipped)
+
+
+def _walk(top: Path) -> list[tuple[tuple[str, ...], bool, bool]]:
+    """Everything under `top` as (relative parts, is a directory, is a file), sorted as pathlib sorts the
+    paths of `top.rglob("*")` (by parts); os.scandir's cached entry types spare a stat per file."""
+    out: list[tuple[tuple[str, ...], bool, bool]] = []
+    stack: list[tuple[Path, tuple[str, ...]]] = [(top, ())]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            parts = (*prefix, e.name)
+            is_dir = e.is_dir(follow_symlinks=False)
+            if is_dir:
+                stack.append((Path(e.path), parts))
+            try:
+                is_file = e.is_file()
+            except OSError:  # a symlink loop: not a file (it becomes a failure with its reason)
+                is_file = False
+            out.append((parts, is_dir, is_file))
+    out.sort(key=lambda x: x[0])
+    return out
