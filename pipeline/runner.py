@@ -157,12 +157,22 @@ def _producer(config: PipelineConfig, name: str) -> str | None:
 
 
 MIN_SHARD, MAX_SHARD = 8, 256
+SHARD_BYTES = 256 << 20  # what one shard's outputs may hold in a worker's memory before they are written
+_TYPICAL_CLIP_S = 10.0  # VEGAS and AudioSet clips: the length a shard's bytes are estimated for
 
 
-def shard_size_for(clips: int, workers: int) -> int:
+def shard_size_for(clips: int, workers: int, attrs: dict[str, Any] | None = None) -> int:
     """Clips per shard when stages.yaml does not say: about four shards per worker (every worker busy,
-    progress and resume in steps), between 8 and 256 clips, so a 28k-clip store is ~110 shards, not 3500."""
-    return min(MAX_SHARD, max(MIN_SHARD, -(-clips // (4 * max(1, workers)))))
+    progress and resume in steps), between 8 and 256 clips, so a 28k-clip store is ~110 shards, not 3500;
+    fewer when a clip's output is big (`attrs`: dims, dtype, frame_rate), so a shard stays near 256 MiB."""
+    import numpy as np
+
+    size = min(MAX_SHARD, max(MIN_SHARD, -(-clips // (4 * max(1, workers)))))
+    if attrs and attrs.get("dims") is not None and attrs.get("dtype"):
+        rows = (attrs.get("frame_rate") or 0) * _TYPICAL_CLIP_S or 1
+        clip_bytes = rows * int(np.prod(attrs["dims"] or [1])) * np.dtype(attrs["dtype"]).itemsize
+        size = max(1, min(size, int(SHARD_BYTES // max(1, clip_bytes))))
+    return size
 
 
 @dataclass
@@ -371,7 +381,7 @@ def _compute_stage(ctx: Context, sk: StageKeys, execution: ExecutionParams, on_p
         upstream = None
         if producer:
             upstream = FeatureStore(ctx.stages[producer].store_path, clip_keys=ctx.clip_keys)
-        size = execution.shard_size or shard_size_for(len(compute), execution.workers)
+        size = execution.shard_size or shard_size_for(len(compute), execution.workers, sk.attrs)
         tasks = []
         for s in range(0, len(compute), size):
             chunk = compute[s:s + size]

@@ -391,3 +391,15 @@ def test_disk_full_names_the_stage_and_the_path(project, monkeypatch):
     msg = str(e.value)
     assert msg.startswith("stage 'logmel': cannot write shard") and "the disk is full" in msg
     assert "stores/tiny/logmel-" in msg and msg.endswith("then rerun to resume")
+
+
+def test_shards_are_sized_to_the_work():
+    from pipeline.runner import shard_size_for
+
+    # a VEGAS-size store (28k clips) is about a hundred shards (a few hundred files), not 3500
+    assert 100 <= -(-28000 // shard_size_for(28000, 2)) <= 120
+    assert shard_size_for(400, 2) == 50 and shard_size_for(60, 2) == 8  # four shards per worker, at least 8 clips
+    # a clip of unpooled VGG16 conv maps (10 s at 1 fps: 3.8 MiB): a shard stays within 256 MiB in memory
+    conv = {"dims": [14, 14, 512], "dtype": "float32", "frame_rate": 1.0}
+    assert shard_size_for(28000, 2, conv) * 10 * 14 * 14 * 512 * 4 <= 256 << 20
+    assert shard_size_for(28000, 2, {"dims": [2048], "dtype": "float32", "frame_rate": None}) == 256  # pooled
