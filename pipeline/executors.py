@@ -66,16 +66,18 @@ class Executor:
             cluster.close()
         self._pools, self._clients, self._clusters = {}, {}, []
 
-    def run(self, fn: Callable[[Any], Any], tasks: Sequence[Any], execution: ExecutionParams,
+    def run(self, fn: Callable[..., Any], tasks: Sequence[Any], execution: ExecutionParams,
             on_result: Callable[[Any], None]) -> None:
-        """Run `fn(task)` for every task, calling `on_result` in this process as each one finishes."""
+        """Run `fn(task)` for every task, calling `on_result` in this process as each one finishes. In this
+        process, one task after another, `fn(task, following)` learns the task that comes next (to start
+        its input while this one computes)."""
         if not tasks:
             return
         if execution.executor == "dask" or execution.scheduler:
             self._run_dask(fn, tasks, execution, on_result)
         elif execution.workers <= 1 or len(tasks) == 1:
-            for t in tasks:
-                on_result(fn(t))
+            for t, following in zip(tasks, [*tasks[1:], None]):
+                on_result(fn(t, following))
         else:
             self._run_processes(fn, tasks, execution, on_result)
 

@@ -201,20 +201,39 @@ def _extractor(task: ShardTask) -> Any:
     return ex
 
 
-def run_shard(task: ShardTask) -> dict[str, Any]:
-    """Decode (threads), compute (batched), write and commit one shard; return its summary."""
-    import extractors  # noqa: F401  (registers extractors in a fresh worker)
+_DECODE_POOLS: dict[int, ThreadPoolExecutor] = {}
+_PREFETCHED: dict[str, list[Any]] = {}  # shard id -> its clips' loads, started while the shard before computed
+
+
+def _load(ex: Any, clip: Clip, upstream: Any) -> tuple[Any, str | None]:
     from .media import MediaError
 
+    try:
+        return ex.load(clip, upstream), None
+    except MediaError as e:
+        return None, e.reason
+
+
+def _start_loads(task: ShardTask) -> list[Any]:
+    """Hand every clip of `task` to this process's decode threads (each decodes in its decoder process)."""
     ex = _extractor(task)
+    threads = max(1, task.execution.get("decode_threads", 2))
+    if threads not in _DECODE_POOLS:
+        _DECODE_POOLS[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+    return [_DECODE_POOLS[threads].submit(_load, ex, clip, task.upstream) for clip in task.clips]
 
-    def load(clip: Clip) -> tuple[Any, str | None]:
-        try:
-            return ex.load(clip, task.upstream), None
-        except MediaError as e:
-            return None, e.reason
 
-    threads = max(1, min(task.execution.get("decode_threads", 4), len(task.clips)))
+def run_shard(task: ShardTask, following: ShardTask | None = None) -> dict[str, Any]:
+    """Decode (threads), compute (batched), write and commit one shard; return its summary. With
+    `following` (the shard this process runs next), its clips start decoding while this one computes:
+    only for stages that decode media, whose loads hold nothing that `release()` closes between shards."""
+    import extractors  # noqa: F401  (registers extractors in a fresh worker)
+
+    ex = _extractor(task)
+    futures = _PREFETCHED.pop(task.shard_id, None) or _start_loads(task)
+    _PREFETCHED.clear()  # a shard prefetched for a run that then failed: not kept
+    if following is not None and _reads(implementation(following.implementation)) == "media":
+        _PREFETCHED[following.shard_id] = _start_loads(following)
     batch = max(1, task.execution.get("batch_size", 32))
     loaded: list[tuple[Any, str | None]] = []
     outputs: dict[int, Any] = {}
@@ -225,20 +244,22 @@ def run_shard(task: ShardTask) -> dict[str, Any]:
             outputs[i] = out
 
     try:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            # every clip is handed to the decode threads at once: while the model runs on one batch, the
-            # threads (and their decoder processes) decode the next
-            for i, future in enumerate([pool.submit(load, c) for c in task.clips]):
-                loaded.append(future.result())
-                if loaded[i][0] is not None:
-                    pending.append(i)
-                if len(pending) == batch:
-                    compute(pending)
-                    pending = []
-            if pending:
+        # every clip went to the decode threads at once: while the model runs on one batch, the threads
+        # (and their decoder processes) decode the next, and, one worker at a time, the next shard's
+        for i, future in enumerate(futures):
+            loaded.append(future.result())
+            if loaded[i][0] is not None:
+                pending.append(i)
+            if len(pending) == batch:
                 compute(pending)
+                pending = []
+        if pending:
+            compute(pending)
     finally:
-        ex.release()
+        for future in futures:  # on an error: nothing of this shard left decoding
+            future.cancel()
+        if not _PREFETCHED:
+            ex.release()
     reasons = {i: why for i, (_, why) in enumerate(loaded)}
     writer = StoreWriter(task.store_path)
     for i, out in list(outputs.items()):  # a clip unlike the others fails alone, not the shard

@@ -403,3 +403,50 @@ def test_shards_are_sized_to_the_work():
     conv = {"dims": [14, 14, 512], "dtype": "float32", "frame_rate": 1.0}
     assert shard_size_for(28000, 2, conv) * 10 * 14 * 14 * 512 * 4 <= 256 << 20
     assert shard_size_for(28000, 2, {"dims": [2048], "dtype": "float32", "frame_rate": None}) == 256  # pooled
+
+
+def _timed_audio() -> list[tuple[str, str]]:
+    """The audio stage, registered as `timed_audio`, recording when each clip's decoding and each
+    batch's compute start and end into the list returned."""
+    from extractors.audio import AudioDemux
+    from pipeline.registry import EXTRACTORS, register_extractor
+
+    if "timed_audio" not in EXTRACTORS:
+        events: list[tuple[str, str]] = []
+
+        @register_extractor
+        class TimedAudio(AudioDemux):
+            name = "timed_audio"
+            events_ = events
+
+            def load(self, clip, upstream=None):
+                self.events_.append(("load+", clip.clip_id))
+                return super().load(clip, upstream)
+
+            def compute(self, inputs, upstream=None):
+                self.events_.append(("compute+", ""))
+                time.sleep(0.5)  # a model at work
+                self.events_.append(("compute-", ""))
+                return super().compute(inputs, upstream)
+
+    return EXTRACTORS.get("timed_audio").events_
+
+
+def test_the_next_shard_decodes_while_this_one_computes(tmp_path, clip_factory):
+    """One worker, shards of one clip: clip k+1's decoding starts before clip k's compute ends."""
+    import yaml
+
+    events = _timed_audio()
+    events.clear()
+    for i in range(3):
+        clip_factory(tmp_path / "data" / "x" / f"c{i}.mp4")
+    cfg = tmp_path / "stages.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "cache": str(tmp_path / "cache"), "default_dataset": "f",
+        "execution": {"workers": 1, "shard_size": 1, "progress": False},
+        "datasets": {"f": {"adapter": "folder", "root": str(tmp_path / "data")}},
+        "stages": {"a": {"group": "extract", "implementation": "timed_audio", "params": {}}}}))
+    [rep] = run("extract", config=cfg)
+    assert rep.computed == 3 and rep.shards_computed == 3
+    first_compute_end = events.index(("compute-", ""))
+    assert ("load+", "x/c1") in events[:first_compute_end]  # the second shard was decoding meanwhile
