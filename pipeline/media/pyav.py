@@ -33,12 +33,21 @@ _SEEK_TO_PTS = 0x4000000  # AVFMT_SEEK_TO_PTS
 _ATTACHED_PIC = 0x400  # AV_DISPOSITION_ATTACHED_PIC: cover art, not video
 
 
+_LOGGING_SET = False
+
+
 def _av() -> Any:
+    global _LOGGING_SET
     import av
     import av.logging
 
-    if av.logging.get_level() is None:  # libav messages reach Capture (they carry the failure reasons)
-        av.logging.set_level(av.logging.WARNING)
+    if not _LOGGING_SET:
+        if av.logging.get_level() is None:  # libav messages reach Capture (they carry the failure reasons)
+            av.logging.set_level(av.logging.WARNING)
+        # every file's own messages: a decoder process serves many files, and "moov atom not found" for the
+        # second cut file must not be dropped as a repeat of the first's
+        av.logging.set_skip_repeated(False)
+        _LOGGING_SET = True
     return av
 
 

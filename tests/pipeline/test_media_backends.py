@@ -186,3 +186,17 @@ def test_the_backend_is_recorded_and_keys_its_stores(project):
         np.testing.assert_allclose(a[clip], b[clip], rtol=0, atol=1e-6)
     [again] = run("extract", stage="audio", config=project, media_backend="ffmpeg")
     assert again.computed == 0 and again.store_path == ffmpeg.store_path  # switching back reuses
+
+
+def test_each_file_keeps_its_own_reason_in_a_long_lived_decoder(tmp_path, clip_factory):
+    # libav drops a message that repeats the one before; a decoder process serves many files, so the second
+    # cut file's "moov atom not found" must still reach its reason
+    reasons = []
+    for i in range(2):
+        whole = clip_factory(tmp_path / f"whole{i}.mp4", seconds=2.0, freq=300 + 200 * i, faststart=False)
+        cut = tmp_path / f"cut{i}.mp4"
+        cut.write_bytes(whole.read_bytes()[:3000])
+        with pytest.raises(MediaError) as e:
+            decode_audio(cut, 16000)
+        reasons.append(e.value.reason)
+    assert all(r.startswith("truncated file: the container starts correctly") for r in reasons), reasons
