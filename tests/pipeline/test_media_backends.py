@@ -200,3 +200,20 @@ def test_each_file_keeps_its_own_reason_in_a_long_lived_decoder(tmp_path, clip_f
             decode_audio(cut, 16000)
         reasons.append(e.value.reason)
     assert all(r.startswith("truncated file: the container starts correctly") for r in reasons), reasons
+
+
+def test_a_file_mostly_corrupt_inside_is_a_decode_error_with_both_backends(tmp_path):
+    # the index intact, 30% of the media bytes random: the CLI (and so the pyav backend) goes past bad
+    # packets, and calls the file a decode error when more than 2/3 of them fail
+    src = tmp_path / "src.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *V, *_a(44100), *H264, "-c:a", "aac",
+                    "-movflags", "+faststart", "file:" + str(src)], check=True)
+    data = bytearray(src.read_bytes())
+    start = data.find(b"mdat") + 4
+    rng = np.random.default_rng(0)
+    for j in rng.choice(len(data) - start, int(0.3 * (len(data) - start)), replace=False) + start:
+        data[j] = rng.integers(0, 256)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(bytes(data))
+    assert _both(decode_audio, bad, 16000) == ["decode error", "decode error"]
+    assert _both(decode_frames, bad, 1.0, 32) == ["decode error", "decode error"]
