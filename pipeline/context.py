@@ -58,9 +58,9 @@ def committed(scan: StoreScan, clip_keys: dict[str, str]) -> tuple[set[str], int
     return set(ok) | set(failed), len(shards), [f for _, f in failed.values()]
 
 
-def require_complete(ctx: Context, name: str) -> None:
+def require_complete(ctx: Context, name: str) -> StoreScan:
     """Fail, naming the command that fills it, unless stage `name` has committed every clip of the manifest
-    and none of it is damaged."""
+    and none of it is damaged; the store's scan (a FeatureStore opened on it need not scan again)."""
     assert ctx.manifest is not None
     sk = ctx.stages[name]
     scan = scan_store(sk.store_path, ctx.clip_keys)
@@ -72,3 +72,4 @@ def require_complete(ctx: Context, name: str) -> None:
     if len(done) < len(ctx.manifest):
         raise PipelineError(f"stage '{name}' holds {len(done)} of {len(ctx.manifest)} clips of dataset "
                             f"'{ctx.dataset}'; run {command} first")
+    return scan

@@ -673,9 +673,10 @@ class FeatureStore:
     and the command that repairs it); the first read of each shard hashes its files.
     """
 
-    def __init__(self, path: str | os.PathLike, clip_keys: dict[str, str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, clip_keys: dict[str, str] | None = None,
+                 scan: "StoreScan | None" = None) -> None:
         self.path = Path(path)
-        scan = scan_store(self.path, clip_keys)
+        scan = scan if scan is not None else scan_store(self.path, clip_keys)  # `scan`: one just made
         if scan.attrs is None:
             if not self.path.exists() or not (self.path / "commits").is_dir():
                 raise StoreError(f"no feature store at {self.path} (no {ATTRS_FILE}); "

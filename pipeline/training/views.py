@@ -70,9 +70,9 @@ def read_items(ctx: "Context", rk: "RunKeys", trainer: Any, task: "Task") -> tup
     """Every qualifying item of the dataset with the trainer's views, and the items left out (id -> why)."""
     assert ctx.manifest is not None
     views: list[View] = trainer.views()
-    for stage in {rk.views[v.name] for v in views if v.name in rk.views}:
-        require_complete(ctx, stage)
-    stores = {v.name: FeatureStore(ctx.stages[rk.views[v.name]].store_path, clip_keys=ctx.clip_keys)
+    scans = {stage: require_complete(ctx, stage) for stage in {rk.views[v.name] for v in views if v.name in rk.views}}
+    stores = {v.name: FeatureStore(ctx.stages[rk.views[v.name]].store_path, clip_keys=ctx.clip_keys,
+                                   scan=scans[rk.views[v.name]])
               for v in views if v.name in rk.views}
     needs_text = any(v.form == "tokens" for v in views)
     skipped: dict[str, str] = {}
