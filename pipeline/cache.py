@@ -45,6 +45,7 @@ class DigestMemo:
         self._local = threading.local()
         self._readonly = False
         self._memory: dict[str, tuple[int, int, str]] = {}
+        self._rows: dict[str, tuple[int, int, str]] | None = None  # the database's rows, read on first use
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             c = self._conn()
@@ -76,7 +77,7 @@ class DigestMemo:
 
     def _known(self, conn: sqlite3.Connection) -> dict[str, tuple[int, int, str]]:
         """Every memoized row, read once: a manifest of 10,000 files asks 10,000 times."""
-        known = getattr(self, "_rows", None)
+        known = self._rows
         if known is None:
             try:
                 known = {r[0]: tuple(r[1:]) for r in conn.execute("SELECT path, size, mtime_ns, digest FROM files")}

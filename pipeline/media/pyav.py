@@ -201,11 +201,11 @@ class _Errors:
     """Decode errors met on the way, which the CLI logs and goes past (a cut file decodes up to its cut)."""
 
     def __init__(self, logs: list[str]) -> None:
-        self.logs, self.frames, self.failed = logs, 0, 0
+        self.logs, self.decoded, self.failed = logs, 0, 0  # packets that decoded, and that did not
 
     def check(self, what: str, path: Path) -> None:
         # the CLI's -max_error_rate (2/3): past it, the file is a decode error rather than short media
-        if self.failed and self.failed > (self.frames + self.failed) * 2 / 3:
+        if self.failed and self.failed > (self.decoded + self.failed) * 2 / 3:
             raise MediaError(f"decode error: libav could not decode the {what} ({readable_log(self.logs, path=path)})")
 
 
@@ -237,7 +237,8 @@ def _decoded(container: Any, stream: Any, shift: int, errors: _Errors) -> Iterat
             errors.logs.append(f"error while decoding: {e.strerror or e}")
             errors.failed += 1
             frames = []
-        errors.frames += len(frames)
+        else:
+            errors.decoded += not last
         yield from frames
         if last:
             return
@@ -344,7 +345,7 @@ def _rotate_nodes(rotation: int) -> list[tuple[str, Any]]:
 def _output_size(frame: Any, size: int | tuple[int, int] | None) -> tuple[int, int]:
     if size is not None:
         return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    turned = _rotate_nodes(_rotation(frame)) and _rotation(frame) % 180 == 90
+    turned = _rotation(frame) % 180 == 90  # the CLI transposes these (_rotate_nodes)
     return (frame.height, frame.width) if turned else (frame.width, frame.height)
 
 
