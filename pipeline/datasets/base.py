@@ -56,6 +56,7 @@ class Manifest:
     clips: list[Clip]
     classes: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (entry under root, why it is not a clip)
+    annotations: dict[str, Path] = field(default_factory=dict)  # split -> COCO instances json (object masks)
 
     def __post_init__(self) -> None:
         seen: set[str] = set()

@@ -13,6 +13,7 @@ from .base import Clip, DatasetAdapter, Manifest
 class SpeechCocoConfig:
     splits: list[str] | None = None  # default: train2014 and val2014 (those present)
     image_root: str = "images"  # MSCOCO: <image_root>/<split>/COCO_<split>_<12-digit id>.jpg
+    instances: str = "annotations/instances_{split}.json"  # COCO object annotations, where present (alignment)
     skip_missing: bool = False
 
 
@@ -40,7 +41,8 @@ class SpeechCocoDataset(DatasetAdapter):
               "  a doubled ROOT/val2014/val2014/ is accepted)\n"
               "ROOT/<split>/json/<same name>.json: {imgID, captionID, speaker, synthesisedCaption, duration,\n"
               "  timecode: [[ms, WORD|SYL|SEPR|PHO, value], ...]}\n"
-              "ROOT/images/<split>/COCO_<split>_<12-digit imgID>.jpg  (param `image_root`)")
+              "ROOT/images/<split>/COCO_<split>_<12-digit imgID>.jpg  (param `image_root`)\n"
+              "ROOT/annotations/instances_<split>.json: COCO object annotations (optional; param `instances`)")
 
     def _split_dir(self, split: str) -> Path | None:
         for cand in (self.root / split / split, self.root / split):
@@ -83,4 +85,16 @@ class SpeechCocoDataset(DatasetAdapter):
         if not clips:
             raise self.error("no caption json files found")
         clips = self.check_media(clips, self.config.skip_missing)
-        return Manifest(self.dataset_name, self.root, clips)
+        return Manifest(self.dataset_name, self.root, clips,
+                        annotations=instances_files(self, [s for s, d in dirs.items() if d is not None]))
+
+
+def instances_files(adapter: DatasetAdapter, splits: list[str]) -> dict[str, Path]:
+    """Split name (train, val) -> its COCO instances json, for the splits that have one."""
+    out = {}
+    for split in splits:
+        rel = adapter.config.instances.format(split=split)
+        path = Path(rel) if Path(rel).is_absolute() else adapter.root / rel
+        if path.is_file():
+            out[split.removesuffix("2014")] = path.absolute()
+    return out

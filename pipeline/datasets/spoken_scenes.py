@@ -1,0 +1,261 @@
+"""`spoken_scenes`: generated scenes of 2-3 shapes with spoken captions that name them, known word timings and
+object masks, written in the layouts of SPEECH-COCO, SpokenCOCO and COCO instances so that the real
+adapters read them: the VGS alignment demo and tests, where the right answer is known.
+
+Each image (224 x 224 JPEG) holds 2-3 distinct shapes (circle, square, triangle, cross) of different
+colours in distinct cells of a 3 x 3 layout, jittered. Each caption names every shape ("a red circle and
+a blue square"), in a shuffled order; it is spoken by espeak-ng one word at a time (each word once per
+voice and speed, then reused) and concatenated with short pauses, so every word's onset is exact. Masks
+are COCO instance annotations: squares, triangles and crosses as polygons, circles as RLE.
+
+Written under ROOT:
+- images/<split>/COCO_<split>_<12-digit id>.jpg (split: train2014, val2014; ids distinct across splits)
+- <split>/wav/<id>_<caption id>_<voice>_0_<speed>.wav and <split>/json/<same>.json (SPEECH-COCO: caption,
+  duration, timecode [[ms, WORD|SEPR, value], ...])
+- SpokenCOCO_train.json, SpokenCOCO_val.json ({data: [{image, captions: [{wav, text, speaker, uttid}]}]},
+  naming the same wavs)
+- annotations/instances_<split>.json (categories: the four shapes)
+
+`layout` picks the adapter that reads the set: `speech_coco` (word timings: the alignment corpus) or
+`spokencoco` (the training corpus's layout).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import tempfile
+import wave
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..registry import register_dataset
+from .base import MARKER, DatasetError, GeneratedDataset, Manifest
+
+log = logging.getLogger(__name__)
+
+SHAPES = ["circle", "square", "triangle", "cross"]
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 50), "blue": (40, 60, 220), "yellow": (240, 220, 40),
+           "black": (15, 15, 15), "orange": (250, 140, 20), "purple": (140, 40, 170), "white": (250, 250, 250)}
+BACKGROUNDS = [(150, 150, 150), (170, 160, 140), (130, 150, 170), (160, 175, 150)]
+TEMPLATES = [("a {c} {s}", " and "), ("there is a {s}", " next to "), ("i see a {c} {s}", " with ")]
+VOICES = ["en-us", "en", "en+f3", "en-us+m3"]
+SPEEDS = [185, 215]
+RATE = 22050  # espeak-ng's output rate
+
+
+@dataclass
+class SpokenScenesConfig:
+    n_train: int = 160  # images in train2014
+    n_val: int = 40  # images in val2014
+    captions_per_image: int = 2
+    size: int = 224
+    seed: int = 0
+    layout: Literal["speech_coco", "spokencoco"] = "speech_coco"
+
+    def __post_init__(self) -> None:
+        checks = [(self.n_train >= 2 and self.n_val >= 2, "n_train and n_val must be >= 2"),
+                  (1 <= self.captions_per_image <= len(TEMPLATES), f"captions_per_image must be in 1..{len(TEMPLATES)}"),
+                  (self.size >= 64, "size must be >= 64"),
+                  (self.layout in ("speech_coco", "spokencoco"), "layout must be speech_coco or spokencoco")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"{msg} (got {asdict(self)})")
+
+    def generated(self) -> dict[str, Any]:
+        """The params that decide the files (not the layout they are read with)."""
+        return {k: v for k, v in asdict(self).items() if k != "layout"}
+
+
+def _scene(rng: np.random.Generator, size: int) -> tuple[tuple[int, int, int], list[dict[str, Any]]]:
+    """A background colour and 2-3 shapes: kind, colour, centre, radius, in distinct cells of a 3 x 3 layout."""
+    n = int(rng.integers(2, 4))
+    kinds = rng.choice(len(SHAPES), n, replace=False)
+    colours = rng.choice(len(COLOURS), n, replace=False)
+    cells = rng.choice(9, n, replace=False)
+    cell = size / 3
+    shapes = []
+    for k, c, pos in zip(kinds, colours, cells):
+        r = cell * rng.uniform(0.3, 0.45)
+        cx = (pos % 3 + 0.5) * cell + rng.uniform(-0.08, 0.08) * cell
+        cy = (pos // 3 + 0.5) * cell + rng.uniform(-0.08, 0.08) * cell
+        shapes.append({"shape": SHAPES[int(k)], "colour": list(COLOURS)[int(c)], "cx": cx, "cy": cy, "r": r})
+    return BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], shapes
+
+
+def _polygon(s: dict[str, Any]) -> list[tuple[float, float]]:
+    cx, cy, r = s["cx"], s["cy"], s["r"]
+    if s["shape"] == "square":
+        return [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
+    if s["shape"] == "triangle":
+        return [(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
+    w = r / 3  # cross: twelve corners
+    return [(cx - w, cy - r), (cx + w, cy - r), (cx + w, cy - w), (cx + r, cy - w), (cx + r, cy + w), (cx + w, cy + w),
+            (cx + w, cy + r), (cx - w, cy + r), (cx - w, cy + w), (cx - r, cy + w), (cx - r, cy - w), (cx - w, cy - w)]
+
+
+def _draw(path: Path, background: tuple[int, int, int], shapes: list[dict[str, Any]], size: int,
+          image_id: int, next_ann: int) -> list[dict[str, Any]]:
+    """Write the picture (JPEG) and return its COCO annotations (polygons; RLE for circles)."""
+    from PIL import Image, ImageDraw
+    from pycocotools import mask as mask_utils
+
+    img = Image.new("RGB", (size, size), background)
+    d = ImageDraw.Draw(img)
+    anns = []
+    for k, s in enumerate(shapes):
+        fill = COLOURS[s["colour"]]
+        ann: dict[str, Any] = {"id": next_ann + k, "image_id": image_id, "category_id": SHAPES.index(s["shape"]) + 1,
+                               "iscrowd": 0}
+        if s["shape"] == "circle":
+            box = [s["cx"] - s["r"], s["cy"] - s["r"], s["cx"] + s["r"], s["cy"] + s["r"]]
+            d.ellipse(box, fill=fill)
+            m = Image.new("L", (size, size), 0)
+            ImageDraw.Draw(m).ellipse(box, fill=1)
+            rle = mask_utils.encode(np.asfortranarray(np.array(m, dtype=np.uint8)))
+            ann["area"] = float(mask_utils.area(rle))
+            ann["bbox"] = [float(v) for v in mask_utils.toBbox(rle)]
+            rle["counts"] = rle["counts"].decode("ascii")
+            ann["segmentation"] = rle
+        else:
+            poly = _polygon(s)
+            d.polygon(poly, fill=fill)
+            xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+            ann["segmentation"] = [[round(v, 2) for p in poly for v in p]]
+            ann["bbox"] = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+            ann["area"] = float(0.5 * abs(sum(xs[i] * ys[i - 1] - xs[i - 1] * ys[i] for i in range(len(xs)))))
+        anns.append(ann)
+    img.save(path, format="JPEG", quality=95)
+    return anns
+
+
+class _Voice:
+    """Words spoken by espeak-ng, each (word, voice, speed) once, trimmed of silence."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.exe = shutil.which("espeak-ng")
+        if self.exe is None:
+            raise DatasetError("espeak-ng not found on PATH; install Debian's espeak-ng (apt-get install espeak-ng) "
+                               "or run `bash .ci/setup`")
+        self.tmp = tmp
+        self.cache: dict[tuple[str, str, int], np.ndarray] = {}
+
+    def word(self, word: str, voice: str, speed: int) -> np.ndarray:
+        key = (word, voice, speed)
+        if key not in self.cache:
+            path = self.tmp / f"w{len(self.cache)}.wav"
+            cmd = [self.exe, "-v", voice, "-s", str(speed), "-w", str(path), "--", word]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            if done.returncode != 0 or not path.is_file():
+                raise DatasetError(f"espeak-ng could not speak {word!r} with voice {voice}: {done.stderr.strip()[-300:]}")
+            with wave.open(str(path)) as w:
+                x = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+            loud = np.flatnonzero(np.abs(x.astype(np.int32)) > 300)
+            self.cache[key] = x[loud[0]:loud[-1] + 1] if len(loud) else x
+        return self.cache[key]
+
+
+def _utterance(voice: _Voice, words: list[str], speaker: str, speed: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, list[list[Any]]]:
+    """The caption's samples and its SPEECH-COCO timecode: each word's onset (ms), a pause (SEPR) after it."""
+    parts = [np.zeros(int(RATE * rng.uniform(0.1, 0.25)), np.int16)]
+    timecode: list[list[Any]] = []
+    at = len(parts[0])
+    for w in words:
+        x = voice.word(w, speaker, speed)
+        timecode.append([int(round(at * 1000 / RATE)), "WORD", w])
+        at += len(x)
+        gap = np.zeros(int(RATE * rng.uniform(0.05, 0.12)), np.int16)
+        timecode.append([int(round(at * 1000 / RATE)), "SEPR", " "])
+        parts += [x, gap]
+        at += len(gap)
+    parts.append(np.zeros(int(RATE * 0.1), np.int16))
+    return np.concatenate(parts), timecode
+
+
+def _write_wav(path: Path, x: np.ndarray) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(x.astype("<i2").tobytes())
+
+
+@register_dataset
+class SpokenScenesDataset(GeneratedDataset):
+    """Generates its scenes, spoken captions and annotations on first use under `root` (atomically)."""
+
+    name = "spoken_scenes"
+    Config = SpokenScenesConfig
+    layout = (f"ROOT/{MARKER} (the generator's params), SPEECH-COCO's train2014/ and val2014/ (wav/, json/), "
+              "SpokenCOCO_{train,val}.json,\nimages/<split>/COCO_<split>_<id>.jpg, annotations/instances_<split>.json; "
+              "written by the generator (needs espeak-ng), not by hand")
+
+    def prepare(self) -> None:
+        # the generated files do not depend on `layout`: both layouts share one root
+        layout = self.config.layout
+        try:
+            self.config.layout = "speech_coco"
+            super().prepare()
+        finally:
+            self.config.layout = layout
+
+    def _write(self, tmp: Path) -> None:
+        cfg = self.config
+        rng = np.random.default_rng(cfg.seed)
+        log.info("generating %d scenes with %d spoken captions each under %s", cfg.n_train + cfg.n_val,
+                 cfg.captions_per_image, self.root)
+        with tempfile.TemporaryDirectory() as words_dir:
+            voice = _Voice(Path(words_dir))
+            image_id, ann_id = 0, 1
+            for split, n in (("train2014", cfg.n_train), ("val2014", cfg.n_val)):
+                for sub in (f"images/{split}", f"{split}/wav", f"{split}/json", "annotations"):
+                    (tmp / sub).mkdir(parents=True, exist_ok=True)
+                images, anns, spoken = [], [], []
+                for _ in range(n):
+                    image_id += 1
+                    background, shapes = _scene(rng, cfg.size)
+                    name = f"COCO_{split}_{image_id:012d}.jpg"
+                    new = _draw(tmp / "images" / split / name, background, shapes, cfg.size, image_id, ann_id)
+                    ann_id += len(new)
+                    anns += new
+                    images.append({"id": image_id, "width": cfg.size, "height": cfg.size, "file_name": name})
+                    captions = []
+                    for k in range(cfg.captions_per_image):
+                        text = self._caption(shapes, k, rng)
+                        speaker = VOICES[int(rng.integers(len(VOICES)))]
+                        speed = SPEEDS[int(rng.integers(len(SPEEDS)))]
+                        samples, timecode = _utterance(voice, text.split(), speaker, speed, rng)
+                        stem = f"{image_id}_{image_id * 10 + k}_{speaker.replace('+', '-')}_0_{speed}"
+                        _write_wav(tmp / split / "wav" / f"{stem}.wav", samples)
+                        (tmp / split / "json" / f"{stem}.json").write_text(json.dumps({
+                            "imgID": image_id, "captionID": image_id * 10 + k, "speaker": speaker,
+                            "synthesisedCaption": text, "duration": len(samples) / RATE, "timecode": timecode}))
+                        captions.append({"wav": f"{split}/wav/{stem}.wav", "text": text, "speaker": speaker,
+                                         "uttid": stem})
+                    spoken.append({"image": f"{split}/{name}", "captions": captions})
+                (tmp / "annotations" / f"instances_{split}.json").write_text(json.dumps({
+                    "info": {"description": "spoken_scenes (generated)"}, "images": images, "annotations": anns,
+                    "categories": [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]}))
+                (tmp / f"SpokenCOCO_{split.removesuffix('2014')}.json").write_text(json.dumps({"data": spoken}))
+
+    @staticmethod
+    def _caption(shapes: list[dict[str, Any]], k: int, rng: np.random.Generator) -> str:
+        first, joiner = TEMPLATES[k]
+        order = rng.permutation(len(shapes))
+        parts = [first.format(c=shapes[order[0]]["colour"], s=shapes[order[0]]["shape"])]
+        parts += [f"a {shapes[i]['colour']} {shapes[i]['shape']}" for i in order[1:]]
+        return parts[0] + joiner + " and ".join(parts[1:])
+
+    def manifest(self) -> Manifest:
+        from .speech_coco import SpeechCocoConfig, SpeechCocoDataset
+        from .spokencoco import SpokenCocoConfig, SpokenCocoDataset
+
+        self.generated("annotations/instances_val2014.json")
+        if self.config.layout == "spokencoco":
+            return SpokenCocoDataset(self.dataset_name, self.root, SpokenCocoConfig()).manifest()
+        return SpeechCocoDataset(self.dataset_name, self.root, SpeechCocoConfig()).manifest()
