@@ -23,9 +23,10 @@ class FrameConfig:
     pool: Literal["none", "mean", "max"] = "none"
     crop_size: int | None = None  # CNN input side; None: the weights' own (resize keeps the weights' resize : crop)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (fast on CPUs with AVX512-BF16/AMX, and CUDA)
+    resize: Literal["shorter", "whole"] = "shorter"  # whole: the whole picture squeezed to crop x crop, no crop (VGS)
 
     # added after stores were cached: at these values they stay out of the store key, so those stores stay valid
-    KEY_NEUTRAL: ClassVar[dict[str, Any]] = {"crop_size": None, "precision": "fp32"}
+    KEY_NEUTRAL: ClassVar[dict[str, Any]] = {"crop_size": None, "precision": "fp32", "resize": "shorter"}
 
     def __post_init__(self) -> None:
         if self.fps <= 0:
@@ -95,10 +96,17 @@ class FrameExtractor(Extractor):
         return hash_key([memo.digest(path), clip.start, clip.end])
 
     def load(self, clip: Any, upstream: Any = None) -> np.ndarray:
-        """Frames at `fps`, native size, then the weights' resize + centre crop: uint8 [T, crop, crop, 3]."""
+        """Frames at `fps`, then the weights' resize + centre crop (or, `resize: whole`, the whole frame
+        resized to crop x crop, as the VGS reference feeds VGG16): uint8 [T, crop, crop, 3]."""
         import torchvision.transforms.functional as TF
 
-        x = TF.center_crop(self.decode_resized(clip), [self.input_size()[1]])
+        crop = self.input_size()[1]
+        if self.config.resize == "whole":
+            t = self.preprocessing
+            x = TF.resize(self.decode_resized(clip, resize_size=0), [crop, crop], interpolation=t.interpolation,
+                          antialias=t.antialias)
+        else:
+            x = TF.center_crop(self.decode_resized(clip), [crop])
         return x.permute(0, 2, 3, 1).contiguous().numpy()
 
     def input_size(self, crop_size: int | None = None) -> tuple[int, int]:
@@ -111,8 +119,8 @@ class FrameExtractor(Extractor):
         return max(crop, round(self.resize_size * crop / self.crop_size)), crop
 
     def decode_resized(self, clip: Any, resize_size: int | None = None) -> Any:
-        """A clip's frames at `fps`, shorter side resized to `resize_size` (default: `input_size()`'s) with
-        the weights' interpolation, not cropped: a uint8 tensor [T, 3, H, W]."""
+        """A clip's frames at `fps`, shorter side resized to `resize_size` (default: `input_size()`'s; 0: native
+        size) with the weights' interpolation, not cropped: a uint8 tensor [T, 3, H, W]."""
         import torch
         import torchvision.transforms.functional as TF
 
@@ -121,6 +129,8 @@ class FrameExtractor(Extractor):
                                           duration=duration)
         t = self.preprocessing
         x = torch.from_numpy(frames).permute(0, 3, 1, 2)
+        if resize_size == 0:  # native size
+            return x
         return TF.resize(x, [resize_size or self.input_size()[0]], interpolation=t.interpolation,
                          antialias=t.antialias)
 

@@ -29,11 +29,13 @@ where the reference's double negation gives the union of the annotated objects.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
+
+from pipeline.registry import register_evaluator
 
 MAX_FRAMES = 512  # speech input frames (10 ms): the reference's length_sequence
 GRID = (14, 14)
@@ -340,3 +342,119 @@ class CocoMasks:
         for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id, catIds=self._cat_id[category], iscrowd=False)):
             total += self.coco.annToMask(ann)
         return (resize_bilinear(total, size) >= threshold).astype(np.float64)
+
+
+# --- a corpus of utterances -------------------------------------------------------------------------
+
+def score_utterances(utterances: Iterable[tuple[dict[str, Any], np.ndarray]], masks: dict[str, CocoMasks],
+                     softmax: bool = True, vectors: Any = None, rng: np.random.Generator | None = None,
+                     max_frames: int = MAX_FRAMES, threshold: float = 0.5) -> list[dict[str, Any]]:
+    """One record per spoken word that names an object annotated in its image: the four scores, the same
+    scores of a uniform random tensor (the reference's baseline; with `rng`), and per annotated category
+    (and the background) the object scores on that category's pixels outside the named object.
+
+    `utterances`: (item, S) with item = {clip_id, image_id, split, n_frames, words: [(word, start s, end s)]}
+    and S its `[T, H*W]` AV tensor."""
+    out = []
+    for item, s in utterances:
+        s = np.asarray(s, dtype=np.float64)
+        side = int(round(np.sqrt(s.shape[1])))
+        grid = (side, side)
+        scale_t = max_frames // s.shape[0]
+        size = (side * SCALE_HW, side * SCALE_HW)
+        coco = masks.get(item["split"])
+        if coco is None:
+            continue
+        cats = coco.image_categories(item["image_id"])
+        spans = word_spans([tuple(w) for w in item["words"]], item["n_frames"], max_frames)
+        mentions = match_categories(spans, cats, vectors, threshold)
+        if not mentions:
+            continue
+        sa, ta = source_maps(s, grid, softmax)
+        cat_masks = {c: coco.mask(item["image_id"], c, size) for c in cats}
+        anything = np.clip(sum(cat_masks.values()), 0, 1)
+        rand = rng.random((s.shape[0] * scale_t, *size), dtype=np.float32) if rng is not None else None
+        for m in mentions:
+            mask = cat_masks[m.category]
+            on_w, off_w = max(m.onset, 0), min(m.offset, max_frames)
+            obj = source_scores(sa, ta, mask, m.onset, m.offset, scale_t)
+            word = source_scores(sa, ta, mask, on_w, off_w, scale_t)
+            rec: dict[str, Any] = {"clip_id": item["clip_id"], "image_id": item["image_id"], "word": m.word,
+                                   "category": m.category, "onset": m.onset, "offset": m.offset, "how": m.how,
+                                   "gs_object": obj["gs_object"], "as_object": obj["as_object"],
+                                   "gs_word": word["gs_word"], "as_word": word["as_word"]}
+            if rand is not None:
+                r_obj = full_scores(rand, rand, mask, m.onset, m.offset)
+                r_word = full_scores(rand, rand, mask, on_w, off_w)
+                rec.update({"random_gs_object": r_obj["gs_object"], "random_as_object": r_obj["as_object"],
+                            "random_gs_word": r_word["gs_word"], "random_as_word": r_word["as_word"]})
+            if any(not np.isfinite(v) for k, v in rec.items() if k.startswith(("gs_", "as_", "random_"))):
+                continue  # an empty mask or span (the reference skips these NaNs too)
+            outside = 1.0 - mask
+            rows = {}
+            for c, cm in cat_masks.items():
+                sc = obj if c == m.category else source_scores(sa, ta, cm * outside, m.onset, m.offset, scale_t)
+                rows[c] = [sc["gs_object"], sc["as_object"]]
+            bg = source_scores(sa, ta, 1.0 - anything, m.onset, m.offset, scale_t)
+            rows["(background)"] = [bg["gs_object"], bg["as_object"]]
+            rec["rows"] = rows
+            out.append(rec)
+    return out
+
+
+def summarize(records: list[dict[str, Any]], categories: Sequence[str]) -> dict[str, Any]:
+    """Per category and over all words: mean scores and random baselines; the confusion matrices
+    `[K + 1, K]` (rows: annotated categories, then background; columns: spoken categories) of the mean
+    object scores."""
+    keys = [k for k in ("gs_object", "gs_word", "as_object", "as_word") for k in (k, f"random_{k}")]
+    keys = [k for k in keys if all(k in r for r in records)] if records else keys
+
+    def means(rs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"n": len(rs), **{k: float(np.mean([r[k] for r in rs])) if rs else float("nan") for k in keys}}
+
+    per = {c: means([r for r in records if r["category"] == c]) for c in categories}
+    index = {c: i for i, c in enumerate(categories)}
+    conf = {}
+    for j, name in enumerate(("gs_object", "as_object")):
+        total = np.zeros((len(categories) + 1, len(categories)))
+        count = np.zeros(len(categories))
+        for r in records:
+            col = index[r["category"]]
+            count[col] += 1
+            for row, v in r["rows"].items():
+                total[index.get(row, len(categories)), col] += v[j]
+        with np.errstate(invalid="ignore"):
+            conf[name] = np.where(count > 0, total / np.maximum(count, 1), np.nan).tolist()
+    used = [c for c in categories if per[c]["n"]]
+    overall = means(records)
+    return {"n_words": len(records), "n_utterances": len({r["clip_id"] for r in records}), "overall": overall,
+            "per_category_mean": {k: float(np.mean([per[c][k] for c in used])) if used else float("nan")
+                                  for k in keys},
+            "per_category": per, "confusion": conf}
+
+
+@dataclass
+class AlignmentConfig:
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    softmax: bool = True  # SA / TA as softmaxes of S (False: S itself, clipped at 0)
+    random_baseline: bool = True  # the reference's uniform random tensor, scored the same way
+    word_vectors: str | None = None  # word2vec file (binary .bin or text): also match words by similarity >= 0.5
+    seed: int = 0  # of the random tensors
+    pictures: int = 6  # sample utterances drawn with their attention
+    sampled_recall: bool = True  # the reference's Recall@10 of 100 x 1000 pairs drawn with replacement
+
+    def __post_init__(self) -> None:
+        if not self.ks or min(self.ks) < 1 or self.pictures < 0:
+            raise ValueError(f"need ks >= 1 and pictures >= 0, got {self.ks} and {self.pictures}")
+
+
+@register_evaluator
+class Alignment:
+    """Alignment and glancing scores of localization runs' AV tensors (with Recall@K), per category, beside the
+    random baseline; the confusion heatmap; sample pictures."""
+
+    name: ClassVar[str] = "alignment"
+    VERSION: ClassVar[int] = 1
+    Config: ClassVar[type] = AlignmentConfig
+    reads: ClassVar[None] = None
+    task: ClassVar[str] = "localization"

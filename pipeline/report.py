@@ -19,7 +19,7 @@ def collect(cache: Path, dataset: str | None = None) -> list[dict[str, Any]]:
     rows = []
     for path in sorted((cache / "runs").glob(f"{dataset or '*'}/*/metrics.json")):
         metrics = json.loads(path.read_text())
-        captions = task_name(metrics.get("task")) == "pairs" and "rsum" in metrics
+        captions = task_name(metrics.get("task")) in ("pairs", "localization") and "rsum" in metrics
         if "folds" not in metrics and not captions:  # an evaluate stage's table, not a train run
             continue
         info = yaml.safe_load((path.parent / "params.yaml").read_text())

@@ -125,6 +125,15 @@ def inapplicable(cfg: PipelineConfig, manifest: "Manifest", names: list[str]) ->
             continue
         if all(u in why for u in ups):
             why[n] = "every train stage it reads does not apply"
+            continue
+        impl = implementation(cfg.stages[n].implementation)
+        wants = getattr(impl, "task", None)
+        if impl.name in EVALUATORS and wants is not None:
+            learns = {u: task_for(TRAINERS.get(cfg.stages[u].implementation), manifest) for u in ups
+                      if u not in why and cfg.stages[u].implementation in TRAINERS}
+            if learns and all(t != wants for t in learns.values()):
+                u, t = next(iter(learns.items()))
+                why[n] = f"it scores '{wants}' runs, and on this dataset '{u}' learns '{t}'"
         elif any(u in why for u in ups) and cfg.stages[n].implementation in TRAINERS:
             why[n] = f"it starts from '{next(u for u in ups if u in why)}', which does not apply"
     return why

@@ -82,17 +82,20 @@ def _with_vocab(train: Items, trainer: Any) -> Items:
 
 
 def write_embedding_store(ctx: "Context", rk: RunKeys, modality: str, clip_ids: list[str], emb: np.ndarray,
-                          model_on: str, row: str = "clip") -> None:
-    """A run's embeddings of one modality as a store under run_dir/embeddings/ (one row per item, replaced whole)."""
-    path = rk.run_dir / "embeddings" / modality
+                          model_on: str, row: str = "clip", path: Path | None = None) -> None:
+    """A run's embeddings of one modality as a store under run_dir/embeddings/ (or `path`), replaced whole:
+    one row per item for `[n, d]`, an item's rows for `[n, rows, d...]` (AV tensors)."""
+    path = path or rk.run_dir / "embeddings" / modality
     if path.exists():
         shutil.rmtree(path)
+    per_item = emb.ndim == 2
     attrs = {"key": rk.key, "stage": rk.name, "dataset": ctx.dataset, "extractor": rk.implementation,
-             "kind": "embedding", "modality": modality, "dims": [int(emb.shape[1])], "dtype": "float32",
-             "frame_rate": None, "params": rk.params, "model": model_on,
-             "how_to_read": f"one row per {row}: pipeline.open_store(path)[clip_id][0]"}
+             "kind": "embedding", "modality": modality, "dims": [int(d) for d in emb.shape[1 if per_item else 2:]],
+             "dtype": "float32", "frame_rate": None, "params": rk.params, "model": model_on,
+             "how_to_read": f"one row per {row}: pipeline.open_store(path)[clip_id]{'[0]' if per_item else ''}"}
     StoreWriter(path, attrs, ctx.config.backend).write_shard(hash_key([rk.key, modality]), [
-        ClipResult(cid, ctx.clip_keys[cid], emb[i:i + 1].astype(np.float32), None) for i, cid in enumerate(clip_ids)])
+        ClipResult(cid, ctx.clip_keys[cid], (emb[i:i + 1] if per_item else emb[i]).astype(np.float32), None)
+        for i, cid in enumerate(clip_ids)])
 
 
 def _embedding_stores(ctx: "Context", rk: RunKeys, task: Task, trainer: Any, items: Items, units: list[Unit],
@@ -208,6 +211,7 @@ def run_train(ctx: "Context", rk: RunKeys, runs: dict[str, RunKeys], device: str
                 shutil.copyfile(task.unit_dir(rk.run_dir, unit) / "model.pt", rk.run_dir / "model.pt")
             model_on = "the train split" if task.final == "refit" else "the best validation epoch"
         _embedding_stores(ctx, rk, task, final, items, units, model_on)
+        task.write_stores(ctx, rk, final, items, units)
         metrics = task.metrics(rk.run_dir, rk.params)
         if isinstance(metrics.get("folds"), dict):  # per-fold metrics beside each fold's embeddings
             for name, m in metrics["folds"].items():

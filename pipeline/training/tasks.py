@@ -102,6 +102,9 @@ class Task:
         """Index sets whose embeddings fill the run's embedding stores (each embedded on its own)."""
         return [np.arange(len(items))]
 
+    def write_stores(self, ctx: "Context", rk: Any, trainer: Any, items: "Items", units: list[Unit]) -> None:
+        """Further stores of the final model the task scores (a localization task's AV tensors); none here."""
+
     def metrics(self, run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
         """The run's metrics from its saved units (also what an evaluate stage computes, with its params)."""
         raise NotImplementedError
@@ -314,9 +317,16 @@ class Pairs(Task):
             emb = {k: z[k] for k in ("image", "speech", "text") if k in z}
             image_of = z["image_of"]
         try:
-            return caption_recall(emb, image_of, ks, folds)
+            out = caption_recall(emb, image_of, ks, folds)
         except ValueError as e:
             raise TrainError(f"{run_dir}: {e}") from None
+        if params.get("sampled_recall"):  # the VGS reference's Recall@10: 100 draws of 1000 pairs, with replacement
+            from models.vgs import sampled_recall_at_10
+
+            pairs = (emb["speech"], emb["image"][image_of])
+            out["sampled_r@10"] = {"speech2image": sampled_recall_at_10(*pairs),
+                                   "image2speech": sampled_recall_at_10(*pairs[::-1])}
+        return out
 
     def plot(self, runs: dict[str, tuple[Path, dict[str, Any]]], path: Path, title: str) -> Path:
         figures.plot_recall({name: d for name, (d, _) in runs.items()}, path / self.plot_file, title)
