@@ -71,10 +71,13 @@ def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def source_maps(scores: np.ndarray, grid: tuple[int, int] = GRID, softmax: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def source_maps(scores: np.ndarray, grid: tuple[int, int] | None = GRID, softmax: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """SA and TA at the source resolution `[T, H, W]`: softmax over pixels per frame and over frames per
-    pixel (or the raw scores), clipped at 0."""
+    pixel (or the raw scores), clipped at 0. `grid=None`: a square grid of the scores' cells."""
     s = np.asarray(scores)
+    if grid is None:
+        side = int(round(np.sqrt(s.shape[-1])))
+        grid = (side, side)
     if s.ndim != 2 or s.shape[1] != grid[0] * grid[1]:
         raise ValueError(f"scores must be [T, {grid[0] * grid[1]}] (one utterance's AV tensor), got {s.shape}")
     sa, ta = (_softmax(s, 1), _softmax(s, 0)) if softmax else (s, s)
@@ -164,6 +167,22 @@ def full_scores(sa: np.ndarray, ta: np.ndarray, mask: np.ndarray, onset: int, of
                 "gs_word": glancing_score_word(ta, mask, onset, offset),
                 "as_object": alignment_score_object(sa, mask, onset, offset),
                 "as_word": alignment_score_word(ta, mask, onset, offset)}
+
+
+def random_scores(rand: np.ndarray, total: np.ndarray, mask: np.ndarray, onset: int, offset: int, on_w: int,
+                  off_w: int) -> dict[str, float]:
+    """The four scores of one random tensor (both SA and TA, as the reference), `total` its sum over frames:
+    the formulas of `full_scores`, arranged to read the whole tensor once (a matrix-vector product)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = rand[onset:offset].astype(np.float64)
+        m = x.sum(axis=0)
+        per_frame = x.reshape(len(x), -1) @ mask.ravel() / x.reshape(len(x), -1).sum(axis=1)
+        s = rand.reshape(len(rand), -1) @ mask.ravel().astype(np.float32)
+        return {"random_gs_object": float((mask * m).sum() / m.sum()),
+                "random_as_object": float(per_frame.mean()),
+                "random_gs_word": float(s[on_w:off_w].sum(dtype=np.float64) / s.sum(dtype=np.float64)),
+                "random_as_word": float((mask * rand[on_w:off_w].sum(axis=0, dtype=np.float64) / total).sum()
+                                        / mask.size)}
 
 
 # --- words, spans, categories -------------------------------------------------------------------------
@@ -374,6 +393,7 @@ def score_utterances(utterances: Iterable[tuple[dict[str, Any], np.ndarray]], ma
         cat_masks = {c: coco.mask(item["image_id"], c, size) for c in cats}
         anything = np.clip(sum(cat_masks.values()), 0, 1)
         rand = rng.random((s.shape[0] * scale_t, *size), dtype=np.float32) if rng is not None else None
+        rand_total = rand.sum(axis=0, dtype=np.float64) if rand is not None else None
         for m in mentions:
             mask = cat_masks[m.category]
             on_w, off_w = max(m.onset, 0), min(m.offset, max_frames)
@@ -384,10 +404,7 @@ def score_utterances(utterances: Iterable[tuple[dict[str, Any], np.ndarray]], ma
                                    "gs_object": obj["gs_object"], "as_object": obj["as_object"],
                                    "gs_word": word["gs_word"], "as_word": word["as_word"]}
             if rand is not None:
-                r_obj = full_scores(rand, rand, mask, m.onset, m.offset)
-                r_word = full_scores(rand, rand, mask, on_w, off_w)
-                rec.update({"random_gs_object": r_obj["gs_object"], "random_as_object": r_obj["as_object"],
-                            "random_gs_word": r_word["gs_word"], "random_as_word": r_word["as_word"]})
+                rec.update(random_scores(rand, rand_total, mask, m.onset, m.offset, on_w, off_w))
             if any(not np.isfinite(v) for k, v in rec.items() if k.startswith(("gs_", "as_", "random_"))):
                 continue  # an empty mask or span (the reference skips these NaNs too)
             outside = 1.0 - mask

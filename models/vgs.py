@@ -55,6 +55,8 @@ class VGSConfig:
     batch_size: int = 40  # triplets per batch
     lr: float = 1e-4
     seed: int = 0
+    select: Literal["loss", "recall"] = "loss"  # keep the epoch of the lowest validation loss (the reference's
+    # save_best_loss) or of the best validation R@10 (both ways, averaged)
     sampled_recall: bool = True  # also the reference's Recall@10 of 100 trials of 1000 items drawn with replacement
 
     def __post_init__(self) -> None:
@@ -62,7 +64,7 @@ class VGSConfig:
                   (self.max_frames >= 8 and self.max_frames % 8 == 0, "max_frames must be a multiple of 8"),
                   (self.epochs >= 1, "epochs must be >= 1"), (self.batch_size >= 2, "batch_size must be >= 2"),
                   (self.lr > 0, "lr must be > 0"), (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
-                  (self.width > 0, "width must be > 0")]
+                  (self.width > 0, "width must be > 0"), (self.select in ("loss", "recall"), "select must be loss or recall")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
@@ -76,11 +78,11 @@ class VGSTrainer(EpochTrainer):
     VERSION = 1
     Config = VGSConfig
     tasks = ("localization", "pairs")  # localization where words carry timings and images object masks
-    score_name = "r10"
 
     def __init__(self, config: Any = None, device: str = "auto") -> None:
         super().__init__(config, device)
         self.shape: tuple[int, int, int, int] | None = None  # (n_mels, H, W, C)
+        self.score_name = "r10" if self.config.select == "recall" else "neg_loss"  # the loop keeps the highest
 
     def views(self) -> list[View]:
         return [View("speech", "audio", "sequence", max_len=self.config.max_frames, dtype="float32"),
@@ -141,7 +143,7 @@ class VGSTrainer(EpochTrainer):
         return self.run_epochs(train, val, hooks.get("on_epoch"))  # type: ignore[return-value]
 
     def batches(self, train: Items, epoch: int) -> Any:
-        rng = np.random.default_rng([self.config.seed, epoch])
+        rng = np.random.default_rng([self.config.seed, epoch + 1])  # epoch -1: validation
         n = len(train)
         order, wrong_image, wrong_caption = rng.permutation(n), rng.permutation(n), rng.permutation(n)
         bs = self.config.batch_size
@@ -167,9 +169,18 @@ class VGSTrainer(EpochTrainer):
         return loss, {"loss": float(loss.detach()), "pos": float(sp.detach().mean())}
 
     def validate(self, val: Items) -> dict[str, float]:
+        """Validation loss (the triplet loss with impostors drawn as in training, from a fixed generator) and
+        R@10 both ways; `select` picks which one keeps the best model."""
+        assert self.model is not None
+        self.model.eval()
+        total, n = 0.0, 0
+        with torch.inference_mode():
+            for batch in self.batches(val, -1):
+                loss, _ = self.batch_loss(val, batch, -1)
+                total, n = total + float(loss), n + len(batch[0])
         m = self.evaluate(val)
-        return {"val_r10": (m["image2speech"]["r@10"] + m["speech2image"]["r@10"]) / 2,
-                "val_rsum": m["rsum"]}
+        return {"val_loss": total / max(n, 1), "val_neg_loss": -total / max(n, 1),
+                "val_r10": (m["image2speech"]["r@10"] + m["speech2image"]["r@10"]) / 2, "val_rsum": m["rsum"]}
 
     # -- embedding ---------------------------------------------------------------------------------
 

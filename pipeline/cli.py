@@ -113,8 +113,8 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
         reports = run(group, dataset=dataset, stage=stage, config=cfg, strict=False, on_plan=on_plan,
                       on_progress=on_progress, on_wait=lambda m: click.echo(m, err=True), on_notice=on_notice,
                       on_skip=lambda n, why: skips.setdefault(why, []).append(n),
-                      on_epoch=None if no_progress else lambda n, e, total, rsum: click.echo(
-                          f"{n}: epoch {e}/{total}, validation rsum {rsum:.1f}", err=True),
+                      on_epoch=None if no_progress else lambda n, e, total, what, score: click.echo(
+                          f"{n}: epoch {e}/{total}, validation {what} {score:.4g}", err=True),
                       workers=workers, executor=executor, scheduler=scheduler, shard_size=shard_size,
                       device=device, batch_size=batch_size, media_backend=media_backend,
                       progress=not no_progress)

@@ -97,6 +97,31 @@ def _chart(path: Path) -> str:
     return f"<img alt='{html.escape(path.stem)}' src='data:image/png;base64,{data}'>"
 
 
+def _alignment_section(rows: list[dict[str, Any]]) -> str:
+    """Localization runs: the four scores over all words beside the random baseline, then each run's
+    confusion heatmap and first sample picture."""
+    e = html.escape
+    names = ("gs_object", "as_object", "gs_word", "as_word")
+    body, pictures = [], []
+    for r in rows:
+        al = r["metrics"]["alignment"]
+        o = al["overall"]
+        cells = "".join(f"<td class='num'>{o[k]:.3f} <span class='rand'>({o.get('random_' + k, float('nan')):.3f})"
+                        f"</span></td>" for k in names)
+        body.append(f"<tr><td>{e(r['dataset'])}</td><td>{e(r['stage'])}</td><td class='wrap'>{e(r['features'])}</td>"
+                    f"<td class='num'>{al['n_words']}</td>{cells}<td>{_details(r)}</td></tr>")
+        run_dir = Path(r["run_dir"])
+        shown = [p for p in (run_dir / "confusion.png", run_dir / "samples" / "00.png") if p.exists()]
+        if shown:
+            pictures.append(f"<h3>{e(r['dataset'])} / {e(r['stage'])}</h3>" + "".join(_chart(p) for p in shown))
+    heads = "".join(f"<th>{k.replace('_', ' ').upper()}</th>" for k in names)
+    return ("<h2>Spoken words on objects: alignment and glancing scores</h2><p>Per spoken word that names an "
+            "annotated object: GS = share of attention mass on the object (object) or in the word's frames (word); AS "
+            "= the same share per frame or per pixel, averaged. In brackets: the same score of a uniform random "
+            "tensor (the reference's baseline).</p><table><tr><th>dataset</th><th>stage</th><th>features</th>"
+            f"<th>words</th>{heads}<th></th></tr>" + "".join(body) + "</table>" + "".join(pictures))
+
+
 def write_html(rows: list[dict[str, Any]], out: Path) -> Path:
     """A self-contained page: one table per task (params folded, shown on demand), then per dataset one
     chart of every run's PR curves (or Recall@K curves) with the chance line, images inlined."""
@@ -141,6 +166,9 @@ def write_html(rows: list[dict[str, Any]], out: Path) -> Path:
             "<th rowspan=2>features</th><th colspan=4>image &rarr; speech</th><th colspan=4>speech &rarr; image</th>"
             "<th rowspan=2>rsum</th><th rowspan=2>chance</th><th rowspan=2>test images</th><th rowspan=2></th></tr>"
             f"<tr>{heads}</tr>" + "".join(body) + "</table>")
+    aligned = [r for r in pairs if r["metrics"].get("alignment", {}).get("n_words")]
+    if aligned:
+        sections.append(_alignment_section(aligned))
     charts = []
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         mine = [r for r in rows if r["dataset"] == dataset and r["task"] == "classes"]
@@ -163,7 +191,7 @@ table{{border-collapse:collapse;width:100%;font-size:13px}} td,th{{border:1px so
 vertical-align:top;white-space:nowrap}} th{{background:#eee}} td.wrap{{white-space:normal;max-width:18em}}
 td.num{{text-align:right;font-variant-numeric:tabular-nums}} details summary{{cursor:pointer;color:#036}}
 details div{{white-space:normal}} .path{{color:#666;font-size:11px;word-break:break-all;max-width:26em}}
-img{{max-width:100%}} p{{color:#333;font-size:14px;max-width:70em}}
+img{{max-width:100%}} p{{color:#333;font-size:14px;max-width:70em}} .rand{{color:#888}}
 </style></head><body>
 <h1>Cross-modal retrieval runs</h1>
 <p>Every completed train run in the cache, newest first per dataset. Generated

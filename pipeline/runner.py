@@ -704,7 +704,7 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
         on_progress: Callable[[int], None] | None = None, on_wait: Callable[[str], None] | None = None,
         on_plan: Callable[[StageReport, int], None] | None = None,
         on_skip: Callable[[str, str], None] | None = None,
-        on_epoch: Callable[[str, int, int, float], None] | None = None,
+        on_epoch: Callable[[str, int, int, str, float], None] | None = None,
         on_notice: Callable[[str], None] | None = None,
         **execution: Any) -> list[Any]:
     """Run a group (or one stage) and everything upstream for a dataset; return a report per stage

@@ -55,6 +55,7 @@ class SpokenScenesConfig:
     captions_per_image: int = 2
     size: int = 224
     seed: int = 0
+    palette: Literal["free", "per_shape"] = "free"  # per_shape: each shape always in its own colour (an easier set)
     layout: Literal["speech_coco", "spokencoco"] = "speech_coco"
 
     def __post_init__(self) -> None:
@@ -71,11 +72,13 @@ class SpokenScenesConfig:
         return {k: v for k, v in asdict(self).items() if k != "layout"}
 
 
-def _scene(rng: np.random.Generator, size: int) -> tuple[tuple[int, int, int], list[dict[str, Any]]]:
+def _scene(rng: np.random.Generator, size: int, palette: str = "free") -> tuple[tuple[int, int, int], list[dict[str, Any]]]:
     """A background colour and 2-3 shapes: kind, colour, centre, radius, in distinct cells of a 3 x 3 layout."""
     n = int(rng.integers(2, 4))
     kinds = rng.choice(len(SHAPES), n, replace=False)
     colours = rng.choice(len(COLOURS), n, replace=False)
+    if palette == "per_shape":
+        colours = kinds
     cells = rng.choice(9, n, replace=False)
     cell = size / 3
     shapes = []
@@ -218,7 +221,7 @@ class SpokenScenesDataset(GeneratedDataset):
                 images, anns, spoken = [], [], []
                 for _ in range(n):
                     image_id += 1
-                    background, shapes = _scene(rng, cfg.size)
+                    background, shapes = _scene(rng, cfg.size, cfg.palette)
                     name = f"COCO_{split}_{image_id:012d}.jpg"
                     new = _draw(tmp / "images" / split / name, background, shapes, cfg.size, image_id, ann_id)
                     ann_id += len(new)

@@ -44,6 +44,7 @@ class Localization(Pairs):
 
     def __init__(self) -> None:
         self.annotations: dict[str, Path] = {}
+        self.scored: dict[Path, list[dict[str, Any]]] = {}  # run dir -> its word records, for `plot`
 
     def applies(self, manifest: "Manifest") -> str | None:
         if not manifest.annotations:
@@ -82,7 +83,7 @@ class Localization(Pairs):
         out = super().metrics(run_dir, params)
         scored = score_run(run_dir, params)
         out["alignment"] = scored["summary"]
-        atomic_json(run_dir / "alignment_words.json", scored["words"])
+        self.scored[run_dir] = scored["words"]
         return out
 
     def plot(self, runs: dict[str, tuple[Path, dict[str, Any]]], path: Path, title: str) -> Path:
@@ -94,9 +95,14 @@ class Localization(Pairs):
             if not al:
                 continue
             suffix = "" if len(runs) == 1 else f"-{name}"
+            words = self.scored.get(run_dir)
+            if words is None:
+                words = score_run(run_dir, {"softmax": al.get("softmax", True), "random_baseline": False,
+                                            "word_vectors": al.get("word_vectors")})["words"]
+            atomic_json(path / f"alignment_words{suffix}.json", words)
             plot_alignment(al, path / f"alignment{suffix}.png", f"{title}: {name}" if suffix else title)
             plot_confusion(al, path / f"confusion{suffix}.png", f"{name}: share of attention by annotated category")
-            plot_samples(run_dir, path / f"samples{suffix}", int(al.get("pictures", 6)), SCALE_T,
+            plot_samples(run_dir, words, path / f"samples{suffix}", int(al.get("pictures", 6)), SCALE_T,
                          bool(al.get("softmax", True)))
         first = next(iter(runs))
         return path / (self.plot_file if len(runs) == 1 else f"alignment-{first}.png")
@@ -206,11 +212,11 @@ def plot_confusion(al: dict[str, Any], path: Path, title: str) -> None:
     figures.save_figure(fig, path, title)
 
 
-def plot_samples(run_dir: Path, out: Path, n: int, scale_t: int, softmax: bool) -> None:
+def plot_samples(run_dir: Path, words: list[dict[str, Any]], out: Path, n: int, scale_t: int, softmax: bool) -> None:
     """For the first `n` test utterances that name objects: the image with each named object's spatial
     attention over it (summed over the word's frames), and below the word timeline with each object's
     temporal attention."""
-    if n <= 0 or not (run_dir / "alignment_words.json").exists():
+    if n <= 0 or not words:
         return
     import matplotlib
 
@@ -221,7 +227,6 @@ def plot_samples(run_dir: Path, out: Path, n: int, scale_t: int, softmax: bool) 
     from models import alignment as al
 
     spec = {it["clip_id"]: it for it in json.loads((run_dir / "localization.json").read_text())["items"]}
-    words = json.loads((run_dir / "alignment_words.json").read_text())
     by_clip: dict[str, list[dict[str, Any]]] = {}
     for w in words:
         by_clip.setdefault(w["clip_id"], []).append(w)
@@ -234,11 +239,11 @@ def plot_samples(run_dir: Path, out: Path, n: int, scale_t: int, softmax: bool) 
     for k, (cid, mentions) in enumerate(list(by_clip.items())[:n]):
         it = spec[cid]
         s = store[cid]
-        sa, ta = al.source_maps(s, softmax=softmax)
+        sa, ta = al.source_maps(s, None, softmax)
         try:
-            img = np.asarray(Image.open(it["image"]).convert("RGB").resize((224, 224)))
+            img = np.asarray(Image.open(it["image"]).convert("RGB").resize((sa.shape[2] * al.SCALE_HW,) * 2))
         except OSError:
-            img = np.full((224, 224, 3), 200, np.uint8)
+            img = np.full((sa.shape[1] * al.SCALE_HW, sa.shape[2] * al.SCALE_HW, 3), 200, np.uint8)
         cols = len(mentions) + 1
         fig = plt.figure(figsize=(2.6 * cols, 4.6))
         grid = fig.add_gridspec(2, cols, height_ratios=[2.6, 1.2])
@@ -250,7 +255,7 @@ def plot_samples(run_dir: Path, out: Path, n: int, scale_t: int, softmax: bool) 
         for j, m in enumerate(mentions):
             w = al.frame_weights(len(sa), scale_t, m["onset"], m["offset"])
             heat = np.tensordot(w, sa, axes=1)
-            heat = al.upsample(heat[None] / max(heat.max(), 1e-12), 1, 224 // heat.shape[0])[0]
+            heat = al.upsample(heat[None] / max(heat.max(), 1e-12), 1, al.SCALE_HW)[0]
             ax = fig.add_subplot(grid[0, j + 1])
             ax.imshow(img)
             ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
@@ -260,7 +265,8 @@ def plot_samples(run_dir: Path, out: Path, n: int, scale_t: int, softmax: bool) 
         ax = fig.add_subplot(grid[1, :])
         t = np.arange(len(ta) * scale_t)
         for j, m in enumerate(mentions):
-            mask = al.cell_counts(masks[it["split"]].mask(it["image_id"], m["category"]), ta.shape[1:])
+            size = (ta.shape[1] * al.SCALE_HW, ta.shape[2] * al.SCALE_HW)
+            mask = al.cell_counts(masks[it["split"]].mask(it["image_id"], m["category"], size), ta.shape[1:])
             curve = np.repeat(ta.reshape(len(ta), -1) @ mask.ravel(), scale_t)
             ax.plot(t, curve / max(curve.max(), 1e-12), color=colours[j], lw=1.2)
             ax.axvspan(m["onset"], m["offset"], color=colours[j], alpha=0.2)

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EpochCallback = Callable[[str, int, int, float], None]
+EpochCallback = Callable[[str, int, int, str, float], None]  # stage, epoch, epochs, score name, score
 
 
 def _params_yaml(ctx: "Context", rk: RunKeys, extra: dict[str, Any]) -> str:
@@ -146,7 +146,7 @@ def _fit_unit(rk: RunKeys, unit: Unit, trainer: Any, items: Items, unit_dir: Pat
         atomic_save(tr.checkpoint(), ckpt)  # after model_best: a resume never lacks the best so far
         atomic_json(unit_dir / "history.json", tr.history)
         if on_epoch and tr.score_name:
-            on_epoch(rk.name, tr.epoch + 1, tr.total_epochs, tr.history[f"val_{tr.score_name}"][-1])
+            on_epoch(rk.name, tr.epoch + 1, tr.total_epochs, tr.score_name, tr.history[f"val_{tr.score_name}"][-1])
 
     hooks = {"on_epoch": checkpoint} if epochs and val is not None else {}
     try:

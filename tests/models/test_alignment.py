@@ -150,3 +150,15 @@ def test_bilinear_resize_matches_half_pixel_centres():
     assert up[1, 1] == pytest.approx(x[0, 0] * 0.75 * 0.75 + x[0, 1] * 0.75 * 0.25 + x[1, 0] * 0.25 * 0.75 + x[1, 1] * 0.25 * 0.25)
     down = al.resize_bilinear(x, (2, 2))
     assert down[0, 0] == pytest.approx((0 + 1 + 4 + 5) / 4)
+
+
+def test_random_baseline_scores_are_the_score_functions_on_the_random_tensor():
+    rng = np.random.default_rng(3)
+    rand = rng.random((512, 224, 224), dtype=np.float32)
+    mask = np.zeros((224, 224))
+    mask[40:120, 100:180] = 1
+    want = al.full_scores(rand.astype(np.float64), rand.astype(np.float64), mask, 100, 180)
+    got = al.random_scores(rand, rand.sum(axis=0, dtype=np.float64), mask, 100, 180, 100, 180)
+    for k in want:
+        assert got[f"random_{k}"] == pytest.approx(want[k], rel=1e-5)
+    assert got["random_gs_object"] == pytest.approx(mask.mean(), abs=0.01)  # uniform noise: the mask's area share

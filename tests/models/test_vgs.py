@@ -1,0 +1,118 @@
+"""The VGS networks and loss: shapes, Keras 'same' pooling, the attention head against a hand computation,
+the reference's triplet loss, left padding, impostors, the sampled Recall@10, state round trip."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models import vgs_nets
+from models.items import Items, SequenceData
+from models.vgs import VGSConfig, VGSTrainer, sampled_recall_at_10, triplet_loss
+
+
+def test_branches_give_the_reference_shapes():
+    speech = vgs_nets.SpeechBranch(40, width=0.25).eval()
+    assert speech(torch.randn(2, 512, 40)).shape == (2, 64, 128)
+    assert speech(torch.randn(2, 511, 40)).shape == (2, 64, 128)  # 'same' pooling: ceil(511/2)=256, 128, 64
+    assert speech(torch.randn(2, 100, 40)).shape == (2, 13, 128)  # 100 -> 50 -> 25 -> 13
+    image = vgs_nets.ImageBranch(512, 128).eval()
+    assert image(torch.randn(2, 14, 14, 512)).shape == (2, 196, 128)
+
+
+def test_keras_same_max_pool_pads_on_the_right():
+    branch = vgs_nets.SpeechBranch(1, dropout=0.0, width=1 / 128)
+    x = torch.arange(6, dtype=torch.float32).view(1, 1, 6)
+    pad = max((-(-6 // 2) - 1) * 2 + 3 - 6, 0)
+    assert pad == 1  # TF: windows [0..2], [2..4], [4..5]: the last one has one element of padding on the right
+    pooled = torch.nn.functional.max_pool1d(torch.nn.functional.pad(x, (0, 1), value=float("-inf")), 3, 2)
+    assert pooled.flatten().tolist() == [2.0, 4.0, 5.0]
+    assert branch.pools == [False, True, True, True, False]
+
+
+def test_attention_head_matches_a_hand_computation():
+    torch.manual_seed(0)
+    head = vgs_nets.AttentionHead(4, 6)
+    a, i = torch.randn(1, 4, 3), torch.randn(1, 6, 3)
+    s = a[0] @ i[0].T
+    att_i = torch.softmax(s, 1) @ i[0]
+    att_id = torch.sigmoid(s @ head.dense_i.weight.T + head.dense_i.bias) @ i[0]
+    att_a = torch.softmax(s.T, 1) @ a[0]
+    att_ad = torch.sigmoid(s.T @ head.dense_a.weight.T + head.dense_a.bias) @ a[0]
+    va = torch.cat([att_i.mean(0), att_id.mean(0), a[0].mean(0)])
+    vi = torch.cat([att_a.mean(0), att_ad.mean(0), i[0].mean(0)])
+    want = torch.dot(va, vi) / va.norm() / vi.norm()
+    assert head(a, i).item() == pytest.approx(want.item(), rel=1e-5)
+    assert torch.equal(head.av_tensor(a, i)[0], s)
+
+
+def test_matchmap_head_scores_the_mean_cosine():
+    torch.manual_seed(0)
+    head = vgs_nets.MatchmapHead(3, 5, 4)
+    a, i = torch.randn(2, 6, 3), torch.randn(2, 7, 5)
+    pa = torch.nn.functional.normalize(head.dense_a(a), dim=-1)
+    pi = torch.nn.functional.normalize(head.dense_i(i), dim=-1)
+    cos = torch.einsum("btd,bpd->btp", pa, pi)
+    assert torch.allclose(head(a, i), cos.mean(dim=(1, 2)))
+
+
+def test_triplet_loss_is_the_reference_formula():
+    sp = torch.tensor([0.5, 0.2, 0.9])
+    si = torch.tensor([0.45, 0.5, 0.0])  # wrong image
+    sc = torch.tensor([0.1, 0.25, 0.85])  # wrong caption
+    want = sum(max(0, c - p + 0.1) + max(0, i - p + 0.1) for p, i, c in zip(sp.tolist(), si.tolist(), sc.tolist()))
+    assert triplet_loss(sp, si, sc, 0.1).item() == pytest.approx(want)
+    assert triplet_loss(sp, si, sc, 0.1).item() != pytest.approx(triplet_loss(sp, si, sc, -0.1).item())
+
+
+def _items(n_items: int = 6, lengths=(3, 5, 8, 2, 8, 4), max_len: int = 8) -> Items:
+    rows = {f"c{k}": np.full((lengths[k], 2), k + 1, np.float32) for k in range(n_items)}
+    seq = SequenceData(lambda cid: rows[cid], list(rows), max_len, 2, np.minimum(np.array(lengths), max_len))
+    maps = np.random.default_rng(0).normal(size=(3, 2, 2, 4)).astype(np.float32)
+    return Items(list(rows), {"speech": seq, "image": maps}, frozenset({"image"}), groups=["g0", "g1", "g2"],
+                 group_of=np.array([0, 0, 1, 1, 2, 2]))
+
+
+def test_speech_is_zero_padded_on_the_left():
+    tr = VGSTrainer(VGSConfig(max_frames=8), "cpu")
+    x = tr._speech(_items(), np.array([0, 2, 3])).numpy()
+    assert (x[0, :5] == 0).all() and (x[0, 5:] == 1).all()  # 3 frames at the end
+    assert (x[1] == 3).all()  # 8 frames: no padding
+    assert (x[2, :6] == 0).all() and (x[2, 6:] == 4).all()
+
+
+def test_impostors_come_from_two_permutations_fixed_per_epoch():
+    tr = VGSTrainer(VGSConfig(batch_size=4), "cpu")
+    items = _items()
+    first = list(tr.batches(items, 0))
+    again = list(tr.batches(items, 0))
+    other = list(tr.batches(items, 1))
+    assert all(np.array_equal(a, b) for x, y in zip(first, again) for a, b in zip(x, y))
+    assert not all(np.array_equal(x[0], y[0]) for x, y in zip(first, other))
+    anchors = np.concatenate([b[0] for b in first])
+    assert sorted(anchors.tolist()) == list(range(6))  # every caption once per epoch, in batches of 4
+    assert sorted(np.concatenate([b[1] for b in first]).tolist()) == list(range(6))  # a permutation
+
+
+def test_a_short_fit_lowers_the_loss_and_state_round_trips():
+    items = _items(lengths=(8,) * 6)
+    tr = VGSTrainer(VGSConfig(max_frames=8, width=1 / 16, epochs=15, batch_size=6, lr=1e-2, dropout=0.0), "cpu")
+    tr.fit(items)
+    assert tr.history["loss"][-1] < tr.history["loss"][0]
+    emb = tr.embed(items)
+    assert emb["speech"].shape == (6, 32) and emb["image"].shape == (3, 32)
+    np.testing.assert_allclose(np.linalg.norm(emb["speech"], axis=1), 1, rtol=1e-5)
+    again = VGSTrainer(tr.config, "cpu").load_state_dict(tr.state_dict())
+    np.testing.assert_allclose(again.embed(items)["speech"], emb["speech"], rtol=1e-5, atol=1e-6)
+    s = again.av_tensors(items)
+    assert s.shape == (6, 1, 4)  # 8 frames / 8, 2 x 2 cells
+
+
+def test_sampled_recall_at_10():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5000, 32))
+    assert sampled_recall_at_10(x, x, trials=5) > 0.99
+    assert sampled_recall_at_10(x, rng.normal(size=(5000, 32)), trials=5) < 0.03  # chance: 10 / 1000
+    near = x + 1.5 * rng.normal(size=x.shape)
+    mid = sampled_recall_at_10(x, near, trials=5)
+    assert 0.05 < mid < 1.0

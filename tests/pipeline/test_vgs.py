@@ -1,0 +1,134 @@
+"""VGS end to end: the generated scenes in SPEECH-COCO / SpokenCOCO / COCO-instances layouts, the spokencoco
+adapter, and a short CPU training whose attention lands on the named shapes more than the random baseline."""
+from __future__ import annotations
+
+import json
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import open_store
+from pipeline.datasets import DatasetError
+from pipeline.datasets.spoken_scenes import SpokenScenesConfig, SpokenScenesDataset
+from pipeline.datasets.spokencoco import SpokenCocoConfig, SpokenCocoDataset
+from pipeline.runner import PipelineError, run
+
+from ..conftest import write_config
+
+SCENES = {"n_train": 48, "n_val": 12, "captions_per_image": 3, "palette": "per_shape", "seed": 1}
+VGS = {"model": "cnnatt", "width": 0.125, "lr": 3.0e-3, "batch_size": 20, "epochs": 5}
+STAGES = {
+    "audio": {"group": "extract", "implementation": "audio", "params": {"sample_rate": 16000}},
+    "logmel-vgs": {"group": "extract", "implementation": "logmel", "upstream": ["audio"], "params": {"preset": "vgs"}},
+    "vgg16-maps": {"group": "extract", "implementation": "vgg16",
+                   "params": {"weights": "random:0", "fps": 1.0, "layer": "block5_conv3", "resize": "whole"}},
+    "vgs": {"group": "train", "implementation": "vgs", "upstream": ["logmel-vgs", "vgg16-maps"], "params": VGS},
+    "vgs-alignment": {"group": "evaluate", "implementation": "alignment", "upstream": ["vgs"],
+                      "params": {"pictures": 2}},
+}
+
+
+@pytest.fixture(scope="session")
+def scenes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data") / "scenes"
+    SpokenScenesDataset("scenes", root, SpokenScenesConfig(**SCENES)).prepare()
+    return root
+
+
+def test_generated_scenes_are_read_by_the_real_adapters(scenes_root):
+    m = SpokenScenesDataset("scenes", scenes_root, SpokenScenesConfig(**SCENES)).manifest()
+    assert len(m) == 180 and {c.split for c in m.clips} == {"train", "val"}
+    assert set(m.annotations) == {"train", "val"}
+    c = m.clips[0]
+    assert c.words and [w for w, _, _ in c.words] == c.text[0].split()
+    with wave.open(str(c.media["audio"])) as w:
+        rate = w.getframerate()
+        x = np.abs(np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(np.int32))
+    first = int(c.words[0][1] * rate)
+    assert x[:first - 200].max() < 300 < x[first:first + 2000].max()  # silence, then the first word at its onset
+    sc = SpokenScenesDataset("scenes-sc", scenes_root, SpokenScenesConfig(**{**SCENES, "layout": "spokencoco"})).manifest()
+    assert len(sc) == 180 and not any(x.words for x in sc.clips)
+    assert {x.media["audio"] for x in sc.clips} == {x.media["audio"] for x in m.clips}
+    assert {x.group for x in sc.clips} == {x.group for x in m.clips}  # COCO image ids from the file names
+    # a named shape's mask covers pixels of that shape's colour
+    from PIL import Image
+
+    from models.alignment import CocoMasks
+
+    coco = CocoMasks(m.annotations["train"])
+    img = np.asarray(Image.open(c.media["image"]).convert("RGB")).astype(int)
+    for cat in coco.image_categories(int(c.group)):
+        mask = coco.mask(int(c.group), cat, img.shape[:2]) > 0
+        inside, outside = img[mask].mean(0), img[~mask].mean(0)
+        assert np.abs(inside - outside).sum() > 60, cat
+
+
+def _spokencoco(root: Path, entries: list, split: str = "val") -> None:
+    (root / "wavs").mkdir(parents=True, exist_ok=True)
+    (root / "images" / "val2014").mkdir(parents=True, exist_ok=True)
+    for e in entries:
+        (root / "images" / e["image"]).write_bytes(b"x")
+        for c in e["captions"]:
+            if ".." not in c["wav"]:
+                (root / c["wav"]).write_bytes(b"RIFF")
+    (root / f"SpokenCOCO_{split}.json").write_text(json.dumps({"data": entries}))
+
+
+def test_spokencoco_layout_and_its_errors(tmp_path):
+    root = tmp_path / "sc"
+    _spokencoco(root, [{"image": "val2014/COCO_val2014_000000000042.jpg",
+                        "captions": [{"wav": "wavs/a.wav", "text": "a dog", "uttid": "u1"},
+                                     {"wav": "wavs/b.wav", "text": "a cat", "uttid": "u2"}]}])
+    m = SpokenCocoDataset("sc", root, SpokenCocoConfig()).manifest()
+    assert [(c.clip_id, c.group, c.split, c.text) for c in m.clips] == [("val/u1", "42", "val", ("a dog",)),
+                                                                         ("val/u2", "42", "val", ("a cat",))]
+    assert m.annotations == {}
+    with pytest.raises(DatasetError, match="expected layout"):
+        SpokenCocoDataset("sc", tmp_path / "nothing", SpokenCocoConfig()).manifest()
+    with pytest.raises(DatasetError, match=r"SpokenCOCO_train.json"):
+        SpokenCocoDataset("sc", root, SpokenCocoConfig(splits=["train"])).manifest()
+    (root / "SpokenCOCO_val.json").write_text(json.dumps({"data": [{"image": "x.jpg"}]}))
+    with pytest.raises(DatasetError, match="captions"):
+        SpokenCocoDataset("sc", root, SpokenCocoConfig()).manifest()
+    _spokencoco(root, [{"image": "val2014/COCO_val2014_000000000042.jpg",
+                        "captions": [{"wav": "../../etc/passwd", "text": "x"}]}])
+    with pytest.raises(DatasetError, match="escapes"):
+        SpokenCocoDataset("sc", root, SpokenCocoConfig()).manifest()
+
+
+def test_vgs_alignment_on_generated_scenes(tmp_path, scenes_root):
+    """A short CPU training: its attention on the named shape beats the random tensor; everything is written."""
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                       {"scenes": {"adapter": "spoken_scenes", "root": str(scenes_root), "params": SCENES}}, STAGES)
+    reports = run("evaluate", config=cfg, stage="vgs-alignment")
+    train = next(r for r in reports if getattr(r, "name", "") == "vgs")
+    d = train.run_dir
+    m = json.loads((d / "metrics.json").read_text())
+    assert m["task"] == "localization" and m["evaluated_on"] == "val"
+    al = m["alignment"]
+    o = al["overall"]
+    assert al["n_words"] >= 60
+    assert o["gs_object"] > 1.3 * o["random_gs_object"], o
+    assert o["as_object"] > 1.3 * o["random_as_object"], o
+    assert 0.8 < o["random_gs_object"] / np.mean([r["random_gs_object"] for r in al["per_category"].values() if r["n"]]) < 1.25
+    assert set(m["sampled_r@10"]) == {"speech2image", "image2speech"}
+    store = open_store(d / "av_tensors")
+    assert len(store) == 36 and store[store.clip_ids[0]].shape == (64, 196)
+    for f in ("alignment.png", "confusion.png", "recall_curve.png", "samples/00.png", "alignment_words.json"):
+        assert (d / f).exists(), f
+    cm = np.array(al["confusion"]["gs_object"])
+    assert cm.shape == (5, 4)
+    ev = next(r for r in reports if getattr(r, "name", "") == "vgs-alignment")
+    assert (ev.run_dir / "confusion.png").exists() and ev.metrics["runs"]["vgs"]["alignment"]["n_words"] == al["n_words"]
+    # the evaluate stage rescored with its own params (2 pictures) into its own run directory
+    assert sorted(p.name for p in (ev.run_dir / "samples").glob("*.png")) == ["00.png", "01.png"]
+
+
+def test_alignment_stage_does_not_apply_without_timed_words(tmp_path, scenes_root):
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                       {"sc": {"adapter": "spoken_scenes", "root": str(scenes_root),
+                               "params": {**SCENES, "layout": "spokencoco"}}}, STAGES)
+    with pytest.raises(PipelineError, match="scores 'localization' runs"):
+        run("evaluate", config=cfg, stage="vgs-alignment")
