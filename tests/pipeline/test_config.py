@@ -125,9 +125,9 @@ def test_params_added_later_stay_out_of_keys_at_their_neutral_value(tmp_path, ti
                            {"tiny": {"adapter": "synthetic", "root": str(tiny_synthetic_root), "params": TINY}}, stages)
     plain = resolve(load_config(project), "tiny", execution={"media_backend": "ffmpeg"}).stages["vgg16"]
     assert "crop_size" in plain.params and "crop_size" not in key_params(VGG16Config, plain.params)
-    # the key is the one the stage had before crop_size, precision and the pyav backend existed: its params
+    # the key is the one the stage had before crop_size, precision, resize and the pyav backend existed: its params
     # hashed without them
-    before = {k: v for k, v in plain.params.items() if k not in ("crop_size", "precision")}
+    before = {k: v for k, v in plain.params.items() if k not in ("crop_size", "precision", "resize")}
     identity = {"implementation": "vgg16", "version": 1, "params": before, "weights": plain.attrs["weights"],
                 "upstream": [], "dataset": "tiny", "backend": "zarr"}
     assert plain.store_key == hash_key(identity)
