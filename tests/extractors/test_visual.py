@@ -158,3 +158,21 @@ def test_precision_is_an_identity_param_and_bf16_stays_close_to_fp32(tmp_path, t
     x, y = a.to_dask().compute().reshape(-1, 4096), b.to_dask().compute().reshape(-1, 4096)
     cos = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
     assert not np.array_equal(x, y) and cos.min() > 0.99
+
+
+def test_resize_whole_squeezes_the_whole_picture_without_a_crop(tmp_path):
+    """The VGS reference feeds VGG16 the whole image resized to 224 x 224: the corners stay in the input."""
+    from PIL import Image
+
+    from extractors.vgg16 import VGG16, VGG16Config
+    from pipeline.datasets import Clip
+
+    img = np.full((200, 400, 3), 128, np.uint8)
+    img[:, :40] = (255, 0, 0)  # a red band on the left, cut by a centre crop of the shorter side
+    path = tmp_path / "wide.png"
+    Image.fromarray(img).save(path)
+    whole = VGG16(VGG16Config(weights="random:0", layer="block5_conv3", resize="whole")).load(Clip("w", {"image": path}))
+    crop = VGG16(VGG16Config(weights="random:0", layer="block5_conv3")).load(Clip("w", {"image": path}))
+    assert whole.shape == crop.shape == (1, 224, 224, 3)
+    assert whole[0, 112, :18, 0].min() > 240 and whole[0, 112, :18, 1].max() < 15  # 40 of 400 px -> ~22 of 224
+    assert (crop[0, :, :, 0] == 128).mean() > 0.95  # the band falls outside the centre crop
