@@ -29,6 +29,7 @@ where the reference's double negation gives the union of the annotated objects.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Sequence
@@ -358,8 +359,11 @@ class CocoMasks:
         """A binary `[H, W]` mask: the category's instance masks summed, resized to `size`, then >= threshold."""
         img = self.coco.loadImgs(image_id)[0]
         total = np.zeros((img["height"], img["width"]), dtype=np.float64)
-        for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id, catIds=self._cat_id[category], iscrowd=False)):
-            total += self.coco.annToMask(ann)
+        with warnings.catch_warnings():  # pycocotools 2.0.11 on numpy 2: a DeprecationWarning per decoded RLE
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for ann in self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id, catIds=self._cat_id[category],
+                                                              iscrowd=False)):
+                total += self.coco.annToMask(ann)
         return (resize_bilinear(total, size) >= threshold).astype(np.float64)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..cache import hash_key
 from ..registry import register_task
-from ..store import FeatureStore, file_digest
+from ..store import FeatureStore
 from . import figures
 from .base import TrainError, atomic_json
 from .tasks import Pairs, Unit
@@ -55,9 +55,13 @@ class Localization(Pairs):
         return super().applies(manifest)
 
     def digest(self, ctx: "Context") -> str:
+        from ..cache import DigestMemo
+        from ..context import cache_paths
+
         assert ctx.manifest is not None
+        memo = DigestMemo(cache_paths(ctx.config.cache)["digests"])  # COCO's instances json is 160 MB: hashed once
         return hash_key([super().digest(ctx), [list(c.words) for c in ctx.manifest.clips],
-                         {s: file_digest(p) for s, p in sorted(ctx.manifest.annotations.items())}])
+                         {s: memo.digest(p) for s, p in sorted(ctx.manifest.annotations.items())}])
 
     def annotate(self, clips: list["Clip"], manifest: "Manifest") -> dict[str, Any]:
         self.annotations = dict(manifest.annotations)
