@@ -463,6 +463,7 @@ class AlignmentConfig:
     seed: int = 0  # of the random tensors
     pictures: int = 6  # sample utterances drawn with their attention
     sampled_recall: bool = True  # the reference's Recall@10 of 100 x 1000 pairs drawn with replacement
+    model_dataset: str | None = None  # score the models its train stages learned on this other dataset (SpokenCOCO)
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1 or self.pictures < 0:

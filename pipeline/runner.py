@@ -529,7 +529,12 @@ def status(config: PipelineConfig, dataset: str | None) -> list[dict[str, Any]]:
             state = "missing"
         rows.append({"stage": name, "state": state, "done": len(done), "total": total, "failed": len(failures),
                      "store": str(sk.store_path), "damaged": dict(scan.damaged)})
-    return rows + run_status(ctx, [n for n in config.stages if n not in ctx.stages and n not in errors])
+    names = [n for n in config.stages if n not in ctx.stages and n not in errors]
+    try:
+        others = _model_contexts(config, names, ctx.dataset)
+    except Exception:  # noqa: BLE001  (another dataset not at hand: those stages say they cannot resolve)
+        others = None
+    return rows + run_status(ctx, names, others)
 
 
 def _size(path: Path) -> int:
@@ -675,6 +680,34 @@ def _drop_inapplicable(cfg: PipelineConfig, adapter: DatasetAdapter, names: list
     return [n for n in names if n in needed], manifest
 
 
+def _without_foreign_training(cfg: PipelineConfig, names: list[str], targets: list[str], dataset: str) -> list[str]:
+    """`names` without the train stages that only evaluate stages applying another dataset's models
+    (`model_dataset`) read: those are trained on that dataset, not here."""
+    from .training.keys import model_dataset
+
+    foreign = {n for n in names if model_dataset(cfg, n, dataset)}
+    if not foreign:
+        return names
+    drop = set()
+    for n in names:
+        readers = [m for m in names if n in cfg.stages[m].upstream]
+        if cfg.stages[n].implementation in TRAINERS and n not in targets and readers and set(readers) <= foreign:
+            drop.add(n)
+    return [n for n in names if n not in drop]
+
+
+def _model_contexts(cfg: PipelineConfig, names: list[str], dataset: str) -> dict[str, Context]:
+    """The contexts of the datasets whose trained models evaluate stages among `names` apply to `dataset`."""
+    from .training.keys import model_dataset
+
+    wanted: dict[str, list[str]] = {}
+    for n in names:
+        other = model_dataset(cfg, n, dataset)
+        if other:
+            wanted.setdefault(other, []).extend(u for u in cfg.stages[n].upstream if u in cfg.stages)
+    return {d: resolve(cfg, d, only=ups) for d, ups in wanted.items()}
+
+
 def _check_devices(devices: list[str]) -> None:
     """Refuse a CUDA device on a machine without one, before any work starts."""
     wanted = sorted({d for d in devices if d.startswith("cuda")})
@@ -732,7 +765,7 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
                 f"'{cfg.stages[fits[0]].group}')" if fits else "")
         raise PipelineError(f"dataset '{adapter.dataset_name}' holds {adapter.kind}, but stage(s) "
                             f"{', '.join(wrong)} read {source[wrong[0]]}{hint}")
-    names = [n for n in names if n in kept]
+    names = _without_foreign_training(cfg, [n for n in names if n in kept], targets, adapter.dataset_name)
     names, manifest = _drop_inapplicable(cfg, adapter, names, targets, stage is not None, on_skip)
     _check_media_backends({cfg.execution_for(n, **execution).media_backend for n in names if reads[n] == "media"})
     ctx = resolve(cfg, dataset, prepare=True, only=names, manifest=manifest, execution=execution)
@@ -745,12 +778,13 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
     from .executors import Executor
 
     try:
-        runs = resolve_runs(ctx, names)
+        runs = resolve_runs(ctx, names, _model_contexts(cfg, names, ctx.dataset))
     except TrainError as e:
         raise PipelineError(str(e)) from None
     reports: list[Any] = []
     with Executor() as executor, contextlib.ExitStack() as using:
-        for path in [sk.store_path for sk in ctx.stages.values()] + [rk.run_dir for rk in runs.values()]:
+        models = [f.run_dir for rk in runs.values() for f in rk.foreign.values()]  # other datasets' runs read here
+        for path in [sk.store_path for sk in ctx.stages.values()] + [rk.run_dir for rk in runs.values()] + models:
             using.enter_context(in_use(cfg.cache, path))  # until the run ends: gc leaves what it makes or reads
         for name in names:
             ex = cfg.execution_for(name, **execution)

@@ -30,6 +30,8 @@ class RunKeys:
     views: dict[str, str] = field(default_factory=dict)  # view name -> upstream feature stage (train)
     upstream_runs: list[str] = field(default_factory=list)  # train stages an evaluate stage reads
     init_from: str | None = None  # a train stage whose model this one starts from (fine-tuning)
+    foreign: dict[str, "RunKeys"] = field(default_factory=dict)  # evaluate: upstream runs of `model_dataset`
+    local: dict[str, "RunKeys"] = field(default_factory=dict)  # ... and their views bound to this dataset
 
 
 @dataclass

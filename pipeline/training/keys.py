@@ -60,8 +60,47 @@ def bind_views(ctx: "Context", name: str, trainer: Any) -> dict[str, str]:
     return bound
 
 
-def resolve_runs(ctx: "Context", names: list[str]) -> dict[str, RunKeys]:
-    """Keys and run directories of the train/evaluate stages among `names` (feature stages resolved in ctx)."""
+def model_dataset(cfg: PipelineConfig, name: str, dataset: str) -> str | None:
+    """The other dataset whose trained models an evaluate stage applies to `dataset` (`model_dataset`), or None."""
+    other = cfg.params_for(name, dataset).get("model_dataset") if implementation(cfg.stages[name].implementation).name \
+        in EVALUATORS else None
+    return other if other and other != dataset else None
+
+
+def _foreign(ctx: "Context", name: str, spec: Any, impl: Any, params: dict[str, Any], other: "Context") -> RunKeys:
+    """An evaluate stage that applies the models of its train stages, trained on another dataset, to this one."""
+    cfg = ctx.config
+    ups = [u for u in spec.upstream if cfg.stages[u].implementation in TRAINERS]
+    if not ups:
+        raise TrainError(f"stage '{name}' evaluates train stages; list them under its upstream")
+    task = getattr(impl, "task", "classes")
+    why = TASKS.get(task)().applies(ctx.manifest) if ctx.manifest is not None else None
+    if why:
+        raise TrainError(f"stage '{name}' scores '{task}' on dataset '{ctx.dataset}', and {why}")
+    theirs = resolve_runs(other, ups)
+    local: dict[str, RunKeys] = {}
+    for u in ups:
+        trainer_cls = TRAINERS.get(cfg.stages[u].implementation)
+        if task not in getattr(trainer_cls, "tasks", ()):
+            raise TrainError(f"stage '{name}' scores '{task}', which '{u}' ({trainer_cls.name}) does not learn")
+        trainer = trainer_cls(trainer_cls.Config(**theirs[u].params), "cpu")
+        views = bind_views(ctx, u, trainer)
+        local[u] = RunKeys(u, theirs[u].implementation, "train", theirs[u].params, theirs[u].key, theirs[u].run_dir,
+                           task, views)
+    ident = {"implementation": spec.implementation, "version": impl.VERSION, "params": params,
+             "models": {u: [other.dataset, theirs[u].key] for u in ups},
+             "views": {u: {v: ctx.stages[s].store_key for v, s in sorted(local[u].views.items())} for u in ups}}
+    if ctx.manifest is not None:
+        t = TASKS.get(task)()
+        ident[t.digest_field] = t.digest(ctx)
+    key = hash_key(ident)
+    return RunKeys(name, spec.implementation, "evaluate", params, key, cfg.cache / "runs" / ctx.dataset / f"{name}-{key}",
+                   task, upstream_runs=ups, foreign=theirs, local=local)
+
+
+def resolve_runs(ctx: "Context", names: list[str], others: dict[str, "Context"] | None = None) -> dict[str, RunKeys]:
+    """Keys and run directories of the train/evaluate stages among `names` (feature stages resolved in ctx);
+    `others`: the contexts of the datasets whose models evaluate stages with `model_dataset` apply here."""
     cfg = ctx.config
     runs: dict[str, RunKeys] = {}
     root = cfg.cache / "runs" / ctx.dataset
@@ -71,6 +110,13 @@ def resolve_runs(ctx: "Context", names: list[str]) -> dict[str, RunKeys]:
         if not is_run_stage(impl):
             continue
         params = cfg.params_for(name, ctx.dataset)
+        other = model_dataset(cfg, name, ctx.dataset)
+        if other is not None:
+            if others is None or other not in others:
+                raise TrainError(f"stage '{name}' applies the models of dataset '{other}'; resolve it with that "
+                                 "dataset's context (pipeline.run does)")
+            runs[name] = _foreign(ctx, name, spec, impl, params, others[other])
+            continue
         if impl.name in TRAINERS:
             task = task_for(impl, ctx.manifest)
             try:
@@ -139,8 +185,9 @@ def inapplicable(cfg: PipelineConfig, manifest: "Manifest", names: list[str]) ->
     return why
 
 
-def run_status(ctx: "Context", names: list[str]) -> list[dict[str, Any]]:
-    """Train/evaluate stages: up to date / partial k units / missing / stale, by their run directories."""
+def run_status(ctx: "Context", names: list[str], others: dict[str, "Context"] | None = None) -> list[dict[str, Any]]:
+    """Train/evaluate stages: up to date / partial k units / missing / stale, by their run directories
+    (`others`: the contexts of datasets whose models evaluate stages apply here)."""
     rows = []
     skip = inapplicable(ctx.config, ctx.manifest, names) if ctx.manifest else {}
     for name in names:
@@ -149,7 +196,7 @@ def run_status(ctx: "Context", names: list[str]) -> list[dict[str, Any]]:
             rows.append({**row, "state": f"does not apply: {skip[name]}"})
             continue
         try:
-            rk = resolve_runs(ctx, [name]).get(name)
+            rk = resolve_runs(ctx, [name], others).get(name)
         except TrainError as e:
             rows.append({**row, "state": f"cannot resolve: {e}"})
             continue

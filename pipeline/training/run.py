@@ -36,7 +36,7 @@ from ..locks import in_use, run_lock
 from ..registry import TASKS, TRAINERS
 from ..store import ClipResult, StoreError, StoreWriter
 from .base import RunKeys, RunReport, TrainError, atomic_json, atomic_save
-from .tasks import Task, Unit
+from .tasks import VAL_SPLITS, Task, Unit
 from .views import read_items
 
 if TYPE_CHECKING:
@@ -242,8 +242,13 @@ def run_evaluate(ctx: "Context", rk: RunKeys, runs: dict[str, RunKeys],
             return RunReport(rk.name, "evaluate", rk.run_dir, True, metrics=metrics, seconds=time.perf_counter() - t0)
         rk.run_dir.mkdir(parents=True, exist_ok=True)
         rows: dict[str, Any] = {}
+        dirs: dict[str, Path] = {}
         for name in rk.upstream_runs:
+            if name in rk.foreign:
+                rows[name], dirs[name] = _evaluate_foreign(ctx, rk, name, task)
+                continue
             up = runs[name]
+            dirs[name] = up.run_dir
             if not (up.run_dir / "metrics.json").exists():
                 raise TrainError(f"train stage '{name}' has not completed ({up.run_dir}); "
                                  f"run `pipeline run train --dataset {ctx.dataset} --stage {name}`")
@@ -253,12 +258,43 @@ def run_evaluate(ctx: "Context", rk: RunKeys, runs: dict[str, RunKeys],
             m.update({"run": str(up.run_dir), "implementation": up.implementation})
             rows[name] = m
         (rk.run_dir / "params.yaml").write_text(_params_yaml(ctx, rk, {
-            "runs": {n: str(runs[n].run_dir) for n in rk.upstream_runs}}))
-        task.plot({n: (runs[n].run_dir, m) for n, m in rows.items()}, rk.run_dir, f"{', '.join(rows)} on {ctx.dataset}")
+            "runs": {n: str((rk.foreign.get(n) or runs[n]).run_dir) for n in rk.upstream_runs}}))
+        task.plot({n: (dirs[n], m) for n, m in rows.items()}, rk.run_dir, f"{', '.join(rows)} on {ctx.dataset}")
         metrics = {"stage": rk.name, "dataset": ctx.dataset, "key": rk.key, "runs": rows, "completed": time.time(),
                    "task": rk.task}
         atomic_json(rk.run_dir / "metrics.json", metrics)
     return RunReport(rk.name, "evaluate", rk.run_dir, False, metrics=metrics, seconds=time.perf_counter() - t0)
+
+
+def _evaluate_foreign(ctx: "Context", rk: RunKeys, name: str, task: Task) -> tuple[dict[str, Any], Path]:
+    """Apply the final model of train stage `name`, trained on another dataset, to this dataset's test split
+    (its val split where there is none, else every item), write what the task scores under
+    run_dir/<name>/, and score it."""
+    theirs, local = rk.foreign[name], rk.local[name]
+    trained_on = theirs.run_dir.parent.name
+    if not (theirs.run_dir / "metrics.json").exists():
+        raise TrainError(f"train stage '{name}' has not completed on dataset '{trained_on}' ({theirs.run_dir}); run "
+                         f"`pipeline run train --dataset {trained_on} --stage {name}` first")
+    trainer = load_trainer(theirs.run_dir)
+    try:
+        items, skipped = read_items(ctx, local, trainer, task)
+    except (ValueError, StoreError) as e:
+        raise TrainError(str(e)) from None
+    splits = [str(c.split).lower() for c in items.media]
+    split = next((s for s in ("test", *VAL_SPLITS) if s in splits), None)
+    test = np.array([i for i, s in enumerate(splits) if split is None or s == split], dtype=np.int64)
+    if not len(test):
+        raise TrainError(f"dataset '{ctx.dataset}' has no item that stage '{rk.name}' can score")
+    unit = Unit("transfer", np.zeros(0, dtype=np.int64), test)
+    out = rk.run_dir / name
+    out.mkdir(parents=True, exist_ok=True)
+    task.save_unit(out, unit, trainer, items.subset(test), 0.0)
+    task.write_stores(ctx, RunKeys(name, local.implementation, "train", local.params, rk.key, out, rk.task, local.views),
+                      trainer, items, [unit])
+    metrics = task.metrics(out, rk.params)
+    metrics.update({"run": str(theirs.run_dir), "implementation": theirs.implementation, "model_dataset": trained_on,
+                    "evaluated_on": split or "all", "left_out": len(skipped)})
+    return metrics, out
 
 
 def run_stage(ctx: "Context", rk: RunKeys, runs: dict[str, RunKeys], device: str = "auto",

@@ -132,3 +132,29 @@ def test_alignment_stage_does_not_apply_without_timed_words(tmp_path, scenes_roo
                                "params": {**SCENES, "layout": "spokencoco"}}}, STAGES)
     with pytest.raises(PipelineError, match="scores 'localization' runs"):
         run("evaluate", config=cfg, stage="vgs-alignment")
+
+
+def test_models_trained_on_one_corpus_are_scored_on_another(tmp_path_factory, tmp_path):
+    """The paper's protocol: train on SpokenCOCO (no word timings), score alignment on SPEECH-COCO."""
+    tiny = {"n_train": 6, "n_val": 3, "captions_per_image": 1, "seed": 2}
+    root = tmp_path_factory.mktemp("data") / "tiny-scenes"
+    quick = {**STAGES, "vgs": {**STAGES["vgs"], "params": {**VGS, "epochs": 1, "width": 1 / 16}},
+             "vgs-alignment": {**STAGES["vgs-alignment"], "params": {"pictures": 1, "model_dataset": "sc"}}}
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                       {"coco": {"adapter": "spoken_scenes", "root": str(root), "params": tiny},
+                        "sc": {"adapter": "spoken_scenes", "root": str(root), "params": {**tiny, "layout": "spokencoco"}}},
+                       quick)
+    with pytest.raises(PipelineError, match=r"run `pipeline run train --dataset sc --stage vgs` first"):
+        run("evaluate", config=cfg, dataset="coco", stage="vgs-alignment")
+    (trained,) = [r for r in run("train", config=cfg, dataset="sc", stage="vgs") if getattr(r, "name", "") == "vgs"]
+    assert json.loads((trained.run_dir / "metrics.json").read_text())["task"] == "pairs"
+    reports = run("evaluate", config=cfg, dataset="coco", stage="vgs-alignment")
+    assert [p.name.rsplit("-", 1)[0] for p in (tmp_path / "cache" / "runs" / "coco").iterdir()] == ["vgs-alignment"]
+    (ev,) = [r for r in reports if getattr(r, "name", "") == "vgs-alignment"]
+    m = ev.metrics["runs"]["vgs"]
+    assert m["model_dataset"] == "sc" and m["evaluated_on"] == "val" and m["run"] == str(trained.run_dir)
+    assert m["alignment"]["n_words"] > 0 and m["n_images"] == 3
+    assert open_store(ev.run_dir / "vgs" / "av_tensors")[f"val2014/{sorted(p.stem for p in (root / 'val2014' / 'json').glob('*.json'))[0]}"].shape == (64, 196)
+    assert (ev.run_dir / "confusion.png").exists()
+    again = run("evaluate", config=cfg, dataset="coco", stage="vgs-alignment")
+    assert [r for r in again if getattr(r, "name", "") == "vgs-alignment"][0].reused
