@@ -112,6 +112,45 @@ class SequenceData:
         return len(self.ids)
 
 
+@dataclass
+class MapData:
+    """Maps of some items read on demand, for when they would not fit in memory together (SpokenCOCO's 40k
+    images x 14 x 14 x 512): `data[idx] -> [B, H, W, C]` like an array's, `shape`, `subset`, and
+    `np.asarray(data)` (reads them all)."""
+
+    read: Callable[[str], np.ndarray]  # item id -> its map [H, W, C]
+    ids: list[str]
+    dims: tuple[int, ...]
+    dtype: str = "float32"
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        idx = np.asarray(idx)
+        if idx.ndim == 0:
+            return np.asarray(self.read(self.ids[int(idx)]), dtype=self.dtype)
+        out = np.empty((len(idx), *self.dims), dtype=self.dtype)
+        for k, i in enumerate(idx):
+            out[k] = self.read(self.ids[int(i)])
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[np.arange(len(self))]
+        return out if dtype is None else out.astype(dtype)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.ids), *self.dims)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.dims)
+
+    def subset(self, idx: np.ndarray) -> "MapData":
+        return replace(self, ids=[self.ids[int(i)] for i in idx])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 def _take(data: Any, idx: np.ndarray) -> Any:
     return data.subset(idx) if hasattr(data, "subset") else data[idx]
 

@@ -136,7 +136,7 @@ class VGSTrainer(EpochTrainer):
         if len(train) < 2:
             raise ValueError(f"needs >= 2 training captions, has {len(train)}")
         if self.model is None:
-            maps = np.asarray(train.data["image"])
+            maps = train.data["image"]  # an array, or MapData read on demand (a corpus too big for memory)
             if maps.ndim != 4:
                 raise ValueError(f"the image view must hold [H, W, C] maps (VGG16 block5_conv3), got {maps.shape[1:]}")
             self.build((train.data["speech"].dim, *maps.shape[1:]))

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.items import Items, SequenceData, TokensData, View
+from models.items import Items, MapData, SequenceData, TokensData, View
 
 from ..context import require_complete
-from ..store import FeatureStore
+from ..store import FeatureStore, clip_mean
 
 if TYPE_CHECKING:
     from ..context import Context
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_PRELOAD_BYTES = 1 << 30  # sequences smaller than this in all are read once and kept in memory
+_PRELOAD_BYTES = 1 << 30  # sequences and maps smaller than this in all are read once and kept in memory
 
 
 def unusable(stores: dict[str, FeatureStore], stages: dict[str, str], clip_id: str) -> str | None:
@@ -56,11 +56,13 @@ def _read(view: View, store: FeatureStore | None, ids: list[str], clips: list[An
             cache = {cid: store[cid][:view.max_len] for cid in ids}
         return SequenceData(lambda cid: cache[cid] if cid in cache else store[cid][:view.max_len], list(ids),
                             int(view.max_len or 0), dim, lengths)
-    means = store.clip_means(ids)
     if view.form == "map":
         if len(dims) != 3:
             raise ValueError(f"view '{view.name}' is a map, and its store holds rows of {dims}, not [H, W, C]")
-        return means.reshape(len(ids), *dims).astype(view.dtype)
+        if len(ids) * int(np.prod(dims)) * np.dtype(view.dtype).itemsize > _PRELOAD_BYTES:
+            return MapData(lambda cid: clip_mean(store[cid]).reshape(dims), list(ids), tuple(dims), view.dtype)
+        return store.clip_means(ids).reshape(len(ids), *dims).astype(view.dtype)
+    means = store.clip_means(ids)
     if view.form == "distribution":
         return _distribution(means.astype(np.float64), view.temperature).astype(view.dtype)
     return means.astype(view.dtype)

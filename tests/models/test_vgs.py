@@ -116,3 +116,18 @@ def test_sampled_recall_at_10():
     near = x + 1.5 * rng.normal(size=x.shape)
     mid = sampled_recall_at_10(x, near, trials=5)
     assert 0.05 < mid < 1.0
+
+
+def test_maps_read_on_demand_train_the_same_model():
+    from models.items import MapData
+
+    items = _items(lengths=(8,) * 6)
+    cfg = VGSConfig(max_frames=8, width=1 / 16, epochs=2, batch_size=6, lr=1e-2, dropout=0.0)
+    eager = VGSTrainer(cfg, "cpu").fit(items)
+    maps = items.data["image"]
+    lazy_items = Items(items.ids, {**items.data, "image": MapData(lambda g: maps[int(g[1:])], ["g0", "g1", "g2"],
+                                                                  maps.shape[1:])},
+                       items.per_group, groups=items.groups, group_of=items.group_of)
+    lazy = VGSTrainer(cfg, "cpu").fit(lazy_items)
+    np.testing.assert_array_equal(lazy.embed(lazy_items)["image"], eager.embed(items)["image"])
+    assert lazy_items.subset(np.array([4, 5])).data["image"].ids == ["g2"]

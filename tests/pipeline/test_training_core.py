@@ -1,6 +1,7 @@
 """The training core: a new trainer is one module and a registration; keys stay pinned; no item held out
 is ever trained on; what a task reads from the manifest is part of the run key."""
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,7 @@ if "three_views" not in TRAINERS:
             return self
 
 
-def test_a_new_trainer_reads_three_views_of_three_forms_with_no_pipeline_change(tmp_path, shapes_root):
+def test_a_new_trainer_reads_three_views_of_three_forms_with_no_pipeline_change(tmp_path, shapes_root, monkeypatch):
     stages = {
         "audio": {"group": "extract", "implementation": "audio"},
         "logmel-davenet": {"group": "extract", "implementation": "logmel", "upstream": ["audio"],
@@ -111,6 +112,20 @@ def test_a_new_trainer_reads_three_views_of_three_forms_with_no_pipeline_change(
     assert len(speech) == 16 and speech["img0000_0"].shape == (1, 8)
     assert np.array_equal(image["img0000_0"], image["img0000_1"])  # one image, both its captions
     assert run("train", stage="three", config=cfg)[-1].reused
+    # maps read on demand, as for a corpus too big for memory: the same run, the same embeddings
+    from models.items import MapData
+    from pipeline.training import views
+
+    kept = {k: np.asarray(image[k]).copy() for k in ("img0000_0", "img0001_0")}
+    shutil.rmtree(rep.run_dir)
+    lazy: list[str] = []
+    read = views._read
+    monkeypatch.setattr(views, "_PRELOAD_BYTES", 0)
+    monkeypatch.setattr(views, "_read", lambda v, *a: (lambda d: lazy.append(type(d).__name__) or d)(read(v, *a)))
+    again = run("train", stage="three", config=cfg)[-1]
+    assert not again.reused and MapData.__name__ in lazy
+    image = open_store(again.run_dir / "embeddings" / "image")
+    assert all(np.array_equal(image[k], v) for k, v in kept.items())
 
 
 # -- keys -------------------------------------------------------------------------------------------------
