@@ -104,6 +104,7 @@ class Localization(Pairs):
                 words = score_run(run_dir, {"softmax": al.get("softmax", True), "random_baseline": False,
                                             "word_vectors": al.get("word_vectors")})["words"]
             atomic_json(path / f"alignment_words{suffix}.json", words)
+            (path / f"alignment{suffix}.txt").write_text(alignment_table({name: m}) + "\n")
             plot_alignment(al, path / f"alignment{suffix}.png", f"{title}: {name}" if suffix else title)
             plot_confusion(al, path / f"confusion{suffix}.png", f"{name}: share of attention by annotated category")
             plot_samples(run_dir, words, path / f"samples{suffix}", int(al.get("pictures", 6)), SCALE_T,
@@ -202,9 +203,10 @@ def plot_confusion(al: dict[str, Any], path: Path, title: str) -> None:
     side = min(16, 3 + 0.22 * n)
     fig, ax = plt.subplots(figsize=(side + 1.5, side * (n + 1) / max(n, 1)))
     im = ax.imshow(cm, cmap="viridis", vmin=0, vmax=max(1e-9, float(np.nanmax(cm)) if cm.size else 1))
-    if n <= 20:
-        ax.set_xticks(range(n), cats, rotation=60, fontsize=8)
-        ax.set_yticks(range(n + 1), rows, fontsize=8)
+    small = n <= 20
+    ax.set_xticks(range(n), cats, rotation=60 if small else 90, fontsize=8 if small else 5)
+    ax.set_yticks(range(n + 1), rows, fontsize=8 if small else 5)
+    if small:
         for r in range(n + 1):
             for c in range(n):
                 if np.isfinite(cm[r, c]):
