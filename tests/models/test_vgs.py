@@ -131,3 +131,25 @@ def test_maps_read_on_demand_train_the_same_model():
     lazy = VGSTrainer(cfg, "cpu").fit(lazy_items)
     np.testing.assert_array_equal(lazy.embed(lazy_items)["image"], eager.embed(items)["image"])
     assert lazy_items.subset(np.array([4, 5])).data["image"].ids == ["g2"]
+
+
+def test_training_resumes_bit_for_bit_from_an_epoch_checkpoint():
+    items = _items(lengths=(8,) * 6)
+    val = items.subset(np.array([0, 2, 4]))
+    cfg = VGSConfig(max_frames=8, width=1 / 16, epochs=4, batch_size=3, lr=1e-2)  # dropout on: RNG state matters
+    straight = VGSTrainer(cfg, "cpu").fit(items, val)
+    saved = {}
+
+    def stop_after_two(tr, improved):
+        if tr.epoch == 1:
+            saved.update(tr.checkpoint())
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        VGSTrainer(cfg, "cpu").fit(items, val, on_epoch=stop_after_two)
+    resumed = VGSTrainer(cfg, "cpu")
+    resumed.resume(saved)
+    resumed.fit(items, val)
+    assert resumed.history["loss"] == straight.history["loss"]
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
