@@ -30,7 +30,7 @@ def task_for(impl: Any, manifest: "Manifest | None") -> str:
 def applies(impl: Any, manifest: "Manifest") -> str | None:
     """Why a trainer cannot learn from this dataset (none of its tasks applies), or None when it can."""
     reasons = [TASKS.get(t)().applies(manifest) for t in getattr(impl, "tasks", ("classes",))]
-    return None if any(r is None for r in reasons) else reasons[0]
+    return None if any(r is None for r in reasons) else reasons[-1]  # the last task is the most general fallback
 
 
 def bind_views(ctx: "Context", name: str, trainer: Any) -> dict[str, str]:
