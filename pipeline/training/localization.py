@@ -99,10 +99,7 @@ class Localization(Pairs):
             if not al:
                 continue
             suffix = "" if len(runs) == 1 else f"-{name}"
-            words = self.scored.get(run_dir)
-            if words is None:
-                words = score_run(run_dir, {"softmax": al.get("softmax", True), "random_baseline": False,
-                                            "word_vectors": al.get("word_vectors")})["words"]
+            words = self.scored.get(run_dir, [])  # what `metrics` scored just before
             atomic_json(path / f"alignment_words{suffix}.json", words)
             (path / f"alignment{suffix}.txt").write_text(alignment_table({name: m}) + "\n")
             plot_alignment(al, path / f"alignment{suffix}.png", f"{title}: {name}" if suffix else title)
@@ -133,7 +130,7 @@ def score_run(run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
     masks = {}
     for split, path in spec["instances"].items():
         try:
-            masks[split] = al.CocoMasks(path)
+            masks[split] = al.load_masks(path)
         except FileNotFoundError as e:
             raise TrainError(f"{run_dir}: {e}; the dataset's annotations moved since the run") from None
     vectors = al.load_word_vectors(params["word_vectors"]) if params.get("word_vectors") else None
@@ -232,12 +229,12 @@ def plot_samples(run_dir: Path, words: list[dict[str, Any]], out: Path, n: int, 
 
     from models import alignment as al
 
-    spec = {it["clip_id"]: it for it in json.loads((run_dir / "localization.json").read_text())["items"]}
+    loc = json.loads((run_dir / "localization.json").read_text())
+    spec = {it["clip_id"]: it for it in loc["items"]}
     by_clip: dict[str, list[dict[str, Any]]] = {}
     for w in words:
         by_clip.setdefault(w["clip_id"], []).append(w)
-    instances = json.loads((run_dir / "localization.json").read_text())["instances"]
-    masks = {split: al.CocoMasks(path) for split, path in instances.items()}
+    masks = {split: al.load_masks(path) for split, path in loc["instances"].items()}
     store = FeatureStore(run_dir / "av_tensors")
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):
