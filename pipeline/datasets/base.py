@@ -242,6 +242,11 @@ class GeneratedDataset(DatasetAdapter):
     def _write(self, tmp: Path) -> None:
         raise NotImplementedError
 
+    def generation_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The params among `params` that decide the generated files (all of them, unless a generator has params
+        that only decide how the files are read)."""
+        return params
+
     def prepare(self) -> None:
         """Generate the set unless `root` already holds this exact configuration."""
         import json
@@ -251,13 +256,14 @@ class GeneratedDataset(DatasetAdapter):
 
         from filelock import FileLock
 
-        params = asdict(self.config)
+        params = self.generation_params(asdict(self.config))
         self.root.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.root) + ".lock"):
             marker = self.root / MARKER
             if marker.exists():
                 # a param added to the generator later is absent from older markers: its default is what made them
-                found = {**{f.name: f.default for f in fields(self.config)}, **json.loads(marker.read_text())}
+                found = self.generation_params({**{f.name: f.default for f in fields(self.config)},
+                                                **json.loads(marker.read_text())})
                 if found != params:
                     raise DatasetError(
                         f"dataset '{self.dataset_name}': {self.root} holds a {self.name} set generated with "

@@ -67,10 +67,6 @@ class SpokenScenesConfig:
             if not ok:
                 raise ValueError(f"{msg} (got {asdict(self)})")
 
-    def generated(self) -> dict[str, Any]:
-        """The params that decide the files (not the layout they are read with)."""
-        return {k: v for k, v in asdict(self).items() if k != "layout"}
-
 
 def _scene(rng: np.random.Generator, size: int, palette: str = "free") -> tuple[tuple[int, int, int], list[dict[str, Any]]]:
     """A background colour and 2-3 shapes: kind, colour, centre, radius, in distinct cells of a 3 x 3 layout."""
@@ -198,14 +194,9 @@ class SpokenScenesDataset(GeneratedDataset):
               "SpokenCOCO_{train,val}.json,\nimages/<split>/COCO_<split>_<id>.jpg, annotations/instances_<split>.json; "
               "written by the generator (needs espeak-ng), not by hand")
 
-    def prepare(self) -> None:
-        # the generated files do not depend on `layout`: both layouts share one root
-        layout = self.config.layout
-        try:
-            self.config.layout = "speech_coco"
-            super().prepare()
-        finally:
-            self.config.layout = layout
+    def generation_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Every param but `layout`, which only says how the files are read: both layouts share one root."""
+        return {k: v for k, v in params.items() if k != "layout"}
 
     def _write(self, tmp: Path) -> None:
         cfg = self.config
