@@ -103,8 +103,7 @@ class FrameExtractor(Extractor):
         crop = self.input_size()[1]
         if self.config.resize == "whole":
             t = self.preprocessing
-            x = TF.resize(self.decode_resized(clip, resize_size=0), [crop, crop], interpolation=t.interpolation,
-                          antialias=t.antialias)
+            x = TF.resize(self.decode(clip), [crop, crop], interpolation=t.interpolation, antialias=t.antialias)
         else:
             x = TF.center_crop(self.decode_resized(clip), [crop])
         return x.permute(0, 2, 3, 1).contiguous().numpy()
@@ -118,20 +117,22 @@ class FrameExtractor(Extractor):
             raise ValueError(f"{self.arch} takes inputs of at least {self.min_crop} x {self.min_crop}; crop_size is {crop}")
         return max(crop, round(self.resize_size * crop / self.crop_size)), crop
 
-    def decode_resized(self, clip: Any, resize_size: int | None = None) -> Any:
-        """A clip's frames at `fps`, shorter side resized to `resize_size` (default: `input_size()`'s; 0: native
-        size) with the weights' interpolation, not cropped: a uint8 tensor [T, 3, H, W]."""
+    def decode(self, clip: Any) -> Any:
+        """A clip's frames at `fps`, native size: a uint8 tensor [T, 3, H, W]."""
         import torch
-        import torchvision.transforms.functional as TF
 
         duration = clip.end - clip.start if clip.start is not None and clip.end is not None else None
         frames = self.media.decode_frames(clip.source("video", "image"), self.config.fps, None, start=clip.start,
                                           duration=duration)
+        return torch.from_numpy(frames).permute(0, 3, 1, 2)
+
+    def decode_resized(self, clip: Any, resize_size: int | None = None) -> Any:
+        """A clip's frames at `fps`, shorter side resized to `resize_size` (default: `input_size()`'s) with
+        the weights' interpolation, not cropped: a uint8 tensor [T, 3, H, W]."""
+        import torchvision.transforms.functional as TF
+
         t = self.preprocessing
-        x = torch.from_numpy(frames).permute(0, 3, 1, 2)
-        if resize_size == 0:  # native size
-            return x
-        return TF.resize(x, [resize_size or self.input_size()[0]], interpolation=t.interpolation,
+        return TF.resize(self.decode(clip), [resize_size or self.input_size()[0]], interpolation=t.interpolation,
                          antialias=t.antialias)
 
     def network(self) -> Any:

@@ -278,6 +278,22 @@ def caption_recall(emb: dict[str, np.ndarray], image_of: np.ndarray, ks: tuple[i
     return out
 
 
+def sampled_recall_at_10(queries: np.ndarray, gallery: np.ndarray, trials: int = 100, pool: int = 1000,
+                         seed: int = 0) -> float:
+    """The reference's Recall@10 of paired rows: `trials` times draw `pool` indices with replacement; a
+    query hits when its own row is among the 10 smallest cosine distances (ties: lower position first)."""
+    q = np.asarray(queries, dtype=np.float64)
+    g = np.asarray(gallery, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    hits = []
+    for _ in range(trials):
+        idx = rng.integers(0, len(q), size=pool)
+        dist = 1.0 - cosine_similarity(q[idx], g[idx])
+        top = np.argsort(dist, axis=1, kind="stable")[:, :10]
+        hits.append(float((top == np.arange(pool)[:, None]).any(axis=1).sum()))
+    return float(np.mean(hits) / pool)
+
+
 @dataclass
 class RecallConfig:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])

@@ -224,20 +224,3 @@ def triplet_loss(sp: "torch.Tensor", si: "torch.Tensor", sc: "torch.Tensor", mar
     """The reference's triplet loss, summed over the batch: max(0, Sc - Sp + m) + max(0, Si - Sp + m)."""
     return (torch.clamp(sc - sp + margin, min=0) + torch.clamp(si - sp + margin, min=0)).sum()
 
-
-def sampled_recall_at_10(queries: np.ndarray, gallery: np.ndarray, trials: int = 100, pool: int = 1000,
-                         seed: int = 0) -> float:
-    """The reference's Recall@10 of paired rows: `trials` times draw `pool` indices with replacement; a
-    query hits when its own row is among the 10 smallest cosine distances (ties: lower position first)."""
-    q = np.asarray(queries, dtype=np.float64)
-    g = np.asarray(gallery, dtype=np.float64)
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-    rng = np.random.default_rng(seed)
-    hits = []
-    for _ in range(trials):
-        idx = rng.integers(0, len(q), size=pool)
-        dist = 1.0 - q[idx] @ g[idx].T
-        top = np.argsort(dist, axis=1, kind="stable")[:, :10]
-        hits.append(float((top == np.arange(pool)[:, None]).any(axis=1).sum()))
-    return float(np.mean(hits) / pool)

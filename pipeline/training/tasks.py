@@ -321,7 +321,7 @@ class Pairs(Task):
         except ValueError as e:
             raise TrainError(f"{run_dir}: {e}") from None
         if params.get("sampled_recall"):  # the VGS reference's Recall@10: 100 draws of 1000 pairs, with replacement
-            from models.vgs import sampled_recall_at_10
+            from models.metrics import sampled_recall_at_10
 
             pairs = (emb["speech"], emb["image"][image_of])
             out["sampled_r@10"] = {"speech2image": sampled_recall_at_10(*pairs),

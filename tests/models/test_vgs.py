@@ -8,7 +8,8 @@ import torch
 
 from models import vgs_nets
 from models.items import Items, SequenceData
-from models.vgs import VGSConfig, VGSTrainer, sampled_recall_at_10, triplet_loss
+from models.metrics import sampled_recall_at_10
+from models.vgs import VGSConfig, VGSTrainer, triplet_loss
 
 
 def test_branches_give_the_reference_shapes():
