@@ -397,10 +397,7 @@ def score_utterances(utterances: Iterable[tuple[dict[str, Any], np.ndarray]], ma
     out = []
     for item, s in utterances:
         s = np.asarray(s, dtype=np.float64)
-        side = int(round(np.sqrt(s.shape[1])))
-        grid = (side, side)
         scale_t = max_frames // s.shape[0]
-        size = (side * SCALE_HW, side * SCALE_HW)
         coco = masks.get(item["split"])
         if coco is None:
             continue
@@ -409,7 +406,8 @@ def score_utterances(utterances: Iterable[tuple[dict[str, Any], np.ndarray]], ma
         mentions = match_categories(spans, cats, vectors, threshold)
         if not mentions:
             continue
-        sa, ta = source_maps(s, grid, softmax)
+        sa, ta = source_maps(s, None, softmax)  # a square grid of cells
+        size = (sa.shape[1] * SCALE_HW, sa.shape[2] * SCALE_HW)
         cat_masks = {c: coco.mask(item["image_id"], c, size) for c in cats}
         anything = np.clip(sum(cat_masks.values()), 0, 1)
         rand = rng.random((s.shape[0] * scale_t, *size), dtype=np.float32) if rng is not None else None
@@ -418,7 +416,7 @@ def score_utterances(utterances: Iterable[tuple[dict[str, Any], np.ndarray]], ma
             mask = cat_masks[m.category]
             on_w, off_w = max(m.onset, 0), min(m.offset, max_frames)
             obj = source_scores(sa, ta, mask, m.onset, m.offset, scale_t)
-            word = source_scores(sa, ta, mask, on_w, off_w, scale_t)
+            word = obj if (on_w, off_w) == (m.onset, m.offset) else source_scores(sa, ta, mask, on_w, off_w, scale_t)
             rec: dict[str, Any] = {"clip_id": item["clip_id"], "image_id": item["image_id"], "word": m.word,
                                    "category": m.category, "onset": m.onset, "offset": m.offset, "how": m.how,
                                    "gs_object": obj["gs_object"], "as_object": obj["as_object"],
@@ -443,7 +441,7 @@ def summarize(records: list[dict[str, Any]], categories: Sequence[str]) -> dict[
     """Per category and over all words: mean scores and random baselines; the confusion matrices
     `[K + 1, K]` (rows: annotated categories, then background; columns: spoken categories) of the mean
     object scores."""
-    keys = [k for k in ("gs_object", "gs_word", "as_object", "as_word") for k in (k, f"random_{k}")]
+    keys = [key for k in SCORES for key in (k, f"random_{k}")]
     keys = [k for k in keys if all(k in r for r in records)] if records else keys
 
     def means(rs: list[dict[str, Any]]) -> dict[str, Any]:
