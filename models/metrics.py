@@ -268,8 +268,10 @@ def recall_metrics(images: np.ndarray, captions: np.ndarray, image_of: np.ndarra
 
 def caption_recall(emb: dict[str, np.ndarray], image_of: np.ndarray, ks: tuple[int, ...] = (1, 5, 10),
                    folds: int = 1) -> dict[str, Any]:
-    """Recall metrics of one split's embeddings (`image` per image, `speech` and optional `text` per
-    caption): image <-> speech (rsum counts these), and image <-> text when there is text."""
+    """Recall metrics of one split's embeddings (`image` per image, `speech` and/or `text` per caption):
+    image <-> speech (rsum counts these; without speech, image <-> text), and image <-> text when there is text."""
+    if "speech" not in emb:
+        return recall_metrics(emb["image"], emb["text"], image_of, ks, caption="text", folds=folds)
     out = recall_metrics(emb["image"], emb["speech"], image_of, ks, caption="speech", folds=folds)
     if "text" in emb and len(emb["text"]):
         text = recall_metrics(emb["image"], emb["text"], image_of, ks, caption="text", folds=folds)

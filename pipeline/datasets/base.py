@@ -25,7 +25,10 @@ class Clip:
 
     `split` is the corpus's published split (train / val / test), `fold` a cross-validation fold;
     `group` ties items that describe the same thing (the 5 spoken captions of one image);
-    `words` are (word, start s, end s) timestamps of a spoken caption."""
+    `words` are (word, start s, end s) timestamps of a spoken caption; `box` is the region (x, y, w, h, in the
+    image's pixels) that a phrase names and `image_size` the (W, H) of the item's image (Visual Genome).
+    Like `text` and `words`, both are annotations: they stay out of `Manifest.clip_keys` (media identity);
+    a task that scores them puts them in its own digest."""
 
     clip_id: str
     media: dict[str, Path]
@@ -38,6 +41,8 @@ class Clip:
     group: str | None = None
     refs: dict[str, str] = field(default_factory=dict)
     words: tuple[tuple[str, float, float], ...] = ()
+    box: tuple[float, float, float, float] | None = None
+    image_size: tuple[int, int] | None = None
 
     def source(self, *roles: str) -> Path:
         """The first media path among `roles` (e.g. 'audio', then 'video')."""
