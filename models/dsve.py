@@ -65,6 +65,7 @@ class DSVEConfig:
     dropout: float = 0.5
     text_dropout: float = 0.25
     margin: float = 0.2
+    max_violation: bool = True  # the hardest negative of the batch only (VSE++, the reference); false: every negative
     epochs: int = 60
     batch_size: int = 160
     lr: float = 1e-3
@@ -74,6 +75,8 @@ class DSVEConfig:
     eval_folds: int = 1  # test recall averaged over this many slices of the test images (5: COCO 1k); 5k: whole
     pointing_nmax: int = 180  # phrase coordinates a heatmap sums (the pointing game)
     seed: int = 0
+
+    KEY_NEUTRAL: ClassVar[dict[str, Any]] = {"max_violation": True}
 
     def __post_init__(self) -> None:
         checks = [(self.epochs >= 1, "epochs must be >= 1"), (self.batch_size >= 2, "batch_size must be >= 2"),
@@ -209,7 +212,7 @@ class DSVETrainer(EpochTrainer):
         else:
             caption = self.model.caption(words, lengths)
         with torch.autocast(self.torch_device.type, enabled=False):
-            loss = _losses.ContrastiveLoss(self.config.margin, max_violation=True)(image.float(), caption.float())
+            loss = _losses.ContrastiveLoss(self.config.margin, self.config.max_violation)(image.float(), caption.float())
         return loss, {"loss": float(loss.detach())}
 
     def validate(self, val: Items) -> dict[str, float]:

@@ -344,6 +344,35 @@ def report_cmd(dataset: str | None, out: str | None, config_path: str, cache: st
         click.echo(f"report: {page}")
 
 
+@main.command("embed")
+@click.option("--run", "run_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="a completed train run's directory (its model embeds)")
+@click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
+              help="a folder of images: each file's image embedding")
+@click.option("--texts", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="a text file: each line's text embedding")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for the stores (image/, text/)")
+@click.option("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+def embed_cmd(run_dir: str, images: str | None, texts: str | None, out: str, device: str) -> None:
+    """Embed new images and sentences with a trained run (DSVE-loc's feature extraction) into stores."""
+    from pathlib import Path
+
+    from .embed import EmbedError, embed_images, embed_texts
+
+    if not images and not texts:
+        _fail("give --images FOLDER and/or --texts FILE")
+    run, dest = Path(run_dir), Path(out)
+    if not (run / "metrics.json").exists() or not (run / "model.pt").exists():
+        _fail(f"{run} is not a completed train run (no metrics.json / model.pt); run its train stage first")
+    try:
+        if texts:
+            click.echo(f"text embeddings: {embed_texts(run, Path(texts), dest)}")
+        if images:
+            click.echo(f"image embeddings: {embed_images(run, Path(images), dest, device=device)}")
+    except (EmbedError, ValueError) as e:
+        _fail(str(e))
+
+
 @main.command("convert-vggish")
 @click.argument("source")
 @click.argument("out")

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from .training.base import task_name
-from .training.figures import DIRECTIONS, chance_rsum, recall_table
+from .training.figures import DIRECTIONS, chance_rsum, directions, recall_table
 
 
 def collect(cache: Path, dataset: str | None = None) -> list[dict[str, Any]]:
@@ -152,7 +152,7 @@ def write_html(rows: list[dict[str, Any]], out: Path) -> Path:
         body = []
         for r in pairs:
             m = r["metrics"]
-            nums = "".join(f"<td class='num'>{m[d][k]:.1f}</td>" for d in ("image2speech", "speech2image")
+            nums = "".join(f"<td class='num'>{m[d][k]:.1f}</td>" for d in directions(m)
                            for k in ("r@1", "r@5", "r@10", "medr"))
             body.append(f"<tr><td>{e(r['dataset'])}</td><td>{e(r['stage'])}</td><td class='wrap'>{e(r['features'])}"
                         f"</td>{nums}<td class='num'>{m['rsum']:.1f}</td><td class='num'>{chance_rsum(m):.1f}</td>"
@@ -163,7 +163,7 @@ def write_html(rows: list[dict[str, Any]], out: Path) -> Path:
             "<h2>Paired items: Recall@K</h2><p>Percent of queries whose match ranks in the top K, on the test "
             "split (Places: val); medr = floor(median rank) + 1; rsum = the six R@K; chance = a random "
             "ranking's rsum.</p><table><tr><th rowspan=2>dataset</th><th rowspan=2>stage</th>"
-            "<th rowspan=2>features</th><th colspan=4>image &rarr; speech</th><th colspan=4>speech &rarr; image</th>"
+            "<th rowspan=2>features</th><th colspan=4>image &rarr; captions</th><th colspan=4>captions &rarr; image</th>"
             "<th rowspan=2>rsum</th><th rowspan=2>chance</th><th rowspan=2>test images</th><th rowspan=2></th></tr>"
             f"<tr>{heads}</tr>" + "".join(body) + "</table>")
     aligned = [r for r in pairs if r["metrics"].get("alignment", {}).get("n_words")]

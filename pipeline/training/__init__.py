@@ -10,7 +10,7 @@
 
 The runner knows none of this: it asks `resolve_runs` for the run stages and calls `run_stage`.
 """
-from . import localization  # noqa: F401  (registers the localization task)
+from . import grounding, localization  # noqa: F401  (registers the grounding and localization tasks)
 from .base import RunKeys, RunReport, TrainError, is_run_stage, task_name
 from .keys import inapplicable, resolve_runs, run_status
 from .run import load_trainer, run_stage, trainer_for

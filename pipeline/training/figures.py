@@ -62,7 +62,8 @@ def plot_pr(curves: dict[str, dict[str, Any]], path: Path, title: str,
 
 
 def plot_recall(run_dirs: dict[str, Path], path: Path, title: str, max_k: int = 50) -> None:
-    """Recall@K against K (1..max_k) per run, image -> speech and speech -> image, with a random ranking's."""
+    """Recall@K against K (1..max_k) per run, image -> captions and captions -> image (spoken, else written),
+    with a random ranking's."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,10 +73,11 @@ def plot_recall(run_dirs: dict[str, Path], path: Path, title: str, max_k: int = 
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     k = np.arange(1, max_k + 1)
-    image_of = None
+    image_of, caption = None, "speech"
     for name, run_dir in run_dirs.items():
         with np.load(run_dir / "test_embeddings.npz") as z:
-            i2c, c2i = caption_ranks(cosine_similarity(z["image"], z["speech"]), z["image_of"])
+            caption = "speech" if "speech" in z else "text"
+            i2c, c2i = caption_ranks(cosine_similarity(z["image"], z[caption]), z["image_of"])
             image_of = z["image_of"]
         for ax, ranks in zip(axes, (i2c, c2i)):
             ax.plot(k, [100 * np.mean(ranks < kk) for kk in k], label=name)
@@ -83,7 +85,7 @@ def plot_recall(run_dirs: dict[str, Path], path: Path, title: str, max_k: int = 
         chance = chance_recall(image_of, tuple(int(x) for x in k))
         for ax, d in zip(axes, ("image2caption", "caption2image")):
             ax.plot(k, [chance[d][f"r@{kk}"] for kk in k], color="grey", ls="--", lw=1, label="chance")
-    for ax, d in zip(axes, ("image -> speech", "speech -> image")):
+    for ax, d in zip(axes, (f"image -> {caption}", f"{caption} -> image")):
         ax.set_title(d)
         ax.set_xlabel("K")
         ax.set_ylim(0, 101)
@@ -146,9 +148,20 @@ def plot_history(history: dict[str, list[float]], path: Path, title: str) -> Non
     save_figure(fig, path, title, dpi=100)
 
 
+def caption_modality(m: dict[str, Any]) -> str:
+    """The captions a pairs run's rsum counts: 'speech' (spoken captions), else 'text' (written ones)."""
+    return "speech" if "image2speech" in m else "text"
+
+
+def directions(m: dict[str, Any]) -> tuple[str, str]:
+    """('image2speech', 'speech2image') or ('image2text', 'text2image'): the two directions rsum counts."""
+    c = caption_modality(m)
+    return f"image2{c}", f"{c}2image"
+
+
 def chance_rsum(m: dict[str, Any]) -> float:
-    """The rsum (R@1+5+10, image <-> speech) a random ranking gets, from a captions run's metrics."""
-    return float(sum(v for d in ("image2speech", "speech2image") for v in m["chance"][d].values()))
+    """The rsum (R@1+5+10, image <-> captions) a random ranking gets, from a captions run's metrics."""
+    return float(sum(v for d in directions(m) for v in m["chance"][d].values()))
 
 
 def _cell(m: dict[str, Any], d: str) -> str:
@@ -159,18 +172,27 @@ def recall_line(m: dict[str, Any]) -> str:
     """'image->speech R@1/5/10 ..., speech->image ..., rsum ... (chance ...)' for one captions run."""
     chance = chance_rsum(m)
     parts = [f"{d.replace('2', '->')} R@1/5/10 {m[d]['r@1']:.1f}/{m[d]['r@5']:.1f}/{m[d]['r@10']:.1f}, "
-             f"medr {m[d]['medr']:.0f}" for d in ("image2speech", "speech2image")]
-    return (f"{'; '.join(parts)}; rsum {m['rsum']:.1f} (chance {chance:.1f}) on {m['n_images']} "
+             f"medr {m[d]['medr']:.0f}" for d in directions(m)]
+    line = (f"{'; '.join(parts)}; rsum {m['rsum']:.1f} (chance {chance:.1f}) on {m['n_images']} "
             f"{m.get('evaluated_on', 'test')} images")
+    if m.get("folds", 1) > 1:
+        line += f" ({m['folds']} folds of {m['n_images'] // m['folds']})"
+    if "whole" in m:
+        w = m["whole"]
+        line += "; all at once: " + ", ".join(f"{d.replace('2', '->')} R@1 {w[d]['r@1']:.1f}" for d in directions(w))
+        line += f", rsum {w['rsum']:.1f}"
+    return line
 
 
 def recall_table(runs: dict[str, dict[str, Any]]) -> str:
     """A plain-text Recall@K table (R@1 R@5 R@10 medr each way, rsum, chance rsum) of captions runs."""
-    head = (f"{'stage':<18} {'image -> speech':>23}   {'speech -> image':>23} {'rsum':>7} {'chance':>7} {'images':>6}\n"
+    c = caption_modality(next(iter(runs.values()))) if runs else "speech"
+    head = (f"{'stage':<18} {'image -> ' + c:>23}   {c + ' -> image':>23} {'rsum':>7} {'chance':>7} {'images':>6}\n"
             f"{'':<18} {'R@1   R@5  R@10  medr':>23}   {'R@1   R@5  R@10  medr':>23}")
     lines = [head, "-" * len(head.splitlines()[0])]
     for name, m in runs.items():
         chance = chance_rsum(m)
-        lines.append(f"{name:<18} {_cell(m, 'image2speech'):>23}   {_cell(m, 'speech2image'):>23} "
+        fwd, back = directions(m)
+        lines.append(f"{name:<18} {_cell(m, fwd):>23}   {_cell(m, back):>23} "
                      f"{m['rsum']:7.1f} {chance:7.1f} {m['n_images']:>6}")
     return "\n".join(lines)

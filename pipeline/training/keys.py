@@ -33,16 +33,18 @@ def applies(impl: Any, manifest: "Manifest") -> str | None:
     return None if any(r is None for r in reasons) else reasons[-1]  # the last task is the most general fallback
 
 
-def bind_views(ctx: "Context", name: str, trainer: Any) -> dict[str, str]:
-    """View name -> the upstream feature stage it reads: the stage named in the stage's `views`, else the
-    one upstream stage of the view's modality that applies to the dataset."""
+def bind_views(ctx: "Context", name: str, trainer: Any, chosen: dict[str, str] | None = None) -> dict[str, str]:
+    """View name -> the upstream feature stage it reads: the stage named in `chosen` (an evaluate stage's
+    `views`, applying the model to other features) or in the stage's `views`, else the one upstream stage of
+    the view's modality that applies to the dataset."""
     spec = ctx.config.stages[name]
+    named = {**spec.views, **(chosen or {})}
     bound: dict[str, str] = {}
     for v in trainer.views():
         if v.form == "tokens":
             continue  # text comes from the manifest
-        if v.name in spec.views:
-            stage = spec.views[v.name]
+        if v.name in named:
+            stage = named[v.name]
             if stage not in ctx.stages:
                 raise TrainError(f"stage '{name}': view '{v.name}' reads stage '{stage}', which has no feature store "
                                  f"for dataset '{ctx.dataset}'")
@@ -84,7 +86,7 @@ def _foreign(ctx: "Context", name: str, spec: Any, impl: Any, params: dict[str, 
         if task not in getattr(trainer_cls, "tasks", ()):
             raise TrainError(f"stage '{name}' scores '{task}', which '{u}' ({trainer_cls.name}) does not learn")
         trainer = trainer_cls(trainer_cls.Config(**theirs[u].params), "cpu")
-        views = bind_views(ctx, u, trainer)
+        views = bind_views(ctx, u, trainer, spec.views)  # the evaluate stage may bind views to its own stages
         local[u] = RunKeys(u, theirs[u].implementation, "train", theirs[u].params, theirs[u].key, theirs[u].run_dir,
                            task, views)
     ident = {"implementation": spec.implementation, "version": impl.VERSION, "params": params,

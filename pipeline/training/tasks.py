@@ -318,6 +318,9 @@ class Pairs(Task):
             image_of = z["image_of"]
         try:
             out = caption_recall(emb, image_of, ks, folds)
+            if folds > 1:  # COCO's two protocols: 1k (5 folds of 1000 images, averaged) and the whole 5k
+                whole = caption_recall(emb, image_of, ks, 1)
+                out["whole"] = {k: whole[k] for k in (*figures.directions(whole), "rsum", "n_images")}
         except ValueError as e:
             raise TrainError(f"{run_dir}: {e}") from None
         if params.get("sampled_recall"):  # the VGS reference's Recall@10: 100 draws of 1000 pairs, with replacement

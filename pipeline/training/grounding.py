@@ -1,0 +1,293 @@
+"""The `grounding` task: paired items (captions or phrases grouped by image, as `pairs`) whose phrases carry a box
+in their image (Visual Genome regions) or whose images carry object masks (COCO instances). It trains and selects
+like `pairs` and scores Recall@K; it also turns each phrase into a heatmap over its image with the final model
+(DSVE-loc's localization, models/localization.py) and scores
+
+- the pointing game: a phrase hits when its heatmap's maximum falls inside its box, beside the "always the image
+  centre" baseline; the heatmaps are kept (a store, `heatmaps/`), so an evaluate stage rescores them with its own
+  `point` mode;
+- semantic segmentation, where the images have COCO instances: the heatmap of every category's name,
+  thresholded, against the category's instance masks: mAP at IoU 0.3 / 0.4 / 0.5, as the reference.
+
+Pictures in the run directory: `pointing.png` (sample images with each phrase's heatmap, its box and the point) and
+`samples/NN.png` (one image per file, every phrase).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..cache import hash_key
+from ..registry import register_task
+from ..store import FeatureStore
+from . import figures
+from .base import TrainError, atomic_json
+from .tasks import Pairs, Unit
+
+if TYPE_CHECKING:
+    from models.items import Items
+
+    from ..context import Context
+    from ..datasets import Clip, Manifest
+    from .base import RunKeys
+
+IMAGES_PER_BATCH = 32  # act maps of this many images at once: 32 x 2400 x 13 x 13 floats = 52 MB
+
+
+def _image_size(clip: "Clip") -> tuple[int, int]:
+    """(W, H) of a clip's image: from the manifest, else read from the file's header."""
+    if clip.image_size:
+        return int(clip.image_size[0]), int(clip.image_size[1])
+    from PIL import Image
+
+    with Image.open(clip.media["image"]) as im:
+        return im.size
+
+
+@register_task
+class Grounding(Pairs):
+    """Pairs whose phrases have boxes (or images COCO instances); Recall@K, the pointing game, segmentation mAP."""
+
+    name = "grounding"
+    digest_field = "grounding"
+    plot_file, plot_label = "pointing.png", "phrase heatmaps"
+
+    def __init__(self) -> None:
+        self.annotations: dict[str, Path] = {}
+
+    def applies(self, manifest: "Manifest") -> str | None:
+        if not manifest.annotations and not any(c.box is not None for c in manifest.clips):
+            return ("it scores phrase heatmaps against boxes (Visual Genome regions) or object masks (COCO instances); "
+                    "this dataset has neither")
+        return super().applies(manifest)
+
+    def digest(self, ctx: "Context") -> str:
+        from ..cache import DigestMemo
+        from ..context import cache_paths
+
+        assert ctx.manifest is not None
+        memo = DigestMemo(cache_paths(ctx.config.cache)["digests"])
+        return hash_key([super().digest(ctx), [(c.box, c.image_size) for c in ctx.manifest.clips],
+                         {s: memo.digest(p) for s, p in sorted(ctx.manifest.annotations.items())}])
+
+    def annotate(self, clips: list["Clip"], manifest: "Manifest") -> dict[str, Any]:
+        self.annotations = dict(manifest.annotations)
+        return super().annotate(clips, manifest)
+
+    def write_stores(self, ctx: "Context", rk: "RunKeys", trainer: Any, items: "Items", units: list[Unit]) -> None:
+        """Heatmaps of the test phrases that have boxes (a store: one `[h, w]` map per phrase), the segmentation
+        IoUs of the test images that have instances, and what scoring them needs (`grounding.json`)."""
+        from .run import write_embedding_store
+
+        test = items.subset(units[0].test)
+        n_max = int(getattr(trainer.config, "pointing_nmax", 180))
+        boxed = np.array([i for i, c in enumerate(test.media) if c.box is not None], dtype=np.int64)
+        records = []
+        if len(boxed):
+            heats = phrase_heatmaps(trainer, test, boxed, n_max)
+            write_embedding_store(ctx, rk, "heatmaps", [test.ids[int(i)] for i in boxed], heats,
+                                  "the best validation epoch", row="heatmap row (x columns)",
+                                  path=rk.run_dir / "heatmaps")
+            for i in boxed:
+                c = test.media[int(i)]
+                records.append({"clip_id": c.clip_id, "image_id": c.group, "text": c.text[0] if c.text else "",
+                                "box": [float(v) for v in c.box], "image_size": list(_image_size(c)),
+                                "image": str(c.media.get("image", ""))})
+        segmentation = segmentation_ious(trainer, test, self.annotations) if self.annotations else None
+        atomic_json(rk.run_dir / "grounding.json", {"n_max": n_max, "items": records, "segmentation": segmentation})
+
+    def metrics(self, run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
+        out = super().metrics(run_dir, params)
+        spec = json.loads((run_dir / "grounding.json").read_text())
+        if spec["items"]:
+            out["pointing"] = score_pointing(run_dir, spec, str(params.get("point", "corner")))
+        if spec.get("segmentation"):
+            from models.localization import segmentation_map
+
+            ious = {k: [tuple(x) for x in v] for k, v in spec["segmentation"]["ious"].items()}
+            maps = segmentation_map(ious, (0.3, 0.4, 0.5))
+            out["segmentation"] = {"map@0.3": maps[0], "map@0.4": maps[1], "map@0.5": maps[2],
+                                   "n_images": spec["segmentation"]["n_images"],
+                                   "c_thresh": spec["segmentation"]["c_thresh"]}
+        return out
+
+    def plot(self, runs: dict[str, tuple[Path, dict[str, Any]]], path: Path, title: str) -> Path:
+        figures.plot_recall({name: d for name, (d, _) in runs.items()}, path / "recall_curve.png", title)
+        for name, (run_dir, m) in runs.items():
+            if "pointing" not in m:
+                continue
+            suffix = "" if len(runs) == 1 else f"-{name}"
+            plot_pointing(run_dir, m, path / f"pointing{suffix}.png", path / f"samples{suffix}",
+                          f"{title}: {name}" if suffix else title, str(m["pointing"]["point"]))
+        first = next(iter(runs))
+        return path / (self.plot_file if len(runs) == 1 else f"pointing-{first}.png")
+
+    def line(self, metrics: dict[str, Any]) -> str:
+        tail = ""
+        p = metrics.get("pointing")
+        if p:
+            tail += (f"; pointing {100 * p['accuracy']:.1f}% (centre {100 * p['centre_baseline']:.1f}%) over "
+                     f"{p['n_phrases']} phrases")
+        s = metrics.get("segmentation")
+        if s:
+            tail += f"; segmentation mAP@0.3/0.4/0.5 {s['map@0.3']:.3f}/{s['map@0.4']:.3f}/{s['map@0.5']:.3f}"
+        return super().line(metrics) + tail
+
+    def table(self, runs: dict[str, dict[str, Any]]) -> str:
+        lines = [f"{'stage':<18} {'pointing':>9} {'centre':>7} {'phrases':>8} {'seg mAP@0.3':>12} {'@0.4':>6} {'@0.5':>6}"]
+        for name, m in runs.items():
+            p, s = m.get("pointing") or {}, m.get("segmentation") or {}
+            lines.append(f"{name:<18} " + (f"{100 * p['accuracy']:8.1f}% {100 * p['centre_baseline']:6.1f}% "
+                                           f"{p['n_phrases']:>8}" if p else f"{'':>9} {'':>7} {'':>8}")
+                         + (f" {s['map@0.3']:12.3f} {s['map@0.4']:6.3f} {s['map@0.5']:6.3f}" if s else ""))
+        return super().table(runs) + "\n\n" + "\n".join(lines)
+
+
+def _by_image(items: "Items", idx: np.ndarray) -> dict[int, list[int]]:
+    """The item indices `idx` grouped by their image (group), in first-seen order."""
+    assert items.group_of is not None
+    groups: dict[int, list[int]] = {}
+    for i in idx:
+        groups.setdefault(int(items.group_of[int(i)]), []).append(int(i))
+    return groups
+
+
+def phrase_heatmaps(trainer: Any, items: "Items", idx: np.ndarray, n_max: int) -> np.ndarray:
+    """Each item's phrase heatmap over its own image, `[len(idx), h, w]` (in `idx` order)."""
+    from models.localization import heatmaps
+
+    texts = items.data["text"].texts
+    emb = trainer.text_embeddings([texts[int(i)] for i in idx])
+    row = {int(i): k for k, i in enumerate(idx)}
+    fc = trainer.fc_weight()
+    by_image = list(_by_image(items, idx).items())
+    out: np.ndarray | None = None
+    for a in range(0, len(by_image), IMAGES_PER_BATCH):
+        chunk = by_image[a:a + IMAGES_PER_BATCH]
+        maps = trainer.act_maps(items, np.array([g for g, _ in chunk], dtype=np.int64))
+        for act, (_, members) in zip(maps, chunk):
+            rows = [row[i] for i in members]
+            h = heatmaps(act, emb[rows], fc, n_max)
+            if out is None:
+                out = np.zeros((len(idx), *h.shape[1:]), dtype=np.float32)
+            out[rows] = h
+    assert out is not None
+    return out
+
+
+def score_pointing(run_dir: Path, spec: dict[str, Any], point: str) -> dict[str, Any]:
+    """Pointing-game accuracy of a run's stored heatmaps (`point`: corner or center), and the centre baseline."""
+    from models.localization import centre_baseline, pointing_from_heatmaps
+
+    if point not in ("corner", "center"):
+        raise TrainError(f"point must be corner or center, got {point!r}")
+    store = FeatureStore(run_dir / "heatmaps")
+    hits, centre = [], []
+    for it in spec["items"]:
+        box = np.asarray([it["box"]], dtype=np.float64)
+        size = tuple(it["image_size"])
+        hits.append(bool(pointing_from_heatmaps(np.asarray(store[it["clip_id"]])[None], box, size, point=point)[0]))
+        centre.append(bool(centre_baseline(box, size)[0]))
+    return {"accuracy": float(np.mean(hits)), "centre_baseline": float(np.mean(centre)), "n_phrases": len(hits),
+            "n_images": len({it["image_id"] for it in spec["items"]}), "point": point, "n_max": spec["n_max"]}
+
+
+def segmentation_ious(trainer: Any, items: "Items", annotations: dict[str, Path], c_thresh: float = 0.45,
+                      out_dim: tuple[int, int] = (200, 200)) -> dict[str, Any] | None:
+    """The reference's semantic segmentation: for every test image with COCO instances and every category, the
+    IoU of the category name's thresholded heatmap with the category's masks ((0, 0) where it is absent)."""
+    from models.alignment import load_masks
+    from models.localization import annotated_categories, binary_heatmap, category_sentence, instance_mask, iou
+
+    sources = [load_masks(p) for _, p in sorted(annotations.items())]
+    categories = list(dict.fromkeys(c for m in sources for c in m.categories))
+    concept = dict(zip(categories, trainer.text_embeddings([category_sentence(c) for c in categories])))
+    fc = trainer.fc_weight()
+    firsts = items.group_firsts()
+    found = []
+    for g, first in enumerate(firsts):
+        gid = items.groups[g]
+        image_id = int(gid) if str(gid).isdigit() else None
+        src = next((m for m in sources if image_id is not None and image_id in m.coco.imgs), None)
+        if src is not None:
+            found.append((g, image_id, src))
+    if not found:
+        return None
+    ious: dict[str, list[list[float]]] = {c: [] for c in categories}
+    for a in range(0, len(found), IMAGES_PER_BATCH):
+        chunk = found[a:a + IMAGES_PER_BATCH]
+        maps = trainer.act_maps(items, np.array([g for g, _, _ in chunk], dtype=np.int64))
+        for act, (_, image_id, src) in zip(maps, chunk):
+            present = set(annotated_categories(src, image_id))  # crowd regions count, as the reference's
+            for c in categories:
+                if c in present:
+                    hm = binary_heatmap(act, concept[c], fc, c_thresh, out_dim)
+                    ious[c].append([float(iou(hm, instance_mask(src, image_id, c, out_dim))), 1])
+                else:
+                    ious[c].append([0.0, 0])
+    return {"ious": ious, "n_images": len(found), "c_thresh": c_thresh, "out_dim": list(out_dim)}
+
+
+def plot_pointing(run_dir: Path, m: dict[str, Any], path: Path, samples: Path, title: str, point: str,
+                  n_images: int = 4, per_image: int = 4) -> None:
+    """Sample images with phrase heatmaps (bilinear over the image), the phrase's box and the heatmap's point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from models.alignment import resize_bilinear
+    from models.localization import pointing_from_heatmaps
+
+    spec = json.loads((run_dir / "grounding.json").read_text())
+    store = FeatureStore(run_dir / "heatmaps")
+    by_image: dict[str, list[dict[str, Any]]] = {}
+    for it in spec["items"]:
+        by_image.setdefault(it["image_id"], []).append(it)
+    chosen = list(by_image.items())[:n_images]
+    if not chosen:
+        return
+
+    def draw(ax: Any, it: dict[str, Any], picture: np.ndarray) -> None:
+        heat = np.asarray(store[it["clip_id"]], dtype=np.float64)
+        W, H = it["image_size"]
+        ax.imshow(picture)
+        ax.imshow(resize_bilinear(heat, (picture.shape[0], picture.shape[1])), cmap="jet", alpha=0.45)
+        sx, sy = picture.shape[1] / W, picture.shape[0] / H
+        x, y, w, h = it["box"]
+        hit = bool(pointing_from_heatmaps(heat[None], np.asarray([it["box"]]), (W, H), point=point)[0])
+        ax.add_patch(plt.Rectangle((x * sx, y * sy), w * sx, h * sy, fill=False, lw=2,
+                                   color="lime" if hit else "red"))
+        r, c = np.unravel_index(heat.T.argmax(), heat.T.shape)[::-1]  # row, column of the reference's argmax
+        off = 0.5 if point == "center" else 0.0
+        ax.plot((c + off) * picture.shape[1] / heat.shape[1], (r + off) * picture.shape[0] / heat.shape[0],
+                marker="x", color="white", ms=10, mew=3)
+        ax.set_title(f"{it['text'][:40]}\n{'hit' if hit else 'miss'}", fontsize=8)
+        ax.axis("off")
+
+    def picture(it: dict[str, Any]) -> np.ndarray:
+        with Image.open(it["image"]) as im:
+            return np.asarray(im.convert("RGB"))
+
+    cols = min(per_image, max(len(v) for _, v in chosen))
+    fig, axes = plt.subplots(len(chosen), cols, figsize=(2.6 * cols, 2.8 * len(chosen)), squeeze=False)
+    for row, (_, its) in zip(axes, chosen):
+        pic = picture(its[0])
+        for ax, it in zip(row, its[:cols]):
+            draw(ax, it, pic)
+        for ax in row[len(its[:cols]):]:
+            ax.axis("off")
+    p = m["pointing"]
+    figures.save_figure(fig, path, f"{title}\npointing {100 * p['accuracy']:.1f}% (centre "
+                                   f"{100 * p['centre_baseline']:.1f}%), point = {point}", dpi=90)
+    samples.mkdir(parents=True, exist_ok=True)
+    for k, (_, its) in enumerate(chosen):
+        pic = picture(its[0])
+        fig, axes = plt.subplots(1, len(its), figsize=(2.6 * len(its), 2.9), squeeze=False)
+        for ax, it in zip(axes[0], its):
+            draw(ax, it, pic)
+        figures.save_figure(fig, samples / f"{k:02d}.png", f"image {its[0]['image_id']}", dpi=90)
