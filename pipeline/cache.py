@@ -117,3 +117,11 @@ class DigestMemo:
                 log.debug("digest memo %s not updated: %s", self.path, e)
         self._memory[sp] = (st.st_size, st.st_mtime_ns, d)
         return d
+
+
+def key_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
+    """`params` as they enter a cache key: a param added to a Config after its stores or runs were cached
+    (listed in the Config's KEY_NEUTRAL with the value that keeps the old behaviour) is left out at that
+    value, so adding it does not invalidate every existing cache entry."""
+    neutral = getattr(cls, "KEY_NEUTRAL", {})
+    return {k: v for k, v in params.items() if not (k in neutral and v == neutral[k])}

@@ -15,6 +15,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from .cache import key_params  # noqa: F401  (here too: where the runner and the training keys import it)
 from .media.common import DEFAULT_TIMEOUT
 from .registry import DATASETS, EVALUATORS, EXTRACTORS, TRAINERS, RegistryError
 
@@ -204,14 +205,6 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     else:
         return value
     raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-
-
-def key_params(cls: type, params: dict[str, Any]) -> dict[str, Any]:
-    """`params` as they enter a cache key: a param added to a Config after its stores or runs were cached
-    (listed in the Config's KEY_NEUTRAL with the value that keeps the old behaviour) is left out at that
-    value, so adding it does not invalidate every existing cache entry."""
-    neutral = getattr(cls, "KEY_NEUTRAL", {})
-    return {k: v for k, v in params.items() if not (k in neutral and v == neutral[k])}
 
 
 def coerce_params(cls: type, params: dict[str, Any] | None, where: str) -> dict[str, Any]:

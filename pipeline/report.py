@@ -19,8 +19,9 @@ def collect(cache: Path, dataset: str | None = None) -> list[dict[str, Any]]:
     rows = []
     for path in sorted((cache / "runs").glob(f"{dataset or '*'}/*/metrics.json")):
         metrics = json.loads(path.read_text())
-        captions = task_name(metrics.get("task")) in ("pairs", "localization") and "rsum" in metrics
-        if "folds" not in metrics and not captions:  # an evaluate stage's table, not a train run
+        captions = task_name(metrics.get("task")) in ("pairs", "localization", "grounding") and "rsum" in metrics
+        if "folds" not in metrics and not captions:  # an evaluate stage's table, not a train run ...
+            rows.extend(_transferred(path.parent, metrics))  # ... unless it applied another dataset's models
             continue
         info = yaml.safe_load((path.parent / "params.yaml").read_text())
         views = info.get("upstream", {})
@@ -43,6 +44,50 @@ def collect(cache: Path, dataset: str | None = None) -> list[dict[str, Any]]:
         rows.append(row)
     rows.sort(key=lambda r: (r["dataset"], -r["completed"]))
     return rows
+
+
+def _transferred(run_dir: Path, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of an evaluate run that applied models trained on another dataset (`model_dataset`): one per model,
+    scored on this run's dataset (the COCO model's pointing game on Visual Genome)."""
+    rows = []
+    info = yaml.safe_load((run_dir / "params.yaml").read_text())
+    for name, m in (metrics.get("runs") or {}).items():
+        if not m.get("model_dataset") or "rsum" not in m:
+            continue
+        trained = Path(m.get("run", "")) / "params.yaml"
+        ups = (yaml.safe_load(trained.read_text()).get("upstream") or {}) if trained.is_file() else {}
+        random = any(v.get("random_weights") for v in ups.values())
+        rows.append({"dataset": info["dataset"], "stage": f"{name} ({info['stage']})", "implementation": m["implementation"],
+                     "params": dict(info["params"]), "random_weights": random,
+                     "features": f"model trained on {m['model_dataset']} ("
+                                 + " + ".join(f"{v['stage']}{' (random weights)' if v.get('random_weights') else ''}"
+                                              for v in ups.values()) + ")", "completed": metrics.get("completed", 0.0), "run_dir": str(run_dir / name),
+                     "task": "captions", "metrics": m, "plot": run_dir / "recall_curve.png"})
+    return rows
+
+
+def _grounding_section(rows: list[dict[str, Any]]) -> str:
+    """Grounding runs: pointing accuracy beside the centre baseline, segmentation mAP, and the heatmap pictures."""
+    e = html.escape
+    body, pictures = [], []
+    for r in rows:
+        p, sg = r["metrics"].get("pointing") or {}, r["metrics"].get("segmentation") or {}
+        point = (f"<td class='num'>{100 * p['accuracy']:.1f}%</td><td class='num'>{100 * p['centre_baseline']:.1f}%</td>"
+                 f"<td class='num'>{p['n_phrases']}</td><td>{e(p['point'])}</td>") if p else "<td></td>" * 4
+        seg = "".join(f"<td class='num'>{sg[k]:.3f}</td>" for k in ("map@0.3", "map@0.4", "map@0.5")) if sg else \
+            "<td></td>" * 3
+        body.append(f"<tr><td>{e(r['dataset'])}</td><td>{e(r['stage'])}</td><td class='wrap'>{e(r['features'])}</td>"
+                    f"{point}{seg}<td>{_details(r)}</td></tr>")
+        run_dir = Path(r["run_dir"])
+        shown = [q for q in (run_dir.parent / "pointing.png", run_dir / "pointing.png") if q.exists()][:1]
+        if shown:
+            pictures.append(f"<h3>{e(r['dataset'])} / {e(r['stage'])}</h3>" + _chart(shown[0]))
+    return ("<h2>Phrases on images: pointing game and segmentation</h2><p>Pointing: a phrase hits when its heatmap's "
+            "maximum lies inside its box (Visual Genome regions); centre = always pointing at the image centre. "
+            "Segmentation: each COCO category name's thresholded heatmap against its instance masks, mAP at IoU "
+            "0.3 / 0.4 / 0.5 (the reference's AP).</p><table><tr><th>dataset</th><th>stage</th><th>features</th>"
+            "<th>pointing</th><th>centre</th><th>phrases</th><th>point</th><th>mAP@0.3</th><th>@0.4</th><th>@0.5</th>"
+            "<th></th></tr>" + "".join(body) + "</table>" + "".join(pictures))
 
 
 def _params(p: dict[str, Any]) -> str:
@@ -169,6 +214,9 @@ def write_html(rows: list[dict[str, Any]], out: Path) -> Path:
     aligned = [r for r in pairs if r["metrics"].get("alignment", {}).get("n_words")]
     if aligned:
         sections.append(_alignment_section(aligned))
+    grounded = [r for r in pairs if r["metrics"].get("pointing") or r["metrics"].get("segmentation")]
+    if grounded:
+        sections.append(_grounding_section(grounded))
     charts = []
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         mine = [r for r in rows if r["dataset"] == dataset and r["task"] == "classes"]

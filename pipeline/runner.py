@@ -413,6 +413,11 @@ def _compute_stage(ctx: Context, sk: StageKeys, execution: ExecutionParams, on_p
                 cache_key=sk.store_key, clips=chunk, clip_keys=keys,
                 upstream=upstream.subset(c.clip_id for c in chunk) if upstream is not None else None,
                 upstream_attrs=upstream.attrs if upstream is not None else None))
+        if todo:
+            impl = implementation(sk.implementation)
+            if hasattr(impl, "expected_size"):  # big image maps: say how much disk this run will take before it starts
+                notice(f"{name}: {impl(impl.Config(**sk.params)).expected_size(len(todo))} to write "
+                       f"({len(copies):,} of them copies of a shared picture's row)")
         if on_plan:
             on_plan(report, len(todo))
 
@@ -693,6 +698,14 @@ def _without_foreign_training(cfg: PipelineConfig, names: list[str], targets: li
         readers = [m for m in names if n in cfg.stages[m].upstream]
         if cfg.stages[n].implementation in TRAINERS and n not in targets and readers and set(readers) <= foreign:
             drop.add(n)
+    for n in list(drop):  # its feature stages too, where every evaluate stage applying it binds its views elsewhere
+        impl = TRAINERS.get(cfg.stages[n].implementation)
+        views = [v.name for v in impl(impl.Config(**cfg.params_for(n, dataset)), "cpu").views() if v.form != "tokens"]
+        readers = [m for m in names if n in cfg.stages[m].upstream]
+        if all(v in cfg.stages[m].views for m in readers for v in views):
+            kept = [m for m in names if m not in drop]
+            drop.update(u for u in cfg.stages[n].upstream
+                        if u not in targets and not any(u in cfg.stages[m].upstream for m in kept))
     return [n for n in names if n not in drop]
 
 

@@ -44,7 +44,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from ..config import key_params
+from ..cache import key_params
 from ..registry import register_dataset
 from .base import MARKER, DatasetError, GeneratedDataset, Manifest
 
