@@ -42,7 +42,7 @@ from pipeline.registry import register_evaluator, register_trainer
 
 from ._lazy import lazy
 from .items import Items, View
-from .loop import EpochTrainer, autocast
+from .loop import EpochTrainer, autocast, shuffled_batches
 from .metrics import caption_recall
 
 torch = lazy("torch")
@@ -196,11 +196,7 @@ class DSVETrainer(EpochTrainer):
         return self.config.lr * self.config.lr_gamma ** bisect.bisect_right(list(self.config.lr_milestones), epoch - 1)
 
     def batches(self, train: Items, epoch: int) -> Any:
-        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(train))
-        for a in range(0, len(order), self.config.batch_size):
-            idx = order[a:a + self.config.batch_size]
-            if len(idx) >= 2:  # a batch of one has no negatives
-                yield idx
+        return shuffled_batches(len(train), self.config.batch_size, self.config.seed, epoch)
 
     def batch_loss(self, train: Items, idx: np.ndarray, epoch: int) -> tuple["torch.Tensor", dict[str, float]]:
         assert self.model is not None and train.group_of is not None

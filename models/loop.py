@@ -17,6 +17,8 @@ import logging
 import math
 from typing import Any, Callable, ClassVar, Iterable
 
+import numpy as np
+
 from ._lazy import lazy
 from .base import Trainer
 
@@ -28,6 +30,16 @@ log = logging.getLogger(__name__)
 def autocast(device: "torch.device") -> Any:
     """bf16 autocast on CUDA; nothing on a CPU (where it would only be slower)."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def shuffled_batches(n: int, batch_size: int, seed: int, epoch: int) -> Iterable[np.ndarray]:
+    """Indices 0..n-1 in an order seeded by (seed, epoch), cut into batches; a last batch of one (no negatives) is
+    dropped."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    for a in range(0, n, batch_size):
+        idx = order[a:a + batch_size]
+        if len(idx) >= 2:
+            yield idx
 
 
 class EpochTrainer(Trainer):

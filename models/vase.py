@@ -42,7 +42,7 @@ from pipeline.registry import register_trainer
 
 from .items import PAD, START, END, UNK, Items, View, build_vocab, encode_texts, tokenize  # noqa: F401
 from ._lazy import lazy
-from .loop import EpochTrainer, autocast
+from .loop import EpochTrainer, autocast, shuffled_batches
 from .metrics import caption_recall
 from .pictures import ImageCNN
 
@@ -347,11 +347,7 @@ class VASETrainer(EpochTrainer):
         return self.config.lr * 0.1 ** (epoch // self.config.lr_update)
 
     def batches(self, train: CaptionData, epoch: int) -> Any:
-        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(train))
-        for a in range(0, len(order), self.config.batch_size):
-            idx = order[a:a + self.config.batch_size]
-            if len(idx) >= 2:  # a batch of one has no negatives
-                yield idx
+        return shuffled_batches(len(train), self.config.batch_size, self.config.seed, epoch)
 
     def batch_loss(self, train: CaptionData, idx: np.ndarray, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
         views = self._forward(train, idx)

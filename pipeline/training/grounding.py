@@ -25,7 +25,7 @@ from ..registry import register_task
 from ..store import FeatureStore
 from . import figures
 from .base import TrainError, atomic_json
-from .tasks import Pairs, Unit
+from .tasks import Pairs, Unit, annotations_digest
 
 if TYPE_CHECKING:
     from models.items import Items
@@ -65,13 +65,8 @@ class Grounding(Pairs):
         return super().applies(manifest)
 
     def digest(self, ctx: "Context") -> str:
-        from ..cache import DigestMemo
-        from ..context import cache_paths
-
         assert ctx.manifest is not None
-        memo = DigestMemo(cache_paths(ctx.config.cache)["digests"])
-        return hash_key([super().digest(ctx), [(c.box, c.image_size) for c in ctx.manifest.clips],
-                         {s: memo.digest(p) for s, p in sorted(ctx.manifest.annotations.items())}])
+        return hash_key([super().digest(ctx), [(c.box, c.image_size) for c in ctx.manifest.clips], annotations_digest(ctx)])
 
     def annotate(self, clips: list["Clip"], manifest: "Manifest") -> dict[str, Any]:
         self.annotations = dict(manifest.annotations)

@@ -22,7 +22,7 @@ from ..registry import register_task
 from ..store import FeatureStore
 from . import figures
 from .base import TrainError, atomic_json
-from .tasks import Pairs, Unit
+from .tasks import Pairs, Unit, annotations_digest
 
 if TYPE_CHECKING:
     from models.items import Items
@@ -55,13 +55,8 @@ class Localization(Pairs):
         return super().applies(manifest)
 
     def digest(self, ctx: "Context") -> str:
-        from ..cache import DigestMemo
-        from ..context import cache_paths
-
         assert ctx.manifest is not None
-        memo = DigestMemo(cache_paths(ctx.config.cache)["digests"])  # COCO's instances json is 160 MB: hashed once
-        return hash_key([super().digest(ctx), [list(c.words) for c in ctx.manifest.clips],
-                         {s: memo.digest(p) for s, p in sorted(ctx.manifest.annotations.items())}])
+        return hash_key([super().digest(ctx), [list(c.words) for c in ctx.manifest.clips], annotations_digest(ctx)])
 
     def annotate(self, clips: list["Clip"], manifest: "Manifest") -> dict[str, Any]:
         self.annotations = dict(manifest.annotations)

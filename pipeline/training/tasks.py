@@ -245,6 +245,16 @@ def _summarise(per_fold: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def annotations_digest(ctx: "Context") -> dict[str, str]:
+    """Split -> content digest of the dataset's annotation files (COCO instances: 160 MB, hashed once and memoized)."""
+    from ..cache import DigestMemo
+    from ..context import cache_paths
+
+    assert ctx.manifest is not None
+    memo = DigestMemo(cache_paths(ctx.config.cache)["digests"])
+    return {s: memo.digest(p) for s, p in sorted(ctx.manifest.annotations.items())}
+
+
 @register_task
 class Pairs(Task):
     """Items grouped by a shared item (captions of an image); the published split; Recall@K both ways."""
