@@ -66,7 +66,7 @@ LAYOUTS = ("a skip-thoughts directory (utable.npy [V, D] + dictionary.txt, one w
            "a GloVe text file ('word v1 ... vD' lines, no header); or random:SEED (not pretrained)")
 
 
-class WordVectorsError(RuntimeError):
+class WordVectorsError(ValueError):
     """Word vectors could not be found or read; the message names the file and the layouts accepted."""
 
 

@@ -275,7 +275,10 @@ def _evaluate_foreign(ctx: "Context", rk: RunKeys, name: str, task: Task) -> tup
     if not (theirs.run_dir / "metrics.json").exists():
         raise TrainError(f"train stage '{name}' has not completed on dataset '{trained_on}' ({theirs.run_dir}); run "
                          f"`pipeline run train --dataset {trained_on} --stage {name}` first")
-    trainer = load_trainer(theirs.run_dir)
+    try:
+        trainer = load_trainer(theirs.run_dir)
+    except (ValueError, OSError) as e:  # e.g. its word vectors file moved or changed
+        raise TrainError(f"cannot load the model of {theirs.run_dir}: {e}") from None
     try:
         items, skipped = read_items(ctx, local, trainer, task)
     except (ValueError, StoreError) as e:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from pipeline import open_store
 from pipeline.cli import main
-from pipeline.runner import run
+from pipeline.runner import PipelineError, run
 
 from ..conftest import write_config
 
@@ -105,3 +105,9 @@ def test_embed_new_images_and_sentences(trained, tmp_path):
         gid = str(int(name.rsplit("_", 1)[-1].split(".")[0]))
         np.testing.assert_allclose(img[name][0], emb[groups.index(gid)], atol=1e-4)
     assert np.allclose(np.linalg.norm(txt["1"][0]), 1, atol=1e-5)
+
+
+def test_a_missing_word_vectors_file_is_one_clear_error(trained):
+    cfg, _, _ = trained
+    with pytest.raises(PipelineError, match=r"word vectors '/nonexistent/v.txt'.*does not exist. Accepted: a skip-thoughts"):
+        run("train", config=cfg, dataset="scenes", stage="dsve", overrides=["dsve.word_vectors=/nonexistent/v.txt"])
