@@ -72,11 +72,13 @@ class DSVEConfig:
     lr_gamma: float = 0.5
     lr_milestones: list[int] = field(default_factory=lambda: [2, 3, 4, 5, 6])
     text_epoch: int = 2  # the SRU is frozen before this epoch
+    finetune_epoch: int | None = None  # from this epoch on ResNet-152's layer3 and layer4 train too, on raw pictures
+    # (random resized crops + flips; the reference's fepoch, 8); None: the stored maps throughout
     eval_folds: int = 1  # test recall averaged over this many slices of the test images (5: COCO 1k); 5k: whole
     pointing_nmax: int = 180  # phrase coordinates a heatmap sums (the pointing game)
     seed: int = 0
 
-    KEY_NEUTRAL: ClassVar[dict[str, Any]] = {"max_violation": True}
+    KEY_NEUTRAL: ClassVar[dict[str, Any]] = {"max_violation": True, "finetune_epoch": None}
 
     def __post_init__(self) -> None:
         checks = [(self.epochs >= 1, "epochs must be >= 1"), (self.batch_size >= 2, "batch_size must be >= 2"),
@@ -85,6 +87,7 @@ class DSVEConfig:
                   (self.sru_layers >= 1, "sru_layers must be >= 1"), (self.eval_folds >= 1, "eval_folds must be >= 1"),
                   (min(self.map_channels, self.embed_size, self.word_dim) >= 1, "sizes must be >= 1"),
                   (self.pointing_nmax >= 1, "pointing_nmax must be >= 1"),
+                  (self.finetune_epoch is None or self.finetune_epoch >= 0, "finetune_epoch must be >= 0 (or null)"),
                   (list(self.lr_milestones) == sorted(self.lr_milestones), "lr_milestones must be increasing")]
         for ok, msg in checks:
             if not ok:
@@ -105,6 +108,35 @@ class DSVETrainer(EpochTrainer):
         super().__init__(config, device)
         self.vectors: Any = None  # models.text.WordVectors
         self.in_channels = 0
+        self.extractor: Any = None  # the image view's resnet152 extractor, when its trunk is fine-tuned
+        self.trunk_live = False  # the model's trunk weights differ from the stored maps' (a fine-tuned epoch is in them)
+
+    @classmethod
+    def create(cls, config: Any, device: str, stages: dict[str, dict[str, Any]], restoring: bool = False) -> "DSVETrainer":
+        """A trainer for a run; with `finetune_epoch` it also runs the image stage's ResNet-152 on raw pictures
+        (restoring a saved run: its architecture only, the weights come from the run's model)."""
+        trainer = cls(config, device)
+        if trainer.config.finetune_epoch is not None:
+            stage = stages["image"]
+            if stage["implementation"] != "resnet152":
+                raise ValueError(f"finetune_epoch trains ResNet-152's layer3 and layer4, and the image view reads stage "
+                                 f"'{stage['stage']}' ({stage['implementation']}): bind it to a resnet152 stage")
+            from extractors.resnet152 import ResNet152 as ext
+
+            params = {**stage["params"], "weights": "random:0"} if restoring else dict(stage["params"])
+            trainer.extractor = ext(ext.Config(**params))
+        return trainer
+
+    def needs_media(self, clip: Any) -> str | None:
+        if self.extractor is not None and "image" not in clip.media:
+            return "no raw picture (finetune_epoch trains ResNet-152 on the dataset's images)"
+        return None
+
+    def media_data(self, items: Items) -> dict[str, Any]:
+        """With `finetune_epoch`: each group's raw picture (its first item's), read as the image stage reads it."""
+        if self.extractor is None:
+            return {}
+        return {"pictures": Pictures(self.extractor, [items.media[int(i)] for i in items.group_firsts()])}
 
     def views(self) -> list[View]:
         return [View("image", "visual", "map", per="group", dtype="float32"), View("text", "text", "tokens")]
@@ -113,11 +145,14 @@ class DSVETrainer(EpochTrainer):
         return frozenset({"image"})
 
     def describe(self) -> dict[str, Any]:
-        if self.vectors is None:
-            return {}
-        return {"word_vectors": {"spec": self.config.word_vectors, "words": len(self.vectors.words),
-                                 "dim": int(self.vectors.dim), "digest": self.vectors.digest,
-                                 "pretrained": not str(self.config.word_vectors).startswith("random:")}}
+        spec = str(self.config.word_vectors)
+        out: dict[str, Any] = {"word_vectors": {"spec": spec, "pretrained": not spec.startswith("random:")}}
+        if self.vectors is not None:
+            out["word_vectors"].update(words=len(self.vectors.words), dim=int(self.vectors.dim), digest=self.vectors.digest)
+        if self.extractor is not None:
+            out["finetune"] = {"from_epoch": self.config.finetune_epoch, "trained": "layer3, layer4",
+                               "augment": "random resized crop (scale 0.08-1) + horizontal flip"}
+        return out
 
     # -- building and state ------------------------------------------------------------------------
 
@@ -135,16 +170,19 @@ class DSVETrainer(EpochTrainer):
         """A freshly initialised model (seeded) on `in_channels`-channel maps and `vectors`, and its optimizer."""
         cfg = self.config
         self.in_channels, self.vectors = int(in_channels), vectors
+        trunk = _nets.Trunk(self.extractor.network()) if self.extractor is not None else None
         torch.manual_seed(cfg.seed)
         self.model = _nets.DSVEModel(in_channels, cfg.map_channels, cfg.embed_size, cfg.n_max, cfg.dropout,
-                                     int(vectors.dim), cfg.sru_layers, cfg.text_dropout).to(self.torch_device)
+                                     int(vectors.dim), cfg.sru_layers, cfg.text_dropout, trunk).to(self.torch_device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         return self
 
     def state_dict(self) -> dict[str, Any]:
         assert self.model is not None and self.vectors is not None
         random = str(self.config.word_vectors).startswith("random:")
-        return {"model": self.best_state or self.model.state_dict(), "in_channels": self.in_channels,
+        ft = self.config.finetune_epoch
+        live = (ft is not None and self.best_epoch >= ft) if self.best_state is not None else self.trunk_live
+        return {"model": self.best_state or self.model.state_dict(), "in_channels": self.in_channels, "trunk_live": live,
                 "words": list(self.vectors.words) if random else [], "vectors_digest": self.vectors.digest,
                 "best_epoch": int(self.best_epoch), "best_rsum": float(self.best_score)}
 
@@ -157,13 +195,40 @@ class DSVETrainer(EpochTrainer):
         self.build(int(state["in_channels"]), vectors)
         self.model.load_state_dict(state["model"])
         self.best_epoch, self.best_score = int(state.get("best_epoch", -1)), float(state.get("best_rsum", -math.inf))
+        self.trunk_live = bool(state.get("trunk_live", False))
+        return self
+
+    def resume(self, ckpt: dict[str, Any]) -> "DSVETrainer":
+        super().resume(ckpt)
+        ft = self.config.finetune_epoch
+        self.trunk_live = ft is not None and self.epoch >= ft  # the current weights, not the best ones
         return self
 
     # -- inputs ------------------------------------------------------------------------------------
 
-    def _maps(self, items: Items, groups: np.ndarray) -> "torch.Tensor":
-        x = np.ascontiguousarray(items.data["image"][groups], dtype=np.float32)
-        return torch.from_numpy(x).to(self.torch_device)
+    def _maps(self, items: Items, groups: np.ndarray, train: bool = False) -> "torch.Tensor":
+        """`[B, h, w, 2048]` maps of the images `groups`: the stored ones, or, once the trunk trains (and after),
+        the trunk's on the raw pictures (random resized crop + flip in training, the store's resize otherwise)."""
+        if not (train and self._tuning) and not self.trunk_live:
+            x = np.ascontiguousarray(items.data["image"][groups], dtype=np.float32)
+            return torch.from_numpy(x).to(self.torch_device)
+        pics = items.data["pictures"]
+        x = pics.augmented(groups, self.extractor.config.image_size) if train else pics.stored(groups)
+        return self.model.trunk(self._normalise(x))
+
+    def _normalise(self, x: "torch.Tensor") -> "torch.Tensor":
+        """uint8 `[B, 3, s, s]` -> float, ImageNet mean/std (the extractor's), on the device."""
+        t = self.extractor.preprocessing
+        x = x.to(self.torch_device).float().div_(255.0)
+        return (x - torch.tensor(t.mean, device=x.device).view(1, 3, 1, 1)) / torch.tensor(t.std, device=x.device).view(1, 3, 1, 1)
+
+    def picture_embeddings(self, pictures: np.ndarray) -> np.ndarray:
+        """Embeddings of uint8 `[B, s, s, 3]` pictures (the extractor's input) through the fine-tuned trunk."""
+        assert self.model is not None and self.model.trunk is not None
+        self.model.eval()
+        with torch.inference_mode():
+            x = self._normalise(torch.from_numpy(np.ascontiguousarray(pictures)).permute(0, 3, 1, 2))
+            return self.model.image(self.model.trunk(x)).float().cpu().numpy()
 
     def words(self, texts: Sequence[str]) -> tuple["torch.Tensor", "torch.Tensor"]:
         """Word vectors `[B, L, D]` (zero-padded) and lengths `[B]` of texts (at least one row each)."""
@@ -182,6 +247,8 @@ class DSVETrainer(EpochTrainer):
 
     # -- training ----------------------------------------------------------------------------------
 
+    _tuning = False  # the epoch being trained runs the trunk
+
     def fit(self, train: Items, val: Items | None = None, **hooks: Any) -> "DSVETrainer":
         if len(train) < 2:
             raise ValueError(f"needs >= 2 training captions, has {len(train)}")
@@ -190,7 +257,12 @@ class DSVETrainer(EpochTrainer):
             if maps.ndim != 4:
                 raise ValueError(f"the image view must hold [H, W, C] maps (resnet152 layer4), got {maps.shape[1:]}")
             self.build(maps.shape[-1], self.load_vectors(train.data["text"].texts))
-        return self.run_epochs(train, val, hooks.get("on_epoch"))  # type: ignore[return-value]
+        self.run_epochs(train, val, hooks.get("on_epoch"))
+        self._tuning = False
+        ft = self.config.finetune_epoch
+        if self.best_state is not None:  # the kept model: its trunk is trained when its epoch is a fine-tuning one
+            self.trunk_live = ft is not None and self.best_epoch >= ft
+        return self
 
     def lr_at(self, epoch: int) -> float:
         return self.config.lr * self.config.lr_gamma ** bisect.bisect_right(list(self.config.lr_milestones), epoch - 1)
@@ -200,7 +272,10 @@ class DSVETrainer(EpochTrainer):
 
     def batch_loss(self, train: Items, idx: np.ndarray, epoch: int) -> tuple["torch.Tensor", dict[str, float]]:
         assert self.model is not None and train.group_of is not None
-        image = self.model.image(self._maps(train, train.group_of[idx]))
+        ft = self.config.finetune_epoch
+        self._tuning = ft is not None and epoch >= ft
+        self.trunk_live = self.trunk_live or self._tuning  # validation after this epoch reads the trunk too
+        image = self.model.image(self._maps(train, train.group_of[idx], train=True))
         words, lengths = self.words(self._texts(train, idx))
         if epoch < self.config.text_epoch:
             with torch.no_grad():  # the SRU is frozen in the first phase
@@ -285,3 +360,38 @@ class Pointing:
     Config: ClassVar[type] = PointingConfig
     reads: ClassVar[None] = None
     task: ClassVar[str] = "grounding"
+
+
+@dataclass
+class Pictures:
+    """The raw pictures of some groups for the fine-tuned trunk, read by the image stage's extractor: `stored`
+    decodes them exactly as the store's rows were made, `augmented` draws the reference's training crops."""
+
+    extractor: Any
+    clips: list[Any]
+
+    def subset(self, idx: np.ndarray) -> "Pictures":
+        return Pictures(self.extractor, [self.clips[int(i)] for i in idx])
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def stored(self, idx: np.ndarray) -> "torch.Tensor":
+        """uint8 `[B, 3, s, s]`: the extractor's own input (the whole picture resized to s x s)."""
+        rows = [self.extractor.load(self.clips[int(i)]) for i in idx]
+        return torch.from_numpy(np.stack([r[len(r) // 2] for r in rows])).permute(0, 3, 1, 2)
+
+    def augmented(self, idx: np.ndarray, size: int) -> "torch.Tensor":
+        """uint8 `[B, 3, size, size]`: a random resized crop (scale 0.08-1, ratio 3/4-4/3) and a random horizontal
+        flip of each native picture (torch's global generator: checkpoints restore it)."""
+        import torchvision.transforms as T
+        import torchvision.transforms.functional as TF
+
+        out = []
+        for i in idx:
+            frames = self.extractor.decode(self.clips[int(i)])
+            img = frames[len(frames) // 2]
+            top, left, h, w = T.RandomResizedCrop.get_params(img, scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3])
+            img = TF.resized_crop(img, top, left, h, w, [size, size], antialias=True)
+            out.append(img.flip(-1) if torch.rand(1).item() < 0.5 else img)
+        return torch.stack(out)

@@ -43,13 +43,40 @@ class WeldonPooling(nn.Module):
         return out
 
 
+class FrozenStem(nn.Sequential):
+    """The trunk's layers that never train (conv1 .. layer2, as the reference keeps them): always in eval mode,
+    so their BatchNorm statistics stay those of the stored features."""
+
+    def train(self, mode: bool = True) -> "FrozenStem":
+        return super().train(False)
+
+
+class Trunk(nn.Module):
+    """ResNet-152 up to `layer4` for the fine-tuning phase: `stem` (conv1 .. layer2) frozen, `top` (layer3, layer4)
+    trained; channels-last maps out, like the `resnet152` store's rows."""
+
+    def __init__(self, layers: nn.Sequential) -> None:
+        super().__init__()
+        mods = list(layers.children())[:8]  # conv1, bn1, relu, maxpool, layer1, layer2, layer3, layer4
+        self.stem = FrozenStem(*mods[:6])
+        self.top = nn.Sequential(*mods[6:8])
+        for q in self.stem.parameters():
+            q.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised pictures `[B, 3, s, s]` -> `[B, h, w, 2048]`."""
+        return self.top(self.stem(x)).permute(0, 2, 3, 1)
+
+
 class DSVEModel(nn.Module):
     """Image: `layer4` map -> 1x1 conv (2048 -> map_channels) -> WELDON -> dropout -> linear -> l2.
-    Text: word vectors -> SRU -> last valid step -> l2."""
+    Text: word vectors -> SRU -> last valid step -> l2. With a `trunk`, pictures can go through ResNet-152 first."""
 
     def __init__(self, in_channels: int = 2048, map_channels: int = 2400, embed_size: int = 2400, n_max: float = 15,
-                 dropout: float = 0.5, word_dim: int = 620, sru_layers: int = 4, text_dropout: float = 0.25) -> None:
+                 dropout: float = 0.5, word_dim: int = 620, sru_layers: int = 4, text_dropout: float = 0.25,
+                 trunk: nn.Module | None = None) -> None:
         super().__init__()
+        self.trunk = trunk
         self.conv = nn.Conv2d(in_channels, map_channels, 1)
         self.pool = WeldonPooling(n_max)
         self.dropout = nn.Dropout(dropout)

@@ -72,14 +72,21 @@ def embed_images(run_dir: Path, folder: Path, out: Path, backend: str = "zarr", 
     stage = view[1]
     ext_cls = EXTRACTORS.get(stage["implementation"])
     extractor = ext_cls(ext_cls.Config(**(stage.get("params") or {})), ExecutionParams(device=device))
-    maps = []
-    for a in range(0, len(files), 16):
-        loaded = [extractor.load(Clip(p.name, {"image": p.resolve()})) for p in files[a:a + 16]]
-        maps.extend(clip_mean(rows).reshape(rows.shape[1:]) for rows in extractor.compute(loaded))
-    extractor.release()
-    data = np.stack(maps).astype(np.float32)
     trainer = load_trainer(run_dir)
     ids = [p.name for p in files]
-    items = Items(ids, {"image": data}, frozenset({"image"}), groups=ids, group_of=np.arange(len(ids)))
-    emb = trainer.image_embeddings(items, np.arange(len(ids)))
+    tuned = getattr(trainer, "trunk_live", False)  # a fine-tuned trunk: the run's own, not the stage's weights
+    maps, emb_parts = [], []
+    for a in range(0, len(files), 16):
+        loaded = [extractor.load(Clip(p.name, {"image": p.resolve()})) for p in files[a:a + 16]]
+        if tuned:
+            emb_parts.append(trainer.picture_embeddings(np.stack([x[len(x) // 2] for x in loaded])))
+        else:
+            maps.extend(clip_mean(rows).reshape(rows.shape[1:]) for rows in extractor.compute(loaded))
+    extractor.release()
+    if tuned:
+        emb = np.concatenate(emb_parts)
+    else:
+        items = Items(ids, {"image": np.stack(maps).astype(np.float32)}, frozenset({"image"}), groups=ids,
+                      group_of=np.arange(len(ids)))
+        emb = trainer.image_embeddings(items, np.arange(len(ids)))
     return _write(out / "image", run_dir, info, "image", ids, emb, str(folder), backend)

@@ -121,3 +121,59 @@ def test_model_shapes():
     m = DSVEModel(10, 24, 16, 2, 0.5, 12, 2, 0.25).eval()
     assert m.image(torch.randn(3, 5, 5, 10)).shape == (3, 16)
     assert m.caption(torch.randn(3, 7, 12), torch.tensor([7, 3, 1])).shape == (3, 16)
+
+
+def test_finetuning_trains_layer3_and_layer4_on_the_raw_pictures(tmp_path):
+    from PIL import Image
+
+    from pipeline.datasets import Clip
+
+    rng = np.random.default_rng(0)
+    clips, texts = [], []
+    words = ["red", "blue", "green", "circle", "square", "cross"]
+    for g in range(6):
+        path = tmp_path / f"{g}.png"
+        Image.fromarray(rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(path)
+        clips += [Clip(f"{g}/{k}", {"image": path}, group=str(g)) for k in range(2)]
+        texts += [f"a {words[g % 3]} {words[3 + g % 3]}"] * 2
+    stage = {"stage": "r", "implementation": "resnet152", "params": {"weights": "random:0", "image_size": 64}}
+    cfg = DSVEConfig(**{**SMALL, "n_max": 1, "epochs": 2, "finetune_epoch": 1, "batch_size": 12})
+
+    def items_for(t: DSVETrainer) -> Items:
+        ext = t.extractor
+        maps = np.stack([ext.compute([ext.load(c)])[0][0] for c in clips[::2]]).astype(np.float32)  # the store's rows
+        it = Items([c.clip_id for c in clips], {"image": maps, "text": TokensData(texts)}, frozenset({"image"}),
+                   groups=[str(g) for g in range(6)], group_of=np.repeat(np.arange(6), 2), media=clips)
+        it.data.update(t.media_data(it))
+        it.per_group = it.per_group | {"pictures"}
+        return it
+
+    before = DSVETrainer.create(DSVEConfig(**{**SMALL, "n_max": 1, "epochs": 1, "finetune_epoch": 1}), "cpu",
+                                {"image": stage})
+    items = items_for(before)
+    before.fit(items)
+    assert not before.trunk_live
+    # the trunk on the stored pictures gives the stored maps: the phases read the same features
+    before.model.eval()
+    with torch.inference_mode():
+        x = before.model.trunk(before._normalise(items.data["pictures"].stored(np.arange(6)))).numpy()
+    np.testing.assert_allclose(x, items.data["image"], rtol=1e-4, atol=1e-4)
+
+    t = DSVETrainer.create(cfg, "cpu", {"image": stage})
+    t.fit(items_for(t))
+    fresh = DSVETrainer.create(cfg, "cpu", {"image": stage}).build(2048, t.vectors).model.trunk
+    assert t.trunk_live
+    assert all(torch.equal(a, b) for a, b in zip(t.model.trunk.stem.state_dict().values(), fresh.stem.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(t.model.trunk.top.parameters(), fresh.top.parameters()))
+    emb = t.embed(items)["image"]
+    np.testing.assert_allclose(emb, t.picture_embeddings(items.data["pictures"].stored(np.arange(6)).permute(0, 2, 3, 1).numpy()),
+                               atol=1e-5)
+    stored = t.model.image(torch.from_numpy(items.data["image"])).detach().numpy()
+    assert not np.allclose(emb, stored, atol=1e-3)  # the embeddings read the trained trunk, not the stale store
+    # a restored run rebuilds the trunk and takes its trained weights from the model, not the stage's
+    path = tmp_path / "model.pt"
+    torch.save(t.state_dict(), path)
+    back = DSVETrainer.create(cfg, "cpu", {"image": stage}, restoring=True)
+    back.load_state_dict(torch.load(path, weights_only=True))
+    assert back.trunk_live
+    np.testing.assert_allclose(back.embed(items_for(back))["image"], emb, atol=1e-5)
