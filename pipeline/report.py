@@ -52,7 +52,7 @@ def _transferred(run_dir: Path, metrics: dict[str, Any]) -> list[dict[str, Any]]
     rows = []
     info = yaml.safe_load((run_dir / "params.yaml").read_text())
     for name, m in (metrics.get("runs") or {}).items():
-        if not m.get("model_dataset") or "rsum" not in m:
+        if not m.get("model_dataset") or not ("rsum" in m or m.get("pointing") or m.get("segmentation")):
             continue
         trained = Path(m.get("run", "")) / "params.yaml"
         ups = (yaml.safe_load(trained.read_text()).get("upstream") or {}) if trained.is_file() else {}
@@ -62,7 +62,9 @@ def _transferred(run_dir: Path, metrics: dict[str, Any]) -> list[dict[str, Any]]
                      "features": f"model trained on {m['model_dataset']} ("
                                  + " + ".join(f"{v['stage']}{' (random weights)' if v.get('random_weights') else ''}"
                                               for v in ups.values()) + ")", "completed": metrics.get("completed", 0.0), "run_dir": str(run_dir / name),
-                     "task": "captions", "metrics": m, "plot": run_dir / "recall_curve.png"})
+                     # Visual Genome's phrases are scored by pointing only (no Recall@K): not a captions row
+                     "task": "captions" if "rsum" in m else "grounding", "metrics": m,
+                     "plot": run_dir / "recall_curve.png"})
     return rows
 
 
@@ -104,6 +106,11 @@ def format_text(rows: list[dict[str, Any]]) -> str:
         flag = " [random-weight features]" if any(r["random_weights"] for r in mine) else ""
         out.append(f"{dataset}: Recall@K on {mine[0]['metrics'].get('evaluated_on', 'test')}{flag}\n"
                    + recall_table({_label(mine, r): r["metrics"] for r in mine}))
+    grounded = [r for r in rows if r["metrics"].get("pointing") and r["task"] in ("captions", "grounding")]
+    for r in grounded:
+        pt = r["metrics"]["pointing"]
+        out.append(f"{r['dataset']}: {r['stage']} ({r['features']}): pointing game {100 * pt['accuracy']:.1f}% "
+                   f"(centre {100 * pt['centre_baseline']:.1f}%) over {pt['n_phrases']} phrases, point = {pt['point']}")
     rows = [r for r in rows if r["task"] == "classes"]
     if rows:
         out.insert(0, _map_text(rows))
@@ -214,7 +221,8 @@ def write_html(rows: list[dict[str, Any]], out: Path) -> Path:
     aligned = [r for r in pairs if r["metrics"].get("alignment", {}).get("n_words")]
     if aligned:
         sections.append(_alignment_section(aligned))
-    grounded = [r for r in pairs if r["metrics"].get("pointing") or r["metrics"].get("segmentation")]
+    grounded = [r for r in rows if r["task"] in ("captions", "grounding")
+                and (r["metrics"].get("pointing") or r["metrics"].get("segmentation"))]
     if grounded:
         sections.append(_grounding_section(grounded))
     charts = []

@@ -24,7 +24,7 @@ from ..cache import hash_key
 from ..registry import register_task
 from ..store import FeatureStore
 from . import figures
-from .base import TrainError, atomic_json
+from .base import TrainError, atomic_json, atomic_save
 from .tasks import Pairs, Unit, annotations_digest
 
 if TYPE_CHECKING:
@@ -72,6 +72,14 @@ class Grounding(Pairs):
         self.annotations = dict(manifest.annotations)
         return super().annotate(clips, manifest)
 
+    def save_unit(self, run_dir: Path, unit: Unit, trainer: Any, test: "Items", seconds: float) -> None:
+        """As `pairs`; but held-out items that are all phrases with boxes (Visual Genome regions) are no captions to
+        rank: no Recall@K and no test embeddings for them (VG's ~860k phrases x 17k images would not fit)."""
+        if test.media and all(c.box is not None for c in test.media):
+            atomic_save(trainer.state_dict(), run_dir / "model.pt")
+            return
+        super().save_unit(run_dir, unit, trainer, test, seconds)
+
     def write_stores(self, ctx: "Context", rk: "RunKeys", trainer: Any, items: "Items", units: list[Unit]) -> None:
         """Heatmaps of the test phrases that have boxes (a store: one `[h, w]` map per phrase), the segmentation
         IoUs of the test images that have instances, and what scoring them needs (`grounding.json`)."""
@@ -95,7 +103,7 @@ class Grounding(Pairs):
         atomic_json(rk.run_dir / "grounding.json", {"n_max": n_max, "items": records, "segmentation": segmentation})
 
     def metrics(self, run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
-        out = super().metrics(run_dir, params)
+        out = super().metrics(run_dir, params) if (run_dir / "test_embeddings.npz").exists() else {}
         spec = json.loads((run_dir / "grounding.json").read_text())
         if spec["items"]:
             out["pointing"] = score_pointing(run_dir, spec, str(params.get("point", "corner")))
@@ -110,7 +118,9 @@ class Grounding(Pairs):
         return out
 
     def plot(self, runs: dict[str, tuple[Path, dict[str, Any]]], path: Path, title: str) -> Path:
-        figures.plot_recall({name: d for name, (d, _) in runs.items()}, path / "recall_curve.png", title)
+        ranked = {name: d for name, (d, m) in runs.items() if "rsum" in m}
+        if ranked:
+            figures.plot_recall(ranked, path / "recall_curve.png", title)
         for name, (run_dir, m) in runs.items():
             if "pointing" not in m:
                 continue
@@ -129,16 +139,19 @@ class Grounding(Pairs):
         s = metrics.get("segmentation")
         if s:
             tail += f"; segmentation mAP@0.3/0.4/0.5 {s['map@0.3']:.3f}/{s['map@0.4']:.3f}/{s['map@0.5']:.3f}"
+        if "rsum" not in metrics:
+            return tail[2:] or "no phrase with a box and no image with instances was scored"
         return super().line(metrics) + tail
 
     def table(self, runs: dict[str, dict[str, Any]]) -> str:
+        ranked = {name: m for name, m in runs.items() if "rsum" in m}
         lines = [f"{'stage':<18} {'pointing':>9} {'centre':>7} {'phrases':>8} {'seg mAP@0.3':>12} {'@0.4':>6} {'@0.5':>6}"]
         for name, m in runs.items():
             p, s = m.get("pointing") or {}, m.get("segmentation") or {}
             lines.append(f"{name:<18} " + (f"{100 * p['accuracy']:8.1f}% {100 * p['centre_baseline']:6.1f}% "
                                            f"{p['n_phrases']:>8}" if p else f"{'':>9} {'':>7} {'':>8}")
                          + (f" {s['map@0.3']:12.3f} {s['map@0.4']:6.3f} {s['map@0.5']:6.3f}" if s else ""))
-        return super().table(runs) + "\n\n" + "\n".join(lines)
+        return (super().table(ranked) + "\n\n" if ranked else "") + "\n".join(lines)
 
 
 def _by_image(items: "Items", idx: np.ndarray) -> dict[int, list[int]]:
@@ -155,17 +168,18 @@ def phrase_heatmaps(trainer: Any, items: "Items", idx: np.ndarray, n_max: int) -
     from models.localization import heatmaps
 
     texts = items.data["text"].texts
-    emb = trainer.text_embeddings([texts[int(i)] for i in idx])
     row = {int(i): k for k, i in enumerate(idx)}
     fc = trainer.fc_weight()
     by_image = list(_by_image(items, idx).items())
     out: np.ndarray | None = None
-    for a in range(0, len(by_image), IMAGES_PER_BATCH):
+    for a in range(0, len(by_image), IMAGES_PER_BATCH):  # phrase embeddings per chunk: VG has ~860k phrases
         chunk = by_image[a:a + IMAGES_PER_BATCH]
         maps = trainer.act_maps(items, np.array([g for g, _ in chunk], dtype=np.int64))
+        members_all = [i for _, members in chunk for i in members]
+        emb = dict(zip(members_all, trainer.text_embeddings([texts[i] for i in members_all])))
         for act, (_, members) in zip(maps, chunk):
             rows = [row[i] for i in members]
-            h = heatmaps(act, emb[rows], fc, n_max)
+            h = heatmaps(act, np.stack([emb[i] for i in members]), fc, n_max)
             if out is None:
                 out = np.zeros((len(idx), *h.shape[1:]), dtype=np.float32)
             out[rows] = h
