@@ -3,6 +3,7 @@ stage bound to each view of its trainer, its task; which run stages do not apply
 their status."""
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from models.base import Trainer
@@ -209,7 +210,8 @@ def run_status(ctx: "Context", names: list[str], others: dict[str, "Context"] | 
             state = "up to date"
         elif folds:
             state = f"partial: {len(folds)} fold(s) committed"
-        elif any(p != rk.run_dir for p in rk.run_dir.parent.glob(f"{name}-*")):
+        elif any(p != rk.run_dir and re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{16}}", p.name)  # not `dsve-pointing-*`
+                 for p in rk.run_dir.parent.glob(f"{name}-*")):
             state = "stale (params, code or upstream changed since the last run)"
         else:
             state = "missing"

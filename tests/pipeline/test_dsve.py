@@ -116,3 +116,13 @@ def test_a_missing_word_vectors_file_is_one_clear_error(trained):
     cfg, _, _ = trained
     with pytest.raises(PipelineError, match=r"word vectors '/nonexistent/v.txt'.*does not exist. Accepted: a skip-thoughts"):
         run("train", config=cfg, dataset="scenes", stage="dsve", overrides=["dsve.word_vectors=/nonexistent/v.txt"])
+
+
+def test_status_does_not_take_an_evaluate_run_for_an_old_train_run(trained):
+    from pipeline.config import load_config
+    from pipeline.runner import status
+
+    cfg, _, _ = trained
+    rows = {r["stage"]: r["state"] for r in status(load_config(cfg), "scenes-vg")}
+    # runs/scenes-vg holds dsve-pointing-<key>/ only: dsve itself never ran there (its name is a prefix)
+    assert rows["dsve-pointing"] == "up to date" and rows["dsve"] == "missing", rows
