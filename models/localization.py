@@ -115,7 +115,7 @@ def heatmap(act_map: np.ndarray, phrase: np.ndarray, fc_weight: np.ndarray, n_ma
 
 # --- pointing game ------------------------------------------------------------------------------------
 
-def _points(heats: np.ndarray, input_size: Sequence[float], point: str) -> tuple[np.ndarray, np.ndarray]:
+def heatmap_points(heats: np.ndarray, input_size: Sequence[float], point: str) -> tuple[np.ndarray, np.ndarray]:
     """The reference's point of each heatmap in input pixels (first maximum in column-major order)."""
     if point not in POINTS:
         raise ValueError(f"point must be one of {POINTS}, got {point!r}")
@@ -147,7 +147,7 @@ def pointing_from_heatmaps(heats: np.ndarray, boxes: np.ndarray, image_size: Seq
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if len(b) != len(hm):
         raise ValueError(f"one box per heatmap: {len(hm)} heatmaps, {len(b)} boxes")
-    px, py = _points(hm, input_size, point)
+    px, py = heatmap_points(hm, input_size, point)
     return _inside(px, py, b, image_size, input_size)
 
 

@@ -11,7 +11,6 @@ import numpy as np
 import yaml
 
 from .cache import hash_key
-from .store import ClipResult, StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +23,12 @@ class EmbedError(RuntimeError):
 
 def _write(path: Path, run_dir: Path, info: dict[str, Any], modality: str, ids: list[str], emb: np.ndarray,
            source: str, backend: str) -> Path:
-    import shutil
+    from .training.run import write_rows_store
 
-    if path.exists():
-        shutil.rmtree(path)
-    attrs = {"key": info["key"], "stage": info["stage"], "dataset": None, "extractor": info["implementation"],
-             "kind": "embedding", "modality": modality, "dims": [int(emb.shape[1])], "dtype": "float32",
-             "frame_rate": None, "params": info["params"], "model": str(run_dir), "source": source,
-             "how_to_read": "one row per input (file name or line number): pipeline.open_store(path)[id][0]"}
-    StoreWriter(path, attrs, backend).write_shard(hash_key([info["key"], modality, source]), [
-        ClipResult(cid, hash_key([source, cid]), emb[i:i + 1].astype(np.float32), None) for i, cid in enumerate(ids)])
+    write_rows_store(path, emb, ids, [hash_key([source, cid]) for cid in ids],
+                     {"key": info["key"], "stage": info["stage"], "dataset": None, "extractor": info["implementation"],
+                      "modality": modality, "params": info["params"], "model": str(run_dir), "source": source},
+                     backend, hash_key([info["key"], modality, source]), "input (file name or line number)")
     return path
 
 

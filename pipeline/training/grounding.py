@@ -215,10 +215,8 @@ def segmentation_ious(trainer: Any, items: "Items", annotations: dict[str, Path]
     categories = list(dict.fromkeys(c for m in sources for c in m.categories))
     concept = dict(zip(categories, trainer.text_embeddings([category_sentence(c) for c in categories])))
     fc = trainer.fc_weight()
-    firsts = items.group_firsts()
     found = []
-    for g, first in enumerate(firsts):
-        gid = items.groups[g]
+    for g, gid in enumerate(items.groups):
         image_id = int(gid) if str(gid).isdigit() else None
         src = next((m for m in sources if image_id is not None and image_id in m.coco.imgs), None)
         if src is not None:
@@ -250,7 +248,7 @@ def plot_pointing(run_dir: Path, m: dict[str, Any], path: Path, samples: Path, t
     from PIL import Image
 
     from models.alignment import resize_bilinear
-    from models.localization import pointing_from_heatmaps
+    from models.localization import heatmap_points, pointing_from_heatmaps
 
     spec = json.loads((run_dir / "grounding.json").read_text())
     store = FeatureStore(run_dir / "heatmaps")
@@ -271,21 +269,20 @@ def plot_pointing(run_dir: Path, m: dict[str, Any], path: Path, samples: Path, t
         hit = bool(pointing_from_heatmaps(heat[None], np.asarray([it["box"]]), (W, H), point=point)[0])
         ax.add_patch(plt.Rectangle((x * sx, y * sy), w * sx, h * sy, fill=False, lw=2,
                                    color="lime" if hit else "red"))
-        r, c = np.unravel_index(heat.T.argmax(), heat.T.shape)[::-1]  # row, column of the reference's argmax
-        off = 0.5 if point == "center" else 0.0
-        ax.plot((c + off) * picture.shape[1] / heat.shape[1], (r + off) * picture.shape[0] / heat.shape[0],
-                marker="x", color="white", ms=10, mew=3)
+        px, py = heatmap_points(heat[None], (picture.shape[1], picture.shape[0]), point)  # the scored point
+        ax.plot(px[0], py[0], marker="x", color="white", ms=10, mew=3)
         ax.set_title(f"{it['text'][:40]}\n{'hit' if hit else 'miss'}", fontsize=8)
         ax.axis("off")
 
-    def picture(it: dict[str, Any]) -> np.ndarray:
-        with Image.open(it["image"]) as im:
-            return np.asarray(im.convert("RGB"))
+    pictures = {}
+    for image_id, its in chosen:
+        with Image.open(its[0]["image"]) as im:
+            pictures[image_id] = np.asarray(im.convert("RGB"))
 
     cols = min(per_image, max(len(v) for _, v in chosen))
     fig, axes = plt.subplots(len(chosen), cols, figsize=(2.6 * cols, 2.8 * len(chosen)), squeeze=False)
-    for row, (_, its) in zip(axes, chosen):
-        pic = picture(its[0])
+    for row, (image_id, its) in zip(axes, chosen):
+        pic = pictures[image_id]
         for ax, it in zip(row, its[:cols]):
             draw(ax, it, pic)
         for ax in row[len(its[:cols]):]:
@@ -294,8 +291,8 @@ def plot_pointing(run_dir: Path, m: dict[str, Any], path: Path, samples: Path, t
     figures.save_figure(fig, path, f"{title}\npointing {100 * p['accuracy']:.1f}% (centre "
                                    f"{100 * p['centre_baseline']:.1f}%), point = {point}", dpi=90)
     samples.mkdir(parents=True, exist_ok=True)
-    for k, (_, its) in enumerate(chosen):
-        pic = picture(its[0])
+    for k, (image_id, its) in enumerate(chosen):
+        pic = pictures[image_id]
         fig, axes = plt.subplots(1, len(its), figsize=(2.6 * len(its), 2.9), squeeze=False)
         for ax, it in zip(axes[0], its):
             draw(ax, it, pic)

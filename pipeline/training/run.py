@@ -85,17 +85,25 @@ def write_embedding_store(ctx: "Context", rk: RunKeys, modality: str, clip_ids: 
                           model_on: str, row: str = "clip", path: Path | None = None) -> None:
     """A run's embeddings of one modality as a store under run_dir/embeddings/ (or `path`), replaced whole:
     one row per item for `[n, d]`, an item's rows for `[n, rows, d...]` (AV tensors)."""
-    path = path or rk.run_dir / "embeddings" / modality
+    write_rows_store(path or rk.run_dir / "embeddings" / modality, emb, clip_ids, [ctx.clip_keys[c] for c in clip_ids],
+                     {"key": rk.key, "stage": rk.name, "dataset": ctx.dataset, "extractor": rk.implementation,
+                      "modality": modality, "params": rk.params, "model": model_on},
+                     ctx.config.backend, hash_key([rk.key, modality]), row)
+
+
+def write_rows_store(path: Path, emb: np.ndarray, ids: list[str], keys: list[str], attrs: dict[str, Any], backend: str,
+                     shard: str, row: str = "clip") -> None:
+    """Embeddings as one committed shard of a store at `path`, replaced whole (`attrs`: whose they are): one row
+    per id for `[n, d]`, an id's rows for `[n, rows, d...]`."""
     if path.exists():
         shutil.rmtree(path)
     per_item = emb.ndim == 2
-    attrs = {"key": rk.key, "stage": rk.name, "dataset": ctx.dataset, "extractor": rk.implementation,
-             "kind": "embedding", "modality": modality, "dims": [int(d) for d in emb.shape[1 if per_item else 2:]],
-             "dtype": "float32", "frame_rate": None, "params": rk.params, "model": model_on,
+    attrs = {**attrs, "kind": "embedding", "dims": [int(d) for d in emb.shape[1 if per_item else 2:]],
+             "dtype": "float32", "frame_rate": None,
              "how_to_read": f"one row per {row}: pipeline.open_store(path)[clip_id]{'[0]' if per_item else ''}"}
-    StoreWriter(path, attrs, ctx.config.backend).write_shard(hash_key([rk.key, modality]), [
-        ClipResult(cid, ctx.clip_keys[cid], (emb[i:i + 1] if per_item else emb[i]).astype(np.float32), None)
-        for i, cid in enumerate(clip_ids)])
+    StoreWriter(path, attrs, backend).write_shard(shard, [
+        ClipResult(cid, key, (emb[i:i + 1] if per_item else emb[i]).astype(np.float32), None)
+        for i, (cid, key) in enumerate(zip(ids, keys))])
 
 
 def _embedding_stores(ctx: "Context", rk: RunKeys, task: Task, trainer: Any, items: Items, units: list[Unit],
