@@ -13,6 +13,8 @@ from . import _torch
 from .base import Extractor, OutputSpec, split_rows
 from .weights import PretrainedWeights, ResolvedWeights, WeightsFile, announce_random, resolve_weights
 
+LOGITS = 1000  # `layer: logits`: the ImageNet class scores before the softmax (a teacher's, for See-Hear-Read)
+
 
 @dataclass
 class FrameConfig:

@@ -1,19 +1,24 @@
-"""`inception_v3`: torchvision Inception-V3 pool features (2048 per frame) at 299 x 299, with the
-preprocessing bound to the weights (resize 342, centre crop 299, ImageNet normalisation)."""
+"""`inception_v3`: torchvision Inception-V3 pool features (2048 per frame; `layer: logits`: the 1000 ImageNet
+class scores instead) at 299 x 299, with the preprocessing bound to the weights (resize 342, centre crop 299,
+ImageNet normalisation)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from pipeline.registry import register_extractor
 
-from ._frames import FrameConfig, FrameExtractor, torchvision_imagenet
+from ._frames import LOGITS, FrameConfig, FrameExtractor, torchvision_imagenet
+from .base import OutputSpec
 from .weights import PretrainedWeights, ResolvedWeights, load_into, load_state_dict
 
 
 @dataclass
 class InceptionV3Config(FrameConfig):
-    pass
+    layer: Literal["pool", "logits"] = "pool"
+
+    KEY_NEUTRAL: ClassVar[dict[str, Any]] = {**FrameConfig.KEY_NEUTRAL, "layer": "pool"}
 
 
 @register_extractor
@@ -33,7 +38,11 @@ class InceptionV3(FrameExtractor):
         return torchvision_imagenet("Inception_V3_Weights")
 
     def frame_dims(self) -> tuple[int, ...]:
-        return (2048,)
+        return (LOGITS,) if self.config.layer == "logits" else (2048,)
+
+    def output_spec(self, upstream: dict[str, Any] | None = None) -> OutputSpec:
+        spec = super().output_spec(upstream)
+        return dataclasses.replace(spec, extra={**spec.extra, "layer": self.config.layer})
 
     def build(self, weights: ResolvedWeights) -> Any:
         import torch
@@ -44,5 +53,6 @@ class InceptionV3(FrameExtractor):
         if not weights.is_random:
             what = f"inception_v3 weights '{weights.spec}'"
             load_into(net, load_state_dict(weights.paths["model"], what), what)
-        net.fc = torch.nn.Identity()
+        if self.config.layer == "pool":
+            net.fc = torch.nn.Identity()
         return net

@@ -6,6 +6,8 @@
   top_db=80), right-padded with 0 or truncated to 2048 frames: [2048, 40] per clip.
 - `vgs` (VGS alignment): 25 ms periodic Hann, 10 ms hop, n_fft 400, 40 Slaney mel bands,
   power 2, zeros replaced by the clip's smallest nonzero value, 10*log10: [T, 40].
+- `spectrogram` (See, Hear, and Read's sound input, 500 x 257 for 5 s): 32 ms periodic Hann, 10 ms hop,
+  n_fft 512, log(magnitude + 1e-6), minus the clip's mean: [T, 257] (not mel: every linear bin).
 
 Rows are time in every preset (the DAVEnet code keeps [40, 2048]; transpose to feed it).
 """
@@ -27,7 +29,7 @@ _DAVENET_FRAMES = 2048
 
 @dataclass
 class LogMelConfig:
-    preset: Literal["vggish", "davenet", "vgs"] = "vggish"
+    preset: Literal["vggish", "davenet", "vgs", "spectrogram"] = "vggish"
     pad_short: bool = False  # vggish preset: zero-pad a clip shorter than one example instead of failing it
 
     KEY_NEUTRAL: ClassVar[dict[str, Any]] = {"pad_short": False}
@@ -65,11 +67,22 @@ def vgs_logmel(wave: np.ndarray) -> np.ndarray:
     return (10.0 * np.log10(mel)).astype(np.float32)
 
 
+def log_spectrogram(wave: np.ndarray) -> np.ndarray:
+    """See, Hear, and Read's sound input on a 16 kHz waveform: [T, 257] log magnitudes, the clip's mean subtracted."""
+    y = np.asarray(wave, dtype=np.float64)
+    if y.size == 0:
+        y = np.zeros(512)
+    frames = _dsp.centered_frames(y, 512, 160)
+    logmag = np.log(np.abs(np.fft.rfft(frames * _dsp.periodic_hann(512), 512)) + 1e-6)
+    return (logmag - logmag.mean()).astype(np.float32)
+
+
 _PRESETS = {
     "vggish": (lambda w: vggish_input.examples_from_log_mel(vggish_input.log_mel(w)),
                (96, 64), 1 / vggish_input.EXAMPLE_SECONDS),
     "davenet": (davenet_logmel, (40,), 100.0),
     "vgs": (vgs_logmel, (40,), 100.0),
+    "spectrogram": (log_spectrogram, (257,), 100.0),
 }
 
 

@@ -1,7 +1,8 @@
 """`resnet152`: torchvision ResNet-152 `layer4` maps per picture, as DSVE-loc (Engilberge et al. 2018) feeds its
 image head: the whole picture resized to `image_size` x `image_size` (aspect ratio not kept, no crop: the
 reference's `transforms.Resize((s, s))`), ImageNet mean/std, then the trunk up to `layer4`, stored channels last
-`[ceil(s / 32), ceil(s / 32), 2048]` (8 x 8 at 256, 13 x 13 at 400 and 416) in `float32` or `float16`."""
+`[ceil(s / 32), ceil(s / 32), 2048]` (8 x 8 at 256, 13 x 13 at 400 and 416) in `float32` or `float16`;
+`layer: logits` stores the 1000 ImageNet class scores of the same input instead (a teacher's)."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +15,7 @@ import numpy as np
 
 from pipeline.registry import register_extractor
 
-from ._frames import FrameConfig, FrameExtractor, torchvision_imagenet
+from ._frames import LOGITS, FrameConfig, FrameExtractor, torchvision_imagenet
 from .base import OutputSpec
 from .vgg16 import _ChannelsLast
 from .weights import PretrainedWeights, ResolvedWeights, load_into, load_state_dict
@@ -32,8 +33,9 @@ class ResNet152Config(FrameConfig):
     image_size: int = 256  # the CNN input side: 256 (training), 400 (retrieval), 416 (pointing game)
     resize: Literal["shorter", "whole"] = "whole"  # whole: squeezed to image_size x image_size; shorter: + centre crop
     dtype: Literal["float32", "float16"] = "float32"  # what the store holds; float16 halves it (123k pictures at 400: ~85 GB)
+    layer: Literal["layer4", "logits"] = "layer4"
 
-    KEY_NEUTRAL: ClassVar[dict[str, Any]] = {**FrameConfig.KEY_NEUTRAL, "dtype": "float32"}
+    KEY_NEUTRAL: ClassVar[dict[str, Any]] = {**FrameConfig.KEY_NEUTRAL, "dtype": "float32", "layer": "layer4"}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -79,12 +81,14 @@ class ResNet152(FrameExtractor):
         return side, side
 
     def frame_dims(self) -> tuple[int, ...]:
+        if self.config.layer == "logits":
+            return (LOGITS,)
         side = map_side(self.config.image_size)
         return (side, side, CHANNELS)
 
     def output_spec(self, upstream: dict[str, Any] | None = None) -> OutputSpec:
         spec = super().output_spec(upstream)
-        extra = {**spec.extra, "layer": "layer4", "layout": "channels_last", "image_size": self.config.image_size,
+        extra = {**spec.extra, "layer": self.config.layer, "layout": "channels_last", "image_size": self.config.image_size,
                  "resize": self.config.resize}
         return dataclasses.replace(spec, dtype=self.config.dtype, extra=extra)
 
@@ -107,7 +111,13 @@ class ResNet152(FrameExtractor):
         net = resnet152(weights=None, zero_init_residual=weights.is_random)
         if not weights.is_random:
             what = f"resnet152 weights '{weights.spec}'"
-            load_into(net, _torchvision_names(load_state_dict(weights.paths["model"], what)), what)
+            state = load_state_dict(weights.paths["model"], what)
+            if self.config.layer == "logits" and any(k.removeprefix("module.").startswith("base_layer.") for k in state):
+                raise ValueError(f"{what} is a DSVE-loc WELDON checkpoint: it has no ImageNet classifier, so it "
+                                 "gives no logits; use ImageNet weights for layer: logits")
+            load_into(net, _torchvision_names(state), what)
+        if self.config.layer == "logits":
+            return net
         return torch.nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3,
                                    net.layer4, _ChannelsLast())
 

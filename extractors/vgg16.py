@@ -1,20 +1,22 @@
-"""`vgg16`: torchvision VGG16 per sampled frame: `fc7` (4096, after its ReLU) or `block5_conv3`
-(a 14 x 14 x 512 map after its ReLU at 224 x 224, for attention models), ImageNet preprocessing bound
-to the weights."""
+"""`vgg16`: torchvision VGG16 per sampled frame: `fc7` (4096, after its ReLU), `block5_conv3`
+(a 14 x 14 x 512 map after its ReLU at 224 x 224, for attention models) or `logits` (the 1000 ImageNet
+class scores before the softmax: a teacher's), ImageNet preprocessing bound to the weights."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pipeline.registry import register_extractor
 
-from ._frames import FrameConfig, FrameExtractor, torchvision_imagenet
+from ._frames import LOGITS, FrameConfig, FrameExtractor, torchvision_imagenet
+from .base import OutputSpec
 from .weights import PretrainedWeights, ResolvedWeights, load_into, load_state_dict
 
 
 @dataclass
 class VGG16Config(FrameConfig):
-    layer: Literal["fc7", "block5_conv3"] = "fc7"
+    layer: Literal["fc7", "block5_conv3", "logits"] = "fc7"
 
 
 @register_extractor
@@ -34,7 +36,11 @@ class VGG16(FrameExtractor):
 
     def frame_dims(self) -> tuple[int, ...]:
         side = self.input_size()[1] // 16  # four 2x2 pools before conv5_3: 14 at 224
-        return (4096,) if self.config.layer == "fc7" else (side, side, 512)
+        return {"fc7": (4096,), "logits": (LOGITS,)}.get(self.config.layer, (side, side, 512))
+
+    def output_spec(self, upstream: dict[str, Any] | None = None) -> OutputSpec:
+        spec = super().output_spec(upstream)
+        return dataclasses.replace(spec, extra={**spec.extra, "layer": self.config.layer})
 
     def build(self, weights: ResolvedWeights) -> Any:
         import torch
@@ -46,6 +52,8 @@ class VGG16(FrameExtractor):
             load_into(net, load_state_dict(weights.paths["model"], what), what)
         if self.config.layer == "fc7":
             return torch.nn.Sequential(net.features, net.avgpool, torch.nn.Flatten(1), *net.classifier[:5])
+        if self.config.layer == "logits":
+            return net.eval()  # the dropouts are off when the runner runs it; eval() here says so
         return torch.nn.Sequential(*net.features[:30], _ChannelsLast())
 
 

@@ -156,15 +156,10 @@ class DSVETrainer(EpochTrainer):
 
     # -- building and state ------------------------------------------------------------------------
 
-    def load_vectors(self, texts: Sequence[str] = (), words: Sequence[str] | None = None) -> Any:
-        """The word vectors: the configured file, or random ones for `words` (or the frequent words of `texts`)."""
+    def load_vectors(self, texts: Sequence[str] = ()) -> Any:
+        """The word vectors: the configured file, or random ones for the frequent words of `texts`."""
         cfg = self.config
-        if str(cfg.word_vectors).startswith("random:") and words is None:
-            from collections import Counter
-
-            counts = Counter(w for t in texts for w in _text.sentence_tokens(t))
-            words = sorted(w for w, n in counts.items() if n >= cfg.min_word_count)
-        return _text.load_word_vectors(cfg.word_vectors, vocabulary=list(words or ()), dim=cfg.word_dim)
+        return _text.training_vectors(cfg.word_vectors, texts, cfg.word_dim, cfg.min_word_count)
 
     def build(self, in_channels: int, vectors: Any) -> "DSVETrainer":
         """A freshly initialised model (seeded) on `in_channels`-channel maps and `vectors`, and its optimizer."""
@@ -179,20 +174,14 @@ class DSVETrainer(EpochTrainer):
 
     def state_dict(self) -> dict[str, Any]:
         assert self.model is not None and self.vectors is not None
-        random = str(self.config.word_vectors).startswith("random:")
         ft = self.config.finetune_epoch
         live = (ft is not None and self.best_epoch >= ft) if self.best_state is not None else self.trunk_live
         return {"model": self.best_state or self.model.state_dict(), "in_channels": self.in_channels, "trunk_live": live,
-                "words": list(self.vectors.words) if random else [], "vectors_digest": self.vectors.digest,
+                **_text.vectors_state(self.vectors, self.config.word_vectors),
                 "best_epoch": int(self.best_epoch), "best_rsum": float(self.best_score)}
 
     def load_state_dict(self, state: dict[str, Any]) -> "DSVETrainer":
-        random = str(self.config.word_vectors).startswith("random:")
-        vectors = self.load_vectors(words=[w for w in state["words"] if w != "UNK"] if random else None)
-        if vectors.digest != state["vectors_digest"]:
-            raise ValueError(f"the word vectors '{self.config.word_vectors}' differ from those this model was trained "
-                             f"with (digest {vectors.digest[:12]} != {str(state['vectors_digest'])[:12]}): restore that file")
-        self.build(int(state["in_channels"]), vectors)
+        self.build(int(state["in_channels"]), _text.restore_vectors(self.config.word_vectors, state, self.config.word_dim))
         self.model.load_state_dict(state["model"])
         self.best_epoch, self.best_score = int(state.get("best_epoch", -1)), float(state.get("best_rsum", -math.inf))
         self.trunk_live = bool(state.get("trunk_live", False))

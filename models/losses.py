@@ -18,13 +18,20 @@ class ContrastiveLoss(nn.Module):
     For each positive pair, every negative in the batch costs max(0, margin + s(neg) - s(pos)), in both
     directions (a -> b and b -> a); the positive pair itself costs nothing. `max_violation=False`
     sums over all negatives (VSE), `True` keeps only the hardest negative per query (VSE++).
+    `direction`: "both"; "a2b" (the rows of `a` are the queries, the rows of `b` their negatives: See,
+    Hear, and Read's ranking loss with image rows as `a`) or "b2a" (the reverse).
     The result is a sum over the batch, not a mean, as in VSE / VSE++ / VASE.
     """
 
-    def __init__(self, margin: float = 0.2, max_violation: bool = False) -> None:
+    DIRECTIONS = ("both", "a2b", "b2a")
+
+    def __init__(self, margin: float = 0.2, max_violation: bool = False, direction: str = "both") -> None:
         super().__init__()
+        if direction not in self.DIRECTIONS:
+            raise ValueError(f"direction must be one of {', '.join(self.DIRECTIONS)}, got {direction!r}")
         self.margin = float(margin)
         self.max_violation = bool(max_violation)
+        self.direction = direction
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """The loss of a batch of pairs `(a[i], b[i])`, both `[B, D]`."""
@@ -38,8 +45,21 @@ class ContrastiveLoss(nn.Module):
         cost_b = cost_b.masked_fill(eye, 0)
         cost_a = cost_a.masked_fill(eye, 0)
         if self.max_violation:
-            return cost_b.max(dim=1).values.sum() + cost_a.max(dim=0).values.sum()
-        return cost_b.sum() + cost_a.sum()
+            from_a, from_b = cost_b.max(dim=1).values.sum(), cost_a.max(dim=0).values.sum()
+        else:
+            from_a, from_b = cost_b.sum(), cost_a.sum()
+        return {"both": from_a + from_b, "a2b": from_a, "b2a": from_b}[self.direction]
+
+
+def distillation_kl(teacher: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || softmax(student_logits)) per row, averaged over the batch: `teacher` `[B, K]` holds class
+    probabilities (rows summing to 1; a zero probability costs nothing), `student_logits` `[B, K]` raw scores."""
+    if teacher.shape != student_logits.shape or teacher.dim() != 2:
+        raise ValueError(f"distillation_kl needs two [B, K] batches; got {tuple(teacher.shape)} and "
+                         f"{tuple(student_logits.shape)}")
+    p = teacher.float()
+    log_q = torch.log_softmax(student_logits.float(), dim=1)
+    return (torch.xlogy(p, p) - p * log_q).sum(dim=1).mean()
 
 
 def attention_rebuild(target: torch.Tensor, sources: torch.Tensor, smooth: float) -> torch.Tensor:

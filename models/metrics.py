@@ -280,6 +280,59 @@ def caption_recall(emb: dict[str, np.ndarray], image_of: np.ndarray, ks: tuple[i
     return out
 
 
+MODALITIES = ("image", "sound", "text")
+
+
+def chance_medr(per_query: np.ndarray, n: int) -> float:
+    """The median rank (1-based, as `rank_summary`) of a random ranking of `n` targets, where query q has
+    `per_query[q]` right answers and its rank is that of the first: the smallest t with P(first < t) >= 1/2 over the
+    queries, plus one."""
+    per_query = np.asarray(per_query, dtype=np.float64).reshape(-1)
+    miss = np.ones_like(per_query)  # P(no right answer among the first t) per query
+    for t in range(n):
+        if np.mean(1.0 - miss) >= 0.5:
+            return float(t)
+        miss = miss * np.clip((n - per_query - t) / (n - t), 0.0, None)
+    return float(n)
+
+
+def modality_matrix(emb: dict[str, np.ndarray], image_of: np.ndarray, ks: tuple[int, ...] = (1, 5, 10),
+                    folds: int = 1) -> dict[str, Any]:
+    """Retrieval between every two modalities of one split (See, Hear, and Read's table): `image` holds a row per
+    image, `sound` and `text` a row per item (`image_of[i]`: item i's image). A query's right answers: an image's
+    items; an item's image; for sound <-> text, the item's own other half. R@K, medr, meanr and chance per ordered
+    pair `<query>2<target>`, averaged over `folds` equal slices of the images with their items (5 x 1000 images)."""
+    mods = [m for m in MODALITIES if m in emb and len(emb[m])]
+    image_of = np.asarray(image_of, dtype=np.int64).reshape(-1)
+    n_images = int(image_of.max()) + 1 if len(image_of) else 0
+    if len(mods) < 2:
+        raise ValueError(f"need embeddings of two modalities among {', '.join(MODALITIES)}; got {', '.join(emb)}")
+    if folds < 1 or folds > n_images:
+        raise ValueError(f"folds must be in 1..{n_images} (the number of images), got {folds}")
+    per: list[dict[str, dict[str, dict[str, float]]]] = []
+    for part in np.array_split(np.arange(n_images), folds):
+        cols = np.flatnonzero(np.isin(image_of, part))
+        sub_of = np.searchsorted(part, image_of[cols])
+        out: dict[str, dict[str, dict[str, float]]] = {"matrix": {}, "chance": {}}
+        for a_i, a in enumerate(mods):
+            for b in mods[a_i + 1:]:
+                rel = sub_of if a == "image" else np.arange(len(cols))  # image <-> item, or item <-> its other half
+                rows = emb[a][part] if a == "image" else emb[a][cols]
+                fwd, back = caption_ranks(cosine_similarity(rows, emb[b][cols]), rel)
+                n_rows, n_cols = len(rows), len(cols)
+                for name, ranks, answers, n in ((f"{a}2{b}", fwd, np.bincount(rel, minlength=n_rows), n_cols),
+                                                (f"{b}2{a}", back, np.ones(n_cols), n_rows)):
+                    out["matrix"][name] = rank_summary(ranks, ks)
+                    hit = [1.0 - np.prod([(n - answers - t) / (n - t) for t in range(min(k, n))], axis=0) for k in ks]
+                    out["chance"][name] = {**{f"r@{k}": float(100.0 * np.mean(h)) for k, h in zip(ks, hit)},
+                                           "medr": chance_medr(answers, n)}
+        per.append(out)
+    names = list(per[0]["matrix"])
+    return {"modalities": mods, "n_images": n_images, "n_items": int(len(image_of)), "folds": folds,
+            **{part: {d: {m: float(np.mean([p[part][d][m] for p in per])) for m in per[0][part][d]} for d in names}
+               for part in ("matrix", "chance")}}
+
+
 def sampled_recall_at_10(queries: np.ndarray, gallery: np.ndarray, trials: int = 100, pool: int = 1000,
                          seed: int = 0) -> float:
     """The reference's Recall@10 of paired rows: `trials` times draw `pool` indices with replacement; a

@@ -255,6 +255,33 @@ def load_word_vectors(spec: str, vocabulary: Sequence[str] = (), dim: int = 620)
     return _read_text_vectors(path)
 
 
+def training_vectors(spec: str, texts: Sequence[str], dim: int, min_count: int = 1) -> WordVectors:
+    """A trainer's word vectors: the file `spec`, or for `random:SEED` vectors of the words seen at least `min_count`
+    times in the training `texts` (their first sentences' tokens)."""
+    if not str(spec).startswith("random:"):
+        return load_word_vectors(spec, dim=dim)
+    from collections import Counter
+
+    counts = Counter(w for t in texts for w in sentence_tokens(t))
+    return load_word_vectors(spec, vocabulary=sorted(w for w, n in counts.items() if n >= min_count), dim=dim)
+
+
+def vectors_state(vectors: WordVectors, spec: str) -> dict[str, object]:
+    """What a saved model records of its word vectors: their digest, and the words of `random:SEED` vectors (which
+    `restore_vectors` draws again)."""
+    return {"words": list(vectors.words) if str(spec).startswith("random:") else [], "vectors_digest": vectors.digest}
+
+
+def restore_vectors(spec: str, state: dict, dim: int) -> WordVectors:
+    """The word vectors a saved model was trained with (see `vectors_state`); a file that changed since is refused."""
+    random = str(spec).startswith("random:")
+    vectors = load_word_vectors(spec, vocabulary=[w for w in state["words"] if w != UNK] if random else (), dim=dim)
+    if vectors.digest != state["vectors_digest"]:
+        raise WordVectorsError(f"the word vectors '{spec}' differ from those this model was trained with (digest "
+                               f"{vectors.digest[:12]} != {str(state['vectors_digest'])[:12]}): restore that file")
+    return vectors
+
+
 def random_word_vectors(seed: int, vocabulary: Sequence[str], dim: int) -> WordVectors:
     """Vectors drawn N(0, 1/dim) for each word of `vocabulary` (order kept, repeats dropped) and then UNK; a word's
     vector depends only on the seed and the word, so two vocabularies agree on the words they share."""

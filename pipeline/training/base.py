@@ -71,7 +71,7 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 def task_name(value: Any) -> str:
     """A run's task as metrics.json records it ('captions' is what runs before the training core wrote)."""
-    if value in ("localization", "grounding"):
+    if value in ("localization", "grounding", "modalities"):
         return value
     return "pairs" if value in ("pairs", "captions") else "classes"
 

@@ -351,3 +351,39 @@ class Pairs(Task):
     def table(self, runs: dict[str, dict[str, Any]]) -> str:
         return figures.recall_table(runs)
 
+
+
+@register_task
+class Modalities(Pairs):
+    """Items with up to three modalities (an image per group, a sound and a text per item), the published split;
+    retrieval between every two of them (See, Hear, and Read): R@K and median rank per query x target modality."""
+
+    name = "modalities"
+    plot_file, plot_label = "modality_matrix.png", "median rank, query x target modality"
+
+    def metrics(self, run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
+        from models.metrics import MODALITIES, modality_matrix
+
+        ks = tuple(params.get("ks", (1, 5, 10)))
+        folds = int(params.get("folds", params.get("eval_folds", 1)))
+        with np.load(run_dir / "test_embeddings.npz") as z:
+            emb = {k: z[k] for k in MODALITIES if k in z}
+            image_of = z["image_of"]
+        try:
+            out = modality_matrix(emb, image_of, ks, folds)
+        except ValueError as e:
+            raise TrainError(f"{run_dir}: {e}") from None
+        trained = [d for d in ("image2text", "text2image", "image2sound", "sound2image") if d in out["matrix"]]
+        out["rsum"] = float(sum(out["matrix"][d][f"r@{k}"] for d in trained for k in ks))
+        out["chance_rsum"] = float(sum(out["chance"][d][f"r@{k}"] for d in trained for k in ks))
+        return out
+
+    def plot(self, runs: dict[str, tuple[Path, dict[str, Any]]], path: Path, title: str) -> Path:
+        figures.plot_modality_matrix({name: m for name, (_, m) in runs.items()}, path / self.plot_file, title)
+        return path / self.plot_file
+
+    def line(self, metrics: dict[str, Any]) -> str:
+        return figures.matrix_line(metrics)
+
+    def table(self, runs: dict[str, dict[str, Any]]) -> str:
+        return figures.matrix_table(runs)
