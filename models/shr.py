@@ -68,7 +68,7 @@ class SHRConfig:
     rank_weight: float = 1.0
     margin: float = 0.2
     rank_direction: Literal["a2b", "both"] = "a2b"  # a2b: image rows are the queries (the paper's formula)
-    disjoint: bool = True  # image-text and image-sound pairs from disjoint halves of the training images
+    disjoint: bool = False  # True: image-text and image-sound pairs from disjoint halves of the training images
     epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-4

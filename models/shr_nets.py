@@ -26,7 +26,7 @@ class SHRModel(nn.Module):
         low, hidden = cfg.size(cfg.low), cfg.size(cfg.hidden)
         chans = [cfg.size(256), cfg.size(512), cfg.size(512), low]
         self.image = nn.Sequential(nn.Linear(image_dim, low), nn.ReLU())
-        self.sound = _conv_stack(sound_dim, chans, 9, 2, 4)
+        self.sound = nn.Sequential(nn.BatchNorm1d(sound_dim), _conv_stack(sound_dim, chans, 9, 2, 4))
         self.text = _conv_stack(word_dim, chans, 3, 1, 1)
         self.shared = nn.Sequential(nn.Linear(low, hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
                                     nn.Linear(hidden, hidden), nn.ReLU())

@@ -1,0 +1,147 @@
+"""See, Hear, and Read pieces without media: the teacher's logits, the spectrogram, the students' shapes, the batches
+(never a text-sound pair), the retrieval matrix against a loop."""
+import numpy as np
+import pytest
+import torch
+
+from extractors.logmel import log_spectrogram
+from extractors.vgg16 import VGG16, VGG16Config
+from models.items import Items, SequenceData, TokensData
+from models.metrics import chance_medr, modality_matrix
+from models.shr import SeeHearRead, SHRConfig
+from models.shr_nets import SHRModel
+
+
+def test_vgg16_logits_are_the_whole_classifier():
+    ex = VGG16(VGG16Config(weights="random:0", layer="logits", crop_size=64))
+    assert ex.frame_dims() == (1000,) and ex.output_spec().extra["layer"] == "logits"
+    x = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(0)
+    from torchvision.models import vgg16
+
+    want = vgg16(weights=None).eval()(x)  # the same seeded init: the full network, fc8 included, dropouts off
+    with torch.no_grad():
+        assert torch.allclose(ex.network()(x), want, atol=1e-5)
+
+
+def test_spectrogram_preset_is_257_linear_bins_at_10_ms_with_the_mean_removed():
+    sr = 16000
+    tone = np.sin(2 * np.pi * 1000 * np.arange(5 * sr) / sr)
+    s = log_spectrogram(tone)
+    assert s.shape == (501, 257)  # 5 s at a 10 ms hop, centred frames
+    assert abs(float(s.mean())) < 1e-4
+    assert np.bincount(s.argmax(axis=1)).argmax() == 32  # 1 kHz / (16 kHz / 512)
+
+
+def test_students_end_in_the_shared_layers_and_text_convolves_over_words():
+    cfg = SHRConfig(width=0.0625, max_words=16)
+    m = SHRModel(cfg, image_dim=40, sound_dim=257, word_dim=30, classes=1000).eval()
+    hidden = cfg.size(cfg.hidden)
+    for modality, x in (("image", torch.randn(3, 40)), ("sound", torch.randn(3, 500, 257)), ("text", torch.randn(3, 16, 30))):
+        h, z = m(modality, x)
+        assert h.shape == (3, hidden) and z.shape == (3, 1000)
+    assert m.text[0].in_channels == 30  # word-vector channels, convolved along the 16 words (not over the embedding axis)
+    words = torch.randn(1, 16, 30)
+    with torch.no_grad():  # a sentence is more than a bag of words: the order of its words matters
+        assert not torch.allclose(m("text", words)[0], m("text", words.flip(1))[0])
+
+
+def _items(n_images: int = 12, per: int = 3, seed: int = 0) -> Items:
+    rng = np.random.default_rng(seed)
+    n = n_images * per
+    words = ["red", "blue", "circle", "square", "a", "on"]
+    texts = [" ".join(rng.choice(words, 5)) for _ in range(n)]
+    sound = rng.normal(size=(n, 40, 20)).astype(np.float32)
+    logits = rng.normal(size=(n_images, 1000))
+    teacher = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return Items([f"c{i}" for i in range(n)],
+                 {"image": rng.normal(size=(n_images, 24)).astype(np.float32), "teacher": teacher.astype(np.float32),
+                  "sound": SequenceData(lambda cid: sound[int(cid[1:])], [f"c{i}" for i in range(n)], 32, 20,
+                                        np.full(n, 32)),
+                  "text": TokensData(texts)},
+                 frozenset({"image", "teacher"}), groups=[f"g{g}" for g in range(n_images)],
+                 group_of=np.repeat(np.arange(n_images), per))
+
+
+@pytest.mark.parametrize("disjoint", [False, True])
+def test_training_never_feeds_a_text_sound_pair(disjoint, monkeypatch):
+    items = _items()
+    trainer = SeeHearRead(SHRConfig(width=0.03, epochs=2, batch_size=8, sound_frames=32, word_dim=12, disjoint=disjoint),
+                          "cpu")
+    calls: list[str] = []
+    original = SHRModel.forward
+    monkeypatch.setattr(SHRModel, "forward", lambda self, modality, x: (calls.append(modality), original(self, modality, x))[1])
+    seen: list[tuple[str, set[str], np.ndarray]] = []
+    batch_loss = SeeHearRead.batch_loss
+
+    def spy(self, train, batch, epoch):
+        calls.clear()
+        out = batch_loss(self, train, batch, epoch)
+        seen.append((batch[0], set(calls), train.group_of[batch[1]]))
+        return out
+
+    monkeypatch.setattr(SeeHearRead, "batch_loss", spy)
+    trainer.fit(items)
+    assert seen and all(mods == {"image", kind} for kind, mods, _ in seen)  # image + one other, never text + sound
+    kinds = [kind for kind, _, _ in seen]
+    assert {"text", "sound"} <= set(kinds) and kinds[:2] == ["text", "sound"]  # both pair types, alternating
+    text_groups = set(np.concatenate([g for k, _, g in seen if k == "text"]).tolist())
+    sound_groups = set(np.concatenate([g for k, _, g in seen if k == "sound"]).tolist())
+    assert (text_groups.isdisjoint(sound_groups)) == disjoint  # disjoint: no image bridges a sentence and a sound
+    emb = trainer.embed(items)
+    assert emb["image"].shape[0] == 12 and emb["sound"].shape[0] == emb["text"].shape[0] == 36
+    assert np.allclose(np.linalg.norm(emb["text"], axis=1), 1.0, atol=1e-5)
+
+
+def test_a_saved_model_embeds_the_same_and_refuses_other_word_vectors():
+    items = _items()
+    cfg = SHRConfig(width=0.03, epochs=1, batch_size=8, sound_frames=32, word_dim=12)
+    trainer = SeeHearRead(cfg, "cpu").fit(items)
+    state = trainer.state_dict()
+    again = SeeHearRead(cfg, "cpu").load_state_dict(state)
+    for k, v in trainer.embed(items).items():
+        assert np.allclose(again.embed(items)[k], v, atol=1e-6), k
+    with pytest.raises(ValueError, match="differ from those this model was trained with"):
+        SeeHearRead(SHRConfig(**{**cfg.__dict__, "word_vectors": "random:1"}), "cpu").load_state_dict(state)
+
+
+def _first_hit(sim: np.ndarray, relevant: list[set[int]]) -> np.ndarray:
+    out = []
+    for q, rel in enumerate(relevant):
+        order = sorted(range(sim.shape[1]), key=lambda j: (-sim[q, j], j))
+        out.append(min(order.index(j) for j in rel))
+    return np.array(out)
+
+
+def test_modality_matrix_matches_a_loop():
+    rng = np.random.default_rng(1)
+    image_of = np.array([0, 0, 1, 2, 2, 2, 3, 4, 4])
+    emb = {"image": rng.normal(size=(5, 6)), "sound": rng.normal(size=(9, 6)), "text": rng.normal(size=(9, 6))}
+    m = modality_matrix(emb, image_of, ks=(1, 2))
+    assert set(m["matrix"]) == {"image2sound", "sound2image", "image2text", "text2image", "sound2text", "text2sound"}
+    unit = {k: v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in emb.items()}
+    for q, t in (("image", "text"), ("text", "image"), ("sound", "text"), ("text", "sound")):
+        sim = unit[q] @ unit[t].T
+        if q == "image":
+            rel = [set(np.flatnonzero(image_of == i)) for i in range(5)]
+        elif t == "image":
+            rel = [{int(image_of[i])} for i in range(9)]
+        else:
+            rel = [{i} for i in range(9)]  # an item's sound <-> its own text
+        ranks = _first_hit(sim, rel)
+        got = m["matrix"][f"{q}2{t}"]
+        assert got["r@1"] == pytest.approx(100 * np.mean(ranks < 1)) and got["medr"] == np.floor(np.median(ranks)) + 1
+        assert got["meanr"] == pytest.approx(ranks.mean() + 1)
+    assert m["chance"]["text2sound"]["r@1"] == pytest.approx(100 / 9)
+
+
+def test_chance_median_rank_is_what_random_rankings_get():
+    rng = np.random.default_rng(2)
+    answers = np.array([1, 1, 3, 5])
+    n = 40
+    sims = []
+    for _ in range(4000):
+        q = rng.integers(len(answers))
+        sims.append(rng.permutation(n)[:answers[q]].min())
+    assert abs(chance_medr(answers, n) - (np.floor(np.median(sims)) + 1)) <= 1
+    assert chance_medr(np.ones(1000), 1000) == 500  # the paper's chance level for 1 x 1000

@@ -1,0 +1,67 @@
+"""See, Hear, and Read end to end on generated spoken shapes: trained on image+text and image+sound pairs only,
+text <-> sound retrieval far better than chance (the paper's transfer result in miniature), the run's stores and
+the report."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import open_store
+from pipeline.runner import run
+
+from ..conftest import write_config
+
+CORPUS = {"n_images": 100, "captions_per_image": 3, "n_val": 10, "n_test": 15, "size": 64, "seed": 1}
+SHR = {"width": 0.0625, "epochs": 40, "batch_size": 16, "lr": 1.0e-3, "sound_frames": 256}
+STAGES = {
+    "audio": {"group": "extract", "implementation": "audio", "params": {"sample_rate": 16000}},
+    "spectrogram": {"group": "extract", "implementation": "logmel", "upstream": ["audio"], "params": {"preset": "spectrogram"}},
+    "vgg16": {"group": "extract", "implementation": "vgg16", "params": {"weights": "random:0", "crop_size": 64}},
+    "vgg16-logits": {"group": "extract", "implementation": "vgg16",
+                     "params": {"weights": "random:0", "crop_size": 64, "layer": "logits"}},
+    "see-hear-read": {"group": "train", "implementation": "see-hear-read",
+                      "upstream": ["spectrogram", "vgg16", "vgg16-logits"],
+                      "views": {"image": "vgg16", "teacher": "vgg16-logits", "sound": "spectrogram"}, "params": SHR},
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    tmp = tmp_path_factory.mktemp("shr")
+    cfg = write_config(tmp / "stages.yaml", tmp / "cache",
+                       {"shapes": {"adapter": "spoken_shapes", "root": str(tmp / "shapes"), "params": CORPUS}}, STAGES,
+                       execution={"workers": 1, "shard_size": 64, "progress": False})
+    report = run("train", stage="see-hear-read", config=cfg)[-1]
+    return cfg, report
+
+
+def test_text_to_sound_emerges_without_a_text_sound_pair(trained):
+    _, report = trained
+    m = report.metrics
+    assert m["task"] == "modalities" and m["n_images"] == 15 and m["n_items"] == 45
+    mat, chance = m["matrix"], m["chance"]
+    assert set(mat) == {f"{a}2{b}" for a in ("image", "sound", "text") for b in ("image", "sound", "text") if a != b}
+    for d in ("image2text", "text2image", "image2sound", "sound2image"):  # the trained pairs
+        assert mat[d]["medr"] <= chance[d]["medr"] / 2 and mat[d]["r@10"] > chance[d]["r@10"] + 15, (d, mat[d], chance[d])
+    for d in ("text2sound", "sound2text"):  # never trained: the transfer through the images
+        assert chance[d]["medr"] == 23  # a random ranking of 45 items
+        assert mat[d]["medr"] <= 0.6 * chance[d]["medr"], (d, mat[d])  # measured: 9 and 10
+
+
+def test_the_run_holds_every_modality_and_its_pictures(trained):
+    cfg, report = trained
+    run_dir = report.run_dir
+    assert (run_dir / "modality_matrix.png").stat().st_size > 5000
+    assert (run_dir / "training_curve.png").exists()
+    params = (run_dir / "params.yaml").read_text()
+    assert "never text+sound" in params and "random:0" in params
+    image = open_store(run_dir / "embeddings" / "image")
+    sound = open_store(run_dir / "embeddings" / "sound")
+    text = open_store(run_dir / "embeddings" / "text")
+    ids = list(sound.clip_ids)
+    assert len(ids) == 300 and set(ids) == set(text.clip_ids) == set(image.clip_ids)
+    a, b = ids[0], ids[1]  # two captions of one picture share its image row
+    assert np.array_equal(image[a], image[b]) and not np.array_equal(sound[a], sound[b])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["best_epoch"] >= 1 and metrics["rsum"] > metrics["chance_rsum"]
