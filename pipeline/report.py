@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from .training.base import task_name
-from .training.figures import DIRECTIONS, chance_rsum, directions, recall_table
+from .training.figures import DIRECTIONS, chance_rsum, directions, matrix_table, recall_table
 
 
 def collect(cache: Path, dataset: str | None = None) -> list[dict[str, Any]]:
@@ -20,7 +20,8 @@ def collect(cache: Path, dataset: str | None = None) -> list[dict[str, Any]]:
     for path in sorted((cache / "runs").glob(f"{dataset or '*'}/*/metrics.json")):
         metrics = json.loads(path.read_text())
         captions = task_name(metrics.get("task")) in ("pairs", "localization", "grounding") and "rsum" in metrics
-        if "folds" not in metrics and not captions:  # an evaluate stage's table, not a train run ...
+        matrix = task_name(metrics.get("task")) == "modalities" and "matrix" in metrics
+        if "folds" not in metrics and not captions and not matrix:  # an evaluate stage's table, not a train run ...
             rows.extend(_transferred(path.parent, metrics))  # ... unless it applied another dataset's models
             continue
         info = yaml.safe_load((path.parent / "params.yaml").read_text())
@@ -31,8 +32,9 @@ def collect(cache: Path, dataset: str | None = None) -> list[dict[str, Any]]:
                                       for v in views.values()),
                "random_weights": any(v.get("random_weights") for v in views.values()),
                "completed": metrics.get("completed", 0.0), "run_dir": str(path.parent)}
-        if captions:
-            row.update(task="captions", metrics=metrics, plot=path.parent / "training_curve.png")
+        if captions or matrix:
+            row.update(task="captions" if captions else "modalities", metrics=metrics,
+                       plot=path.parent / ("training_curve.png" if captions else "modality_matrix.png"))
             rows.append(row)
             continue
         row.update({"task": "classes", "protocol": metrics["protocol"], "folds": len(metrics["folds"]),
@@ -92,6 +94,29 @@ def _grounding_section(rows: list[dict[str, Any]]) -> str:
             "<th></th></tr>" + "".join(body) + "</table>" + "".join(pictures))
 
 
+def _matrix_section(rows: list[dict[str, Any]]) -> str:
+    """Runs scored between every two modalities (See, Hear, and Read): median rank per query x target, chance beside."""
+    e = html.escape
+    body, pictures = [], []
+    for r in rows:
+        m = r["metrics"]
+        cells = "".join(f"<td class='num'>{m['matrix'][d]['medr']:.0f} <span class='rand'>({m['chance'][d]['medr']:.0f})"
+                        f"</span><br>{m['matrix'][d]['r@10']:.0f}%</td>" if d in m["matrix"] else "<td></td>"
+                        for d in MATRIX_ORDER)
+        body.append(f"<tr><td>{e(r['dataset'])}</td><td>{e(r['stage'])}</td><td class='wrap'>{e(r['features'])}</td>"
+                    f"{cells}<td class='num'>{m['n_items']} / {m['n_images']}</td><td>{_details(r)}</td></tr>")
+        if Path(r["plot"]).exists():
+            pictures.append(f"<h3>{e(r['dataset'])} / {e(r['stage'])}</h3>" + _chart(Path(r["plot"])))
+    heads = "".join(f"<th>{d.replace('2', '&rarr;')}</th>" for d in MATRIX_ORDER)
+    return ("<h2>Image, sound and text: retrieval between every two</h2><p>Median rank of the right answer (chance "
+            "in brackets) and R@10, query &rarr; target, on the test split. Text &harr; sound is never trained: "
+            "it comes through the images.</p><table><tr><th>dataset</th><th>stage</th><th>features</th>" + heads +
+            "<th>items / images</th><th></th></tr>" + "".join(body) + "</table>" + "".join(pictures))
+
+
+MATRIX_ORDER = ("image2text", "text2image", "image2sound", "sound2image", "text2sound", "sound2text")
+
+
 def _params(p: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in p.items())
 
@@ -111,6 +136,9 @@ def format_text(rows: list[dict[str, Any]]) -> str:
         pt = r["metrics"]["pointing"]
         out.append(f"{r['dataset']}: {r['stage']} ({r['features']}): pointing game {100 * pt['accuracy']:.1f}% "
                    f"(centre {100 * pt['centre_baseline']:.1f}%) over {pt['n_phrases']} phrases, point = {pt['point']}")
+    matrices = [r for r in rows if r["task"] == "modalities"]
+    if matrices:
+        out.append(matrix_table({f"{r['dataset']} / {_label(matrices, r)}": r["metrics"] for r in matrices}))
     rows = [r for r in rows if r["task"] == "classes"]
     if rows:
         out.insert(0, _map_text(rows))
@@ -218,6 +246,9 @@ def write_html(rows: list[dict[str, Any]], out: Path) -> Path:
             "<th rowspan=2>features</th><th colspan=4>image &rarr; captions</th><th colspan=4>captions &rarr; image</th>"
             "<th rowspan=2>rsum</th><th rowspan=2>chance</th><th rowspan=2>test images</th><th rowspan=2></th></tr>"
             f"<tr>{heads}</tr>" + "".join(body) + "</table>")
+    matrices = [r for r in rows if r["task"] == "modalities"]
+    if matrices:
+        sections.append(_matrix_section(matrices))
     aligned = [r for r in pairs if r["metrics"].get("alignment", {}).get("n_words")]
     if aligned:
         sections.append(_alignment_section(aligned))

@@ -13,7 +13,7 @@ from pipeline.runner import run
 from ..conftest import write_config
 
 CORPUS = {"n_images": 100, "captions_per_image": 3, "n_val": 10, "n_test": 15, "size": 64, "seed": 1}
-SHR = {"width": 0.0625, "epochs": 40, "batch_size": 16, "lr": 1.0e-3, "sound_frames": 256}
+SHR = {"width": 0.0625, "epochs": 30, "batch_size": 16, "lr": 1.0e-3, "sound_frames": 256}
 STAGES = {
     "audio": {"group": "extract", "implementation": "audio", "params": {"sample_rate": 16000}},
     "spectrogram": {"group": "extract", "implementation": "logmel", "upstream": ["audio"], "params": {"preset": "spectrogram"}},
@@ -65,3 +65,17 @@ def test_the_run_holds_every_modality_and_its_pictures(trained):
     assert np.array_equal(image[a], image[b]) and not np.array_equal(sound[a], sound[b])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["best_epoch"] >= 1 and metrics["rsum"] > metrics["chance_rsum"]
+
+
+def test_report_shows_the_query_by_target_matrix(trained, tmp_path):
+    from pipeline.report import collect, format_text, write_html
+
+    cfg, report = trained
+    rows = [r for r in collect(report.run_dir.parents[2]) if r["task"] == "modalities"]
+    assert len(rows) == 1 and rows[0]["random_weights"]
+    text = format_text(rows)
+    assert "median rank (chance)" in text and text.splitlines()[-1].startswith("text")  # rows: query modalities
+    m = report.metrics
+    assert f"{m['matrix']['text2sound']['medr']:.0f} ({m['chance']['text2sound']['medr']:.0f})" in text
+    page = write_html(rows, tmp_path / "report.html").read_text()
+    assert "Image, sound and text" in page and "text&rarr;sound" in page and "data:image/png;base64" in page
