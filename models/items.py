@@ -36,12 +36,16 @@ class View:
     dtype: str = "float64"
     min_count: int = 1  # tokens: a word enters the vocabulary when the training split has it this often
     temperature: float = 1.0  # distribution: softmax temperature over logits
+    optional: bool = False  # an item may lack it (a caption corpus mixed with a video corpus: no sound, no text);
+    #                          `Items.present[name]` says which items have it, the others read as zeros / ""
 
     def __post_init__(self) -> None:
         if self.form not in FORMS:
             raise ValueError(f"view '{self.name}': form must be one of {', '.join(FORMS)}, got {self.form!r}")
         if self.form == "sequence" and not self.max_len:
             raise ValueError(f"view '{self.name}': a sequence needs max_len")
+        if self.optional and (self.per == "group" or self.form not in ("sequence", "tokens")):
+            raise ValueError(f"view '{self.name}': only per-item sequence and tokens views can be optional")
 
 
 def tokenize(text: str) -> list[str]:
@@ -169,6 +173,7 @@ class Items:
     groups: list[str] = field(default_factory=list)
     group_of: np.ndarray | None = None
     media: list[Any] = field(default_factory=list)
+    present: dict[str, np.ndarray] = field(default_factory=dict)  # optional view -> which items have it
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -186,7 +191,8 @@ class Items:
                 for name, d in self.data.items()}
         return Items([self.ids[int(i)] for i in idx], data, self.per_group,
                      None if self.labels is None else self.labels[idx], self.classes, groups, group_of,
-                     [self.media[int(i)] for i in idx] if self.media else [])
+                     [self.media[int(i)] for i in idx] if self.media else [],
+                     {name: mask[idx] for name, mask in self.present.items()})
 
     def group_firsts(self) -> np.ndarray:
         """Per group, the index of its first item."""

@@ -297,11 +297,13 @@ def chance_medr(per_query: np.ndarray, n: int) -> float:
 
 
 def modality_matrix(emb: dict[str, np.ndarray], image_of: np.ndarray, ks: tuple[int, ...] = (1, 5, 10),
-                    folds: int = 1) -> dict[str, Any]:
+                    folds: int = 1, present: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Retrieval between every two modalities of one split (See, Hear, and Read's table): `image` holds a row per
     image, `sound` and `text` a row per item (`image_of[i]`: item i's image). A query's right answers: an image's
     items; an item's image; for sound <-> text, the item's own other half. R@K, medr, meanr and chance per ordered
-    pair `<query>2<target>`, averaged over `folds` equal slices of the images with their items (5 x 1000 images)."""
+    pair `<query>2<target>`, averaged over `folds` equal slices of the images with their items (5 x 1000 images).
+    `present[m]` (per item) marks the items that have modality m (a mixed corpus: captions without sound, videos
+    without text): a pair is scored on the items that have both sides, and left out where none has."""
     mods = [m for m in MODALITIES if m in emb and len(emb[m])]
     image_of = np.asarray(image_of, dtype=np.int64).reshape(-1)
     n_images = int(image_of.max()) + 1 if len(image_of) else 0
@@ -309,27 +311,36 @@ def modality_matrix(emb: dict[str, np.ndarray], image_of: np.ndarray, ks: tuple[
         raise ValueError(f"need embeddings of two modalities among {', '.join(MODALITIES)}; got {', '.join(emb)}")
     if folds < 1 or folds > n_images:
         raise ValueError(f"folds must be in 1..{n_images} (the number of images), got {folds}")
+    has = {m: np.ones(len(image_of), dtype=bool) if present is None or m not in present else np.asarray(present[m], bool)
+           for m in mods}
+    pairs = [(a, b) for a_i, a in enumerate(mods) for b in mods[a_i + 1:]
+             if (has[b] if a == "image" else has[a] & has[b]).any()]
     per: list[dict[str, dict[str, dict[str, float]]]] = []
     for part in np.array_split(np.arange(n_images), folds):
-        cols = np.flatnonzero(np.isin(image_of, part))
-        sub_of = np.searchsorted(part, image_of[cols])
         out: dict[str, dict[str, dict[str, float]]] = {"matrix": {}, "chance": {}}
-        for a_i, a in enumerate(mods):
-            for b in mods[a_i + 1:]:
-                rel = sub_of if a == "image" else np.arange(len(cols))  # image <-> item, or item <-> its other half
-                rows = emb[a][part] if a == "image" else emb[a][cols]
-                fwd, back = caption_ranks(cosine_similarity(rows, emb[b][cols]), rel)
-                n_rows, n_cols = len(rows), len(cols)
-                for name, ranks, answers, n in ((f"{a}2{b}", fwd, np.bincount(rel, minlength=n_rows), n_cols),
-                                                (f"{b}2{a}", back, np.ones(n_cols), n_rows)):
-                    out["matrix"][name] = rank_summary(ranks, ks)
-                    hit = [1.0 - np.prod([(n - answers - t) / (n - t) for t in range(min(k, n))], axis=0) for k in ks]
-                    out["chance"][name] = {**{f"r@{k}": float(100.0 * np.mean(h)) for k, h in zip(ks, hit)},
-                                           "medr": chance_medr(answers, n)}
+        for a, b in pairs:
+            both = has[b] if a == "image" else has[a] & has[b]
+            cols = np.flatnonzero(np.isin(image_of, part) & both)
+            if not len(cols):
+                continue
+            if a == "image":  # image <-> its items: the images of this fold that have such items
+                imgs = np.unique(image_of[cols])
+                rows, rel = emb[a][imgs], np.searchsorted(imgs, image_of[cols])
+            else:  # item <-> its own other half
+                rows, rel = emb[a][cols], np.arange(len(cols))
+            fwd, back = caption_ranks(cosine_similarity(rows, emb[b][cols]), rel)
+            n_rows, n_cols = len(rows), len(cols)
+            for name, ranks, answers, n in ((f"{a}2{b}", fwd, np.bincount(rel, minlength=n_rows), n_cols),
+                                            (f"{b}2{a}", back, np.ones(n_cols), n_rows)):
+                out["matrix"][name] = rank_summary(ranks, ks)
+                hit = [1.0 - np.prod([(n - answers - t) / (n - t) for t in range(min(k, n))], axis=0) for k in ks]
+                out["chance"][name] = {**{f"r@{k}": float(100.0 * np.mean(h)) for k, h in zip(ks, hit)},
+                                       "medr": chance_medr(answers, n)}
         per.append(out)
-    names = list(per[0]["matrix"])
+    names = list(dict.fromkeys(d for p in per for d in p["matrix"]))
     return {"modalities": mods, "n_images": n_images, "n_items": int(len(image_of)), "folds": folds,
-            **{part: {d: {m: float(np.mean([p[part][d][m] for p in per])) for m in per[0][part][d]} for d in names}
+            **{part: {d: {m: float(np.mean([p[part][d][m] for p in per if d in p[part]])) for m in
+                          next(p[part][d] for p in per if d in p[part])} for d in names}
                for part in ("matrix", "chance")}}
 
 

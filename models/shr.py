@@ -115,8 +115,8 @@ class SeeHearRead(EpochTrainer):
         cfg = self.config
         return [View("image", "visual", "vector", per="group", dtype="float32"),
                 View("teacher", "visual", "distribution", per="group", dtype="float32", temperature=cfg.temperature),
-                View("sound", "audio", "sequence", max_len=cfg.sound_frames, dtype="float32"),
-                View("text", "text", "tokens", max_len=cfg.max_words)]
+                View("sound", "audio", "sequence", max_len=cfg.sound_frames, dtype="float32", optional=True),
+                View("text", "text", "tokens", max_len=cfg.max_words, optional=True)]
 
     def group_outputs(self) -> frozenset[str]:
         return frozenset({"image"})
@@ -179,12 +179,14 @@ class SeeHearRead(EpochTrainer):
         """The training items that give image-text pairs and those that give image-sound pairs: all of them for
         both, or (`disjoint`) the items of one half of the images for text and of the other half for sound."""
         assert train.group_of is not None
-        everything = np.arange(len(train))
-        if not self.config.disjoint:
-            return {"text": everything, "sound": everything}
-        groups = np.random.default_rng([self.config.seed, 7]).permutation(len(train.groups))
-        text_groups = np.isin(train.group_of, groups[:len(groups) // 2])
-        return {"text": everything[text_groups], "sound": everything[~text_groups]}
+        has = {k: train.present.get(k, np.ones(len(train), dtype=bool)) for k in ("text", "sound")}
+        if self.config.disjoint:  # of the images with both, half give their texts, the other half their sounds
+            both = np.unique(train.group_of[has["text"] & has["sound"]])
+            to_text = np.random.default_rng([self.config.seed, 7]).permutation(both)[:len(both) // 2]
+            shared = np.isin(train.group_of, both)
+            has["text"] = has["text"] & (~shared | np.isin(train.group_of, to_text))
+            has["sound"] = has["sound"] & (~shared | ~np.isin(train.group_of, to_text))
+        return {k: np.flatnonzero(v) for k, v in has.items()}
 
     def fit(self, train: Items, val: Items | None = None, **hooks: Any) -> "SeeHearRead":
         sets = self.pair_sets(train)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from .cache import DigestMemo, hash_key
 from .config import ConfigError, ExecutionParams, PipelineConfig, implementation, key_params, load_config
-from .datasets import Clip, DatasetAdapter, Manifest
+from .datasets import Clip, DatasetAdapter, DatasetError, Manifest
 from .registry import DATASETS, TRAINERS
 from .context import Context, PipelineError, StageKeys, cache_paths, committed
 from .locks import acquire, in_use, run_lock_path, store_lock, unused
@@ -67,7 +67,10 @@ def make_adapter(config: PipelineConfig, dataset: str | None) -> DatasetAdapter:
     """Instantiate the dataset adapter named in stages.yaml."""
     spec = config.dataset(dataset)
     cls = DATASETS.get(spec.adapter)
-    return cls(spec.name, spec.root, cls.Config(**spec.params))
+    adapter = cls(spec.name, spec.root, cls.Config(**spec.params))
+    if hasattr(adapter, "bind_config"):  # an adapter made of other datasets (`mix`)
+        adapter.bind_config(config)
+    return adapter
 
 
 def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
@@ -212,6 +215,8 @@ def _load(ex: Any, clip: Clip, upstream: Any) -> tuple[Any, str | None]:
         return ex.load(clip, upstream), None
     except MediaError as e:
         return None, e.reason
+    except DatasetError as e:  # the clip lacks what the stage reads (a caption's picture has no sound: a `mix`)
+        return None, str(e)
 
 
 def _start_loads(task: ShardTask) -> list[Any]:

@@ -361,6 +361,16 @@ class Modalities(Pairs):
     name = "modalities"
     plot_file, plot_label = "modality_matrix.png", "median rank, query x target modality"
 
+    def save_unit(self, run_dir: Path, unit: Unit, trainer: Any, test: "Items", seconds: float) -> None:
+        super().save_unit(run_dir, unit, trainer, test, seconds)
+        if test.present:  # which items have each optional modality (a mixed corpus: captions without sound, ...)
+            path = run_dir / "test_embeddings.npz"
+            with np.load(path) as z:
+                saved = dict(z)
+            tmp = run_dir / f".tmp-test-{uuid.uuid4().hex[:8]}.npz"
+            np.savez(tmp, **saved, **{f"present_{k}": v for k, v in test.present.items()})
+            os.replace(tmp, path)
+
     def metrics(self, run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
         from models.metrics import MODALITIES, modality_matrix
 
@@ -369,8 +379,9 @@ class Modalities(Pairs):
         with np.load(run_dir / "test_embeddings.npz") as z:
             emb = {k: z[k] for k in MODALITIES if k in z}
             image_of = z["image_of"]
+            present = {k: z[f"present_{k}"] for k in MODALITIES if f"present_{k}" in z}
         try:
-            out = modality_matrix(emb, image_of, ks, folds)
+            out = modality_matrix(emb, image_of, ks, folds, present)
         except ValueError as e:
             raise TrainError(f"{run_dir}: {e}") from None
         trained = [d for d in ("image2text", "text2image", "image2sound", "sound2image") if d in out["matrix"]]

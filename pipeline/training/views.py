@@ -23,10 +23,12 @@ log = logging.getLogger(__name__)
 _PRELOAD_BYTES = 1 << 30  # sequences and maps smaller than this in all are read once and kept in memory
 
 
-def unusable(stores: dict[str, FeatureStore], stages: dict[str, str], clip_id: str) -> str | None:
-    """Why a clip cannot be an item (failed, not computed or empty in one of the view stores), or None."""
+def unusable(stores: dict[str, FeatureStore], stages: dict[str, str], clip_id: str,
+             optional: frozenset[str] = frozenset()) -> str | None:
+    """Why a clip cannot be an item (failed, not computed or empty in one of the view stores, `optional` views
+    aside), or None."""
     for view, st in stores.items():
-        why = st.unusable(clip_id)
+        why = None if view in optional else st.unusable(clip_id)
         if why:
             return f"stage '{stages[view]}': {why}"
     return None
@@ -50,6 +52,13 @@ def _read(view: View, store: FeatureStore | None, ids: list[str], clips: list[An
     dims = [int(d) for d in store.attrs.get("dims") or []]
     if view.form == "sequence":
         dim = int(np.prod(dims)) if dims else 1
+        if view.optional:  # items without it read as length 0 (all zeros)
+            have = [cid for cid in ids if store.unusable(cid) is None]
+            known = dict(zip(have, np.minimum(store.lengths_of(have), view.max_len))) if have else {}
+            lengths = np.array([known.get(cid, 0) for cid in ids], dtype=np.int64)
+            empty = np.zeros((0, *dims), dtype=np.float32)
+            return SequenceData(lambda cid: store[cid][:view.max_len] if cid in known else empty, list(ids),
+                                int(view.max_len or 0), dim, lengths)
         lengths = np.minimum(store.lengths_of(ids), view.max_len)
         cache: dict[str, np.ndarray] = {}
         if int(lengths.sum()) * dim * 4 <= _PRELOAD_BYTES:
@@ -76,13 +85,18 @@ def read_items(ctx: "Context", rk: "RunKeys", trainer: Any, task: "Task") -> tup
     stores = {v.name: FeatureStore(ctx.stages[rk.views[v.name]].store_path, clip_keys=ctx.clip_keys,
                                    scan=scans[rk.views[v.name]])
               for v in views if v.name in rk.views}
-    needs_text = any(v.form == "tokens" for v in views)
+    needs_text = any(v.form == "tokens" and not v.optional for v in views)
+    optional = [v for v in views if v.optional]
+    optional_stored = frozenset(v.name for v in optional if v.name in stores)
     skipped: dict[str, str] = {}
     keep = []
     for c in ctx.manifest.clips:
-        why = (task.qualifies(c) or unusable(stores, rk.views, c.clip_id)
+        why = (task.qualifies(c) or unusable(stores, rk.views, c.clip_id, optional_stored)
                or ("no transcript (a text view needs one)" if needs_text and not c.text else None)
                or trainer.needs_media(c))
+        if not why and optional and not any(bool(c.text) if v.form == "tokens" else stores[v.name].unusable(c.clip_id) is None
+                                            for v in optional):
+            why = "none of the views " + ", ".join(v.name for v in optional) + " (an item needs one)"
         if why:
             skipped[c.clip_id] = why
         else:
@@ -100,6 +114,11 @@ def read_items(ctx: "Context", rk: "RunKeys", trainer: Any, task: "Task") -> tup
             items.data[v.name] = _read(v, stores.get(v.name), [ids[i] for i in firsts], [keep[i] for i in firsts])
         else:
             items.data[v.name] = _read(v, stores.get(v.name), ids, keep)
+    for v in views:
+        if v.optional:
+            st = stores.get(v.name)
+            items.present[v.name] = np.array([bool(c.text) if v.form == "tokens" else st.unusable(c.clip_id) is None
+                                              for c in keep], dtype=bool)
     extra = trainer.media_data(items)
     items.data.update(extra)
     items.per_group = items.per_group | frozenset(extra)

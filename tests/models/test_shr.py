@@ -145,3 +145,16 @@ def test_chance_median_rank_is_what_random_rankings_get():
         sims.append(rng.permutation(n)[:answers[q]].min())
     assert abs(chance_medr(answers, n) - (np.floor(np.median(sims)) + 1)) <= 1
     assert chance_medr(np.ones(1000), 1000) == 500  # the paper's chance level for 1 x 1000
+
+
+def test_modality_matrix_scores_each_pair_on_the_items_that_have_both():
+    rng = np.random.default_rng(5)
+    image_of = np.array([0, 0, 1, 1, 2, 3, 4, 5])  # images 0-1: captions (text only); 2-5: videos (sound only)
+    emb = {"image": rng.normal(size=(6, 4)), "sound": rng.normal(size=(8, 4)), "text": rng.normal(size=(8, 4))}
+    text = np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)
+    m = modality_matrix(emb, image_of, present={"text": text, "sound": ~text})
+    assert set(m["matrix"]) == {"image2text", "text2image", "image2sound", "sound2image"}  # no item has both
+    alone = modality_matrix({"image": emb["image"][2:], "sound": emb["sound"][4:]}, image_of[4:] - 2)
+    assert m["matrix"]["sound2image"] == alone["matrix"]["sound2image"]  # the videos among themselves
+    assert m["chance"]["image2text"]["medr"] == modality_matrix(
+        {"image": emb["image"][:2], "text": emb["text"][:4]}, image_of[:4])["chance"]["image2text"]["medr"]

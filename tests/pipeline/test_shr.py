@@ -79,3 +79,39 @@ def test_report_shows_the_query_by_target_matrix(trained, tmp_path):
     assert f"{m['matrix']['text2sound']['medr']:.0f} ({m['chance']['text2sound']['medr']:.0f})" in text
     page = write_html(rows, tmp_path / "report.html").read_text()
     assert "Image, sound and text" in page and "text&rarr;sound" in page and "data:image/png;base64" in page
+
+
+def test_a_mix_of_a_caption_corpus_and_a_video_corpus_trains_one_run(tmp_path, tiny_synthetic_root, monkeypatch):
+    from models.shr import SeeHearRead
+    from tests.conftest import TINY
+
+    stages = {**STAGES, "see-hear-read": {**STAGES["see-hear-read"],
+                                          "params": {**SHR, "epochs": 2, "batch_size": 4}}}
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache", {
+        "captions": {"adapter": "spoken_scenes", "root": str(tmp_path / "scenes"),
+                     "params": {"n_train": 8, "n_val": 4, "captions_per_image": 2, "size": 64, "speech": False,
+                                "layout": "coco_captions"}},
+        "videos": {"adapter": "synthetic", "root": str(tiny_synthetic_root), "params": TINY},
+        "both": {"adapter": "mix", "root": str(tmp_path),
+                 "params": {"parts": ["captions", "videos"], "val_fraction": 0.2, "test_fraction": 0.2}}}, stages,
+        execution={"workers": 1, "shard_size": 64, "progress": False})
+    fed: list[tuple[str, list[str]]] = []
+    batch_loss = SeeHearRead.batch_loss
+
+    def spy(self, train, batch, epoch):
+        fed.append((batch[0], [train.ids[int(i)] for i in batch[1]]))
+        return batch_loss(self, train, batch, epoch)
+
+    monkeypatch.setattr(SeeHearRead, "batch_loss", spy)
+    report = run("train", dataset="both", stage="see-hear-read", config=cfg)[-1]
+    # image-text batches hold only the caption corpus's items, image-sound batches only the videos
+    assert {k for k, _ in fed} == {"text", "sound"}
+    assert all(i.startswith("captions/") for k, ids in fed if k == "text" for i in ids)
+    assert all(i.startswith("videos/") for k, ids in fed if k == "sound" for i in ids)
+    m = report.metrics
+    assert set(m["matrix"]) == {"image2text", "text2image", "image2sound", "sound2image"}  # no item has both
+    assert m["left_out"] == 0  # a picture without sound and a video without text are items all the same
+    with np.load(report.run_dir / "test_embeddings.npz") as z:
+        ids, has_text, has_sound = z["clip_ids"], z["present_text"], z["present_sound"]
+    assert all(i.startswith("captions/") for i in ids[has_text]) and all(i.startswith("videos/") for i in ids[has_sound])
+    assert has_text.any() and has_sound.any() and not (has_text & has_sound).any()
