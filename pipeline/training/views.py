@@ -52,17 +52,12 @@ def _read(view: View, store: FeatureStore | None, ids: list[str], clips: list[An
     dims = [int(d) for d in store.attrs.get("dims") or []]
     if view.form == "sequence":
         dim = int(np.prod(dims)) if dims else 1
-        if view.optional:  # items without it read as length 0 (all zeros)
-            have = [cid for cid in ids if store.unusable(cid) is None]
-            known = dict(zip(have, np.minimum(store.lengths_of(have), view.max_len))) if have else {}
-            lengths = np.array([known.get(cid, 0) for cid in ids], dtype=np.int64)
-            empty = np.zeros((0, *dims), dtype=np.float32)
-            return SequenceData(lambda cid: store[cid][:view.max_len] if cid in known else empty, list(ids),
-                                int(view.max_len or 0), dim, lengths)
-        lengths = np.minimum(store.lengths_of(ids), view.max_len)
-        cache: dict[str, np.ndarray] = {}
+        have = [cid for cid in ids if store.unusable(cid) is None] if view.optional else list(ids)
+        known = dict(zip(have, np.minimum(store.lengths_of(have), view.max_len))) if have else {}
+        lengths = np.array([known.get(cid, 0) for cid in ids], dtype=np.int64)  # an optional view's absent: 0
+        cache: dict[str, np.ndarray] = {cid: np.zeros((0, *dims), np.float32) for cid in ids if cid not in known}
         if int(lengths.sum()) * dim * 4 <= _PRELOAD_BYTES:
-            cache = {cid: store[cid][:view.max_len] for cid in ids}
+            cache.update({cid: store[cid][:view.max_len] for cid in have})
         return SequenceData(lambda cid: cache[cid] if cid in cache else store[cid][:view.max_len], list(ids),
                             int(view.max_len or 0), dim, lengths)
     if view.form == "map":
