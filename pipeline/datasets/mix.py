@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..registry import register_dataset
+from ..registry import DATASETS, register_dataset
 from .base import DatasetAdapter, DatasetError, Manifest
 
 log = logging.getLogger(__name__)
@@ -53,15 +53,17 @@ class MixDataset(DatasetAdapter):
 
     def bind_config(self, config: Any) -> None:
         """Build the parts' adapters from the pipeline config (the runner calls this after construction)."""
-        from ..runner import make_adapter
-
         for p in self.config.parts:
             if p not in config.datasets:
                 raise DatasetError(f"dataset '{self.dataset_name}' (mix): part '{p}' is not a dataset of "
                                    f"{config.path.name} (datasets: {', '.join(config.datasets)})")
             if config.datasets[p].adapter == "mix":
                 raise DatasetError(f"dataset '{self.dataset_name}' (mix): part '{p}' is itself a mix; name its parts")
-        self.parts = [make_adapter(config, p) for p in self.config.parts]
+        self.parts = []
+        for p in self.config.parts:
+            spec = config.dataset(p)
+            cls = DATASETS.get(spec.adapter)
+            self.parts.append(cls(spec.name, spec.root, cls.Config(**spec.params)))
         kinds = {a.kind for a in self.parts}
         if kinds != {"media"}:
             raise DatasetError(f"dataset '{self.dataset_name}' (mix): every part must hold media; "
