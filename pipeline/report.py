@@ -103,10 +103,11 @@ def _matrix_section(rows: list[dict[str, Any]]) -> str:
         cells = "".join(f"<td class='num'>{m['matrix'][d]['medr']:.0f} <span class='rand'>({m['chance'][d]['medr']:.0f})"
                         f"</span><br>{m['matrix'][d]['r@10']:.0f}%</td>" if d in m["matrix"] else "<td></td>"
                         for d in MATRIX_ORDER)
-        body.append(f"<tr><td>{e(r['dataset'])}</td><td>{e(r['stage'])}</td><td class='wrap'>{e(r['features'])}</td>"
+        label = _label(rows, r)
+        body.append(f"<tr><td>{e(r['dataset'])}</td><td>{e(label)}</td><td class='wrap'>{e(r['features'])}</td>"
                     f"{cells}<td class='num'>{m['n_items']} / {m['n_images']}</td><td>{_details(r)}</td></tr>")
         if Path(r["plot"]).exists():
-            pictures.append(f"<h3>{e(r['dataset'])} / {e(r['stage'])}</h3>" + _chart(Path(r["plot"])))
+            pictures.append(f"<h3>{e(r['dataset'])} / {e(label)}</h3>" + _chart(Path(r["plot"])))
     heads = "".join(f"<th>{d.replace('2', '&rarr;')}</th>" for d in MATRIX_ORDER)
     return ("<h2>Image, sound and text: retrieval between every two</h2><p>Median rank of the right answer (chance "
             "in brackets) and R@10, query &rarr; target, on the test split. Text &harr; sound is never trained: "
