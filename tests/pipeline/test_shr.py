@@ -13,13 +13,13 @@ from pipeline.runner import run
 from ..conftest import write_config
 
 CORPUS = {"n_images": 100, "captions_per_image": 3, "n_val": 10, "n_test": 15, "size": 64, "seed": 1}
-SHR = {"width": 0.0625, "epochs": 30, "batch_size": 16, "lr": 1.0e-3, "sound_frames": 256}
+SHR = {"width": 0.0625, "epochs": 30, "batch_size": 16, "lr": 1.0e-3, "sound_frames": 200}
 STAGES = {
     "audio": {"group": "extract", "implementation": "audio", "params": {"sample_rate": 16000}},
     "spectrogram": {"group": "extract", "implementation": "logmel", "upstream": ["audio"], "params": {"preset": "spectrogram"}},
-    "vgg16": {"group": "extract", "implementation": "vgg16", "params": {"weights": "random:0", "crop_size": 64}},
+    "vgg16": {"group": "extract", "implementation": "vgg16", "params": {"weights": "random:0", "crop_size": 32}},
     "vgg16-logits": {"group": "extract", "implementation": "vgg16",
-                     "params": {"weights": "random:0", "crop_size": 64, "layer": "logits"}},
+                     "params": {"weights": "random:0", "crop_size": 32, "layer": "logits"}},
     "see-hear-read": {"group": "train", "implementation": "see-hear-read",
                       "upstream": ["spectrogram", "vgg16", "vgg16-logits"],
                       "views": {"image": "vgg16", "teacher": "vgg16-logits", "sound": "spectrogram"}, "params": SHR},
@@ -46,7 +46,7 @@ def test_text_to_sound_emerges_without_a_text_sound_pair(trained):
         assert mat[d]["medr"] <= chance[d]["medr"] / 2 and mat[d]["r@10"] > chance[d]["r@10"] + 15, (d, mat[d], chance[d])
     for d in ("text2sound", "sound2text"):  # never trained: the transfer through the images
         assert chance[d]["medr"] == 23  # a random ranking of 45 items
-        assert mat[d]["medr"] <= 0.6 * chance[d]["medr"], (d, mat[d])  # measured: 9 and 10
+        assert mat[d]["medr"] <= 0.6 * chance[d]["medr"], (d, mat[d])  # measured: 5 and 6
 
 
 def test_the_run_holds_every_modality_and_its_pictures(trained):
