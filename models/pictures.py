@@ -99,3 +99,28 @@ def stage_cnn(name: str, implementation: str, params: dict[str, Any], crop_size:
     t = ext.preprocessing
     cnn = ImageCNN(ext.network, int(dims[0]), tuple(t.mean), tuple(t.std), crop, implementation)
     return cnn, Pictures(ext, resize)
+
+
+def cnn_input(cnn: ImageCNN, pictures: list[Any], crop: int, train: bool, device: Any) -> Any:
+    """Normalised CNN input `[B, 3, crop, crop]` from uint8 `[3, H, W]` pictures: a random resized crop (scale
+    0.08-1) and a random horizontal flip in training (torch's global generator: checkpoints restore it), the
+    centre crop otherwise (the stage's own preprocessing), then the weights' mean and std."""
+    import torch
+    import torchvision.transforms as T
+    import torchvision.transforms.functional as TF
+
+    out = []
+    for img in pictures:
+        if train:
+            i, j, h, w = T.RandomResizedCrop.get_params(img, scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3])
+            img = TF.resized_crop(img, i, j, h, w, [crop, crop], antialias=True)
+            if torch.rand(1).item() < 0.5:
+                img = img.flip(-1)
+        else:
+            img = TF.center_crop(img, [crop])
+        out.append(img)
+    x = torch.stack(out).to(device, non_blocking=True).float().div_(255.0)
+    mean = torch.tensor(cnn.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(cnn.std, device=x.device).view(1, -1, 1, 1)
+    x = (x - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x

@@ -18,7 +18,8 @@ image+sound pairs only, never text+sound:
 Students (the paper: AlexNet to pool5 for images, 4-layer 1-D CNNs for sound and text; its channel sizes are not
 in the text we could read, these are ours, scaled by `width`):
 - image: the image view's stored CNN features (fc7 `[4096]`, or a map `[H, W, C]` averaged over H, W) ->
-  Linear(-> `low`) -> ReLU;
+  Linear(-> `low`) -> ReLU; with `finetune_cnn` the image stage's CNN runs first, trained on the raw pictures
+  (random resized crops and flips; the stage's centre crop to embed), as VASE's `finetune_cnn`;
 - sound: a `[T, F]` spectrogram (the `spectrogram` preset: 500 x 257 for 5 s; any log-mel preset works), cropped or
   zero-padded to `sound_frames`; four Conv1d over time with F input channels (k 9, stride 2, BatchNorm, ReLU;
   channels 256/512/512/`low`), max over time;
@@ -76,6 +77,8 @@ class SHRConfig:
     dropout: float = 0.0
     seed: int = 0
     eval_folds: int = 1  # 5: the paper's 5 x 1000 items (a 5000-image test split)
+    finetune_cnn: bool = False  # the image student starts with the image stage's CNN, trained on the raw pictures
+    crop_size: int | None = None  # that CNN's input side with finetune_cnn; None: the image stage's
 
     def __post_init__(self) -> None:
         checks = [(self.hidden >= 1 and self.low >= 1, "hidden and low must be >= 1"), (self.width > 0, "width must be > 0"),
@@ -86,7 +89,9 @@ class SHRConfig:
                   (self.rank_direction in ("a2b", "both"), "rank_direction must be a2b or both"),
                   (self.epochs >= 1, "epochs must be >= 1"), (self.batch_size >= 2, "batch_size must be >= 2"),
                   (self.lr > 0, "lr must be > 0"), (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
-                  (self.eval_folds >= 1, "eval_folds must be >= 1")]
+                  (self.eval_folds >= 1, "eval_folds must be >= 1"),
+                  (self.crop_size is None or self.finetune_cnn, "crop_size is the fine-tuned CNN's input side: it "
+                   "needs finetune_cnn: true")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
@@ -106,10 +111,39 @@ class SeeHearRead(EpochTrainer):
     tasks = ("modalities",)
     score_name = "rsum"
 
-    def __init__(self, config: Any = None, device: str = "auto") -> None:
+    def __init__(self, config: Any = None, device: str = "auto", cnn: Any = None) -> None:
         super().__init__(config, device)
         self.vectors: Any = None
         self.dims: dict[str, int] = {}
+        self.cnn = cnn  # models.pictures.ImageCNN, with finetune_cnn
+        self._picture_reader: Any = None
+
+    @classmethod
+    def create(cls, config: Any, device: str, stages: dict[str, dict[str, Any]], restoring: bool = False) -> "SeeHearRead":
+        """A trainer for a run; with `finetune_cnn` the image student starts with the image stage's CNN (restoring a
+        saved run: its architecture only, the weights come from the run's model)."""
+        cfg = config if isinstance(config, SHRConfig) else SHRConfig(**config)
+        if not cfg.finetune_cnn:
+            return cls(cfg, device)
+        from .pictures import stage_cnn  # (decoding, the extractors: only when fine-tuning)
+
+        image = stages["image"]
+        params = {**image["params"], "weights": "random:0"} if restoring else image["params"]
+        cnn, pictures = stage_cnn(image["stage"], image["implementation"], params, cfg.crop_size)
+        trainer = cls(cfg, device, cnn=cnn)
+        trainer._picture_reader = pictures
+        return trainer
+
+    def media_data(self, items: Items) -> dict[str, Any]:
+        """With `finetune_cnn`: each group's raw picture (a video's middle frame), decoded as the image stage does."""
+        if self._picture_reader is None:
+            return {}
+        return {"pictures": self._picture_reader.reader([items.media[i] for i in items.group_firsts()])}
+
+    def needs_media(self, clip: Any) -> str | None:
+        if self.config.finetune_cnn and not ({"image", "video"} & set(clip.media)):
+            return "no raw picture (finetune_cnn trains the CNN on the dataset's pictures)"
+        return None
 
     def views(self) -> list[View]:
         cfg = self.config
@@ -130,10 +164,14 @@ class SeeHearRead(EpochTrainer):
 
     def build(self, dims: dict[str, int], vectors: Any) -> "SeeHearRead":
         """A freshly initialised model (seeded) for inputs of `dims` (image, sound, classes) and `vectors`."""
+        if self.config.finetune_cnn and self.cnn is None:
+            raise ValueError("finetune_cnn trains the image CNN: pass cnn=ImageCNN(...) (the pipeline takes the image "
+                             "stage's)")
         self.dims, self.vectors = {k: int(v) for k, v in dims.items()}, vectors
+        cnn = self.cnn.build() if self.config.finetune_cnn else None  # the stage's own weights, before the seed
         torch.manual_seed(self.config.seed)
         self.model = _nets.SHRModel(self.config, self.dims["image"], self.dims["sound"], int(vectors.dim),
-                                    self.dims["classes"]).to(self.torch_device)
+                                    self.dims["classes"], cnn).to(self.torch_device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
         return self
 
@@ -155,7 +193,16 @@ class SeeHearRead(EpochTrainer):
     def _tensor(self, x: np.ndarray) -> "torch.Tensor":
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.torch_device)
 
-    def _image(self, items: Items, groups: np.ndarray) -> "torch.Tensor":
+    def _image(self, items: Items, groups: np.ndarray, train: bool = False) -> "torch.Tensor":
+        """The image student's input: stored features (a map averaged over its cells), or with `finetune_cnn` the
+        raw pictures (augmented in training)."""
+        if self.config.finetune_cnn:
+            from .pictures import cnn_input
+
+            if "pictures" not in items.data:
+                raise ValueError("finetune_cnn runs the CNN on raw pictures, and these items come without them")
+            return cnn_input(self.cnn, items.data["pictures"](groups), int(self.config.crop_size or self.cnn.crop_size),
+                             train, self.torch_device)
         x = np.asarray(items.data["image"][groups], dtype=np.float32)
         return self._tensor(x.reshape(len(x), -1, x.shape[-1]).mean(axis=1) if x.ndim > 2 else x)  # a map: mean over H, W
 
@@ -195,7 +242,7 @@ class SeeHearRead(EpochTrainer):
                              f"{len(sets['text'])} and {len(sets['sound'])} (disjoint: {self.config.disjoint})")
         if self.model is None:
             image = np.asarray(train.data["image"][:1])
-            self.build({"image": int(image.shape[-1]), "sound": int(train.data["sound"].dim),
+            self.build({"image": int(self.cnn.dim if self.config.finetune_cnn else image.shape[-1]), "sound": int(train.data["sound"].dim),
                         "classes": int(np.asarray(train.data["teacher"]).shape[1])},
                        _text.training_vectors(self.config.word_vectors, [train.data["text"].texts[int(i)]
                                                                         for i in sets["text"]],
@@ -218,7 +265,7 @@ class SeeHearRead(EpochTrainer):
         cfg, m = self.config, self.model
         assert m is not None and train.group_of is not None
         groups = train.group_of[idx]
-        h_img, z_img = m("image", self._image(train, groups))
+        h_img, z_img = m("image", self._image(train, groups, train=True))
         h_x, z_x = m(kind, self._input(train, kind, idx))
         with torch.autocast(self.torch_device.type, enabled=False):
             teacher = self._tensor(np.asarray(train.data["teacher"][groups]))

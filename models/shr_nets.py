@@ -21,8 +21,12 @@ def _conv_stack(in_channels: int, channels: Sequence[int], kernel: int, stride: 
 class SHRModel(nn.Module):
     """Students for image, sound and text, and the shared upper layers."""
 
-    def __init__(self, cfg: SHRConfig, image_dim: int, sound_dim: int, word_dim: int, classes: int) -> None:
+    def __init__(self, cfg: SHRConfig, image_dim: int, sound_dim: int, word_dim: int, classes: int,
+                 cnn: nn.Module | None = None) -> None:
         super().__init__()
+        if getattr(cnn, "aux_logits", False):  # Inception-V3's auxiliary classifier: not part of the student
+            cnn.aux_logits, cnn.AuxLogits = False, None
+        self.cnn = cnn  # finetune_cnn: the image stage's CNN, trained on raw pictures
         low, hidden = cfg.size(cfg.low), cfg.size(cfg.hidden)
         chans = [cfg.size(256), cfg.size(512), cfg.size(512), low]
         self.image = nn.Sequential(nn.Linear(image_dim, low), nn.ReLU())
@@ -35,7 +39,7 @@ class SHRModel(nn.Module):
     def student(self, modality: str, x: "torch.Tensor") -> "torch.Tensor":
         """A modality's input -> its `low` vector: image `[B, D]`, sound `[B, T, F]`, text `[B, L, D]`."""
         if modality == "image":
-            return self.image(x)
+            return self.image(x if self.cnn is None else self.cnn(x).flatten(1))
         net = self.sound if modality == "sound" else self.text
         return net(x.transpose(1, 2)).amax(dim=2)  # convolve over time (words), then the max over it
 

@@ -44,7 +44,7 @@ from .items import PAD, START, END, UNK, Items, View, build_vocab, encode_texts,
 from ._lazy import lazy
 from .loop import EpochTrainer, autocast, shuffled_batches
 from .metrics import caption_recall
-from .pictures import ImageCNN
+from .pictures import ImageCNN, cnn_input
 
 torch = lazy("torch")
 _nets = lazy("models.vase_nets")
@@ -281,31 +281,13 @@ class VASETrainer(EpochTrainer):
         return isinstance(self.model.image if self.model is not None else None, _nets.CNNImageEncoder)
 
     def _pictures(self, data: CaptionData, image_idx: np.ndarray, train: bool) -> torch.Tensor:
-        """Normalised CNN input `[B, 3, crop, crop]`: a random resized crop and a random flip in training
-        (torch's global generator: checkpoints restore it), the centre crop otherwise."""
-        import torchvision.transforms as T
-        import torchvision.transforms.functional as TF
-
+        """Normalised CNN input `[B, 3, crop, crop]` (`models.pictures.cnn_input`: augmented in training)."""
         assert self.cnn is not None
         if data.pictures is None:
             raise ValueError("finetune_cnn runs the CNN on raw pictures, and these captions come without them "
                              "(CaptionData.pictures is None)")
-        crop = int(self.config.crop_size or self.cnn.crop_size)
-        out = []
-        for img in data.pictures(image_idx):
-            if train:
-                i, j, h, w = T.RandomResizedCrop.get_params(img, scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3])
-                img = TF.resized_crop(img, i, j, h, w, [crop, crop], antialias=True)
-                if torch.rand(1).item() < 0.5:
-                    img = img.flip(-1)
-            else:
-                img = TF.center_crop(img, [crop])
-            out.append(img)
-        x = torch.stack(out).to(self.torch_device, non_blocking=True).float().div_(255.0)
-        mean = torch.tensor(self.cnn.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.cnn.std, device=x.device).view(1, -1, 1, 1)
-        x = (x - mean) / std
-        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+        return cnn_input(self.cnn, data.pictures(image_idx), int(self.config.crop_size or self.cnn.crop_size), train,
+                         self.torch_device)
 
     def _image_input(self, data: CaptionData, image_idx: np.ndarray, train: bool) -> torch.Tensor:
         if self.finetuning:

@@ -158,3 +158,50 @@ def test_modality_matrix_scores_each_pair_on_the_items_that_have_both():
     assert m["matrix"]["sound2image"] == alone["matrix"]["sound2image"]  # the videos among themselves
     assert m["chance"]["image2text"]["medr"] == modality_matrix(
         {"image": emb["image"][:2], "text": emb["text"][:4]}, image_of[:4])["chance"]["image2text"]["medr"]
+
+
+def test_finetune_cnn_trains_the_image_cnn_on_raw_pictures(monkeypatch):
+    from models.pictures import ImageCNN
+
+    items = _items(n_images=8, per=2)
+    rng = np.random.default_rng(6)
+    pictures = [torch.from_numpy(rng.integers(0, 255, (3, 40, 48), dtype=np.uint8)) for _ in range(8)]
+
+    class Reader:
+        def __init__(self, idx):
+            self.idx = np.asarray(idx)
+
+        def __call__(self, groups):
+            return [pictures[int(self.idx[int(g)])] for g in groups]
+
+        def subset(self, groups):
+            return Reader(self.idx[np.asarray(groups)])
+
+    items.data["pictures"] = Reader(np.arange(8))
+    items.per_group = items.per_group | {"pictures"}
+
+    def tiny() -> torch.nn.Module:
+        torch.manual_seed(3)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
+
+    cnn = ImageCNN(tiny, 4, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 32, "tiny")
+    cfg = SHRConfig(width=0.03, epochs=2, batch_size=8, sound_frames=32, word_dim=12, finetune_cnn=True)
+    trainer = SeeHearRead(cfg, "cpu", cnn=cnn)
+    seen = []
+    import models.pictures as pics
+
+    original = pics.cnn_input
+    monkeypatch.setattr(pics, "cnn_input", lambda *a: (seen.append(a[3]), original(*a))[1])
+    trainer.fit(items)
+    assert seen and all(seen)  # training: augmented crops of the raw pictures
+    start = tiny().state_dict()
+    now = trainer.model.cnn.state_dict()
+    assert any(not torch.equal(start[k], now[k]) for k in start)  # the CNN itself was trained
+    state = trainer.state_dict()
+    assert any(k.startswith("cnn.") for k in state["model"])  # and is saved with the model
+    again = SeeHearRead(cfg, "cpu", cnn=cnn).load_state_dict(state)
+    seen.clear()
+    assert np.allclose(again.embed(items)["image"], trainer.embed(items)["image"], atol=1e-6)
+    assert seen and not any(seen)  # embedding never augments
+    with pytest.raises(ValueError, match="crop_size"):
+        SHRConfig(crop_size=64)
