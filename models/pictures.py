@@ -77,6 +77,13 @@ class PictureReader:
         return len(self.clips)
 
 
+def view_cnn(stage: dict[str, Any], crop_size: int | None, restoring: bool) -> tuple[ImageCNN, Pictures]:
+    """The CNN and picture reader of the stage a trainer's image view reads (`stage`: the run loop's record of it:
+    stage, implementation, params); restoring a saved run: the architecture only (its weights come from the run)."""
+    params = {**stage["params"], "weights": "random:0"} if restoring else stage["params"]
+    return stage_cnn(stage["stage"], stage["implementation"], params, crop_size)
+
+
 def stage_cnn(name: str, implementation: str, params: dict[str, Any], crop_size: int | None,
               ) -> tuple[ImageCNN, Pictures]:
     """The CNN of a visual stage (its architecture, weights and preprocessing) and a picture reader."""

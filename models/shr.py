@@ -125,11 +125,9 @@ class SeeHearRead(EpochTrainer):
         cfg = config if isinstance(config, SHRConfig) else SHRConfig(**config)
         if not cfg.finetune_cnn:
             return cls(cfg, device)
-        from .pictures import stage_cnn  # (decoding, the extractors: only when fine-tuning)
+        from .pictures import view_cnn  # (decoding, the extractors: only when fine-tuning)
 
-        image = stages["image"]
-        params = {**image["params"], "weights": "random:0"} if restoring else image["params"]
-        cnn, pictures = stage_cnn(image["stage"], image["implementation"], params, cfg.crop_size)
+        cnn, pictures = view_cnn(stages["image"], cfg.crop_size, restoring)
         trainer = cls(cfg, device, cnn=cnn)
         trainer._picture_reader = pictures
         return trainer

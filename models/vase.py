@@ -160,11 +160,9 @@ class VASETrainer(EpochTrainer):
         cfg = config if isinstance(config, VASEConfig) else VASEConfig(**config)
         if not cfg.finetune_cnn:
             return cls(cfg, device)
-        from .pictures import stage_cnn  # (decoding, the extractors: only when fine-tuning)
+        from .pictures import view_cnn  # (decoding, the extractors: only when fine-tuning)
 
-        visual = stages["visual"]
-        params = {**visual["params"], "weights": "random:0"} if restoring else visual["params"]
-        cnn, pictures = stage_cnn(visual["stage"], visual["implementation"], params, cfg.crop_size)
+        cnn, pictures = view_cnn(stages["visual"], cfg.crop_size, restoring)
         trainer = cls(cfg, device, cnn=cnn)
         trainer._picture_reader = pictures
         return trainer
