@@ -1,6 +1,7 @@
 """`cub`: CUB-200-2011 birds with Reed et al.'s 10 captions per image; a 100 / 50 / 50 class split."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ class CubConfig:
     images_dir: str = "CUB_200_2011"
     text_dir: str = "cvpr2016_cub"
     skip_missing: bool = False
+    per_caption: bool = False  # true: one item per caption, grouped by image (caption trainers: see-hear-read)
 
 
 def _class_number(name: str) -> int | None:
@@ -22,7 +24,8 @@ def _class_number(name: str) -> int | None:
 
 @register_dataset
 class CubDataset(DatasetAdapter):
-    """CUB-200-2011 images, each with its 10 text captions; classes split 100 train / 50 val / 50 test."""
+    """CUB-200-2011 images, each with its 10 text captions; classes split 100 train / 50 val / 50 test
+    (`per_caption: true`: one item per caption, grouped by its image)."""
 
     name = "cub"
     Config = CubConfig
@@ -75,10 +78,13 @@ class CubDataset(DatasetAdapter):
             if not caption_file.is_file():
                 no_text.append(caption_file)
                 continue
-            clips.append(Clip(clip_id=Path(rel).with_suffix("").as_posix(), label=cls,
-                              split=split_of.get(_class_number(cls) or -1),
-                              text=tuple(self.read_lines(caption_file)),
-                              media={"image": self.under(rel, what, images_dir)}))
+            clip = Clip(clip_id=Path(rel).with_suffix("").as_posix(), label=cls, split=split_of.get(_class_number(cls) or -1),
+                        text=tuple(self.read_lines(caption_file)), media={"image": self.under(rel, what, images_dir)})
+            if self.config.per_caption:  # the image's rows are computed once: its items share the picture
+                clips += [dataclasses.replace(clip, clip_id=f"{clip.clip_id}/{k}", group=clip.clip_id, text=(t,))
+                          for k, t in enumerate(clip.text)]
+            else:
+                clips.append(clip)
         if no_text and not self.config.skip_missing:
             raise self.error(f"{len(no_text)} caption file(s) missing, e.g. {no_text[0]}; restore them or set "
                              "`skip_missing: true`")

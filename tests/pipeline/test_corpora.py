@@ -256,6 +256,12 @@ def test_cub_manifest_and_class_split(tmp_path):
     make_cub(tmp_path / "reed", reed_split=True)
     m = CubDataset("cub", tmp_path / "reed", CubConfig()).manifest()
     assert [x.split for x in m.clips] == ["val"] * 2 + ["test"] * 2 + ["train"] * 2
+    # per_caption: an item per caption (the caption trainers' pairs), grouped by its image, sharing its picture
+    per = CubDataset("cub", tmp_path, CubConfig(per_caption=True)).manifest()
+    assert len(per) == 60 and len({x.group for x in per.clips}) == 6
+    x = per.by_id()["101.White_Pelican/White_Pelican_0001/3"]
+    assert x.text == ("bird 101 1 caption 3",) and x.group == "101.White_Pelican/White_Pelican_0001"
+    assert x.media == c.media and x.split == "val" and x.label == c.label
 
 
 def test_cub_broken_layouts(tmp_path):
