@@ -109,6 +109,20 @@ def test_a_short_fit_lowers_the_loss_and_state_round_trips():
     assert s.shape == (6, 1, 4)  # 8 frames / 8, 2 x 2 cells
 
 
+def test_sampled_recall_at_10_is_a_stable_sort_of_each_row():
+    rng = np.random.default_rng(9)
+    x = np.round(rng.normal(size=(40, 3)), 1)  # few distinct values: many ties, and rows drawn twice
+    y = np.round(x + rng.normal(scale=0.5, size=x.shape), 1)
+    draws = np.random.default_rng(0)
+    hits = []
+    for _ in range(3):  # the reference's loop: the 10 first of a stable argsort of the cosine distances
+        idx = draws.integers(0, 40, size=60)
+        a, b = x[idx] / np.linalg.norm(x[idx], axis=1, keepdims=True), y[idx] / np.linalg.norm(y[idx], axis=1, keepdims=True)
+        top = np.argsort(1.0 - a @ b.T, axis=1, kind="stable")[:, :10]
+        hits.append((top == np.arange(60)[:, None]).any(axis=1).sum())
+    assert sampled_recall_at_10(x, y, trials=3, pool=60, seed=0) == pytest.approx(np.mean(hits) / 60)
+
+
 def test_sampled_recall_at_10():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5000, 32))
