@@ -209,9 +209,17 @@ class SeeHearRead(EpochTrainer):
         texts = items.data["text"].texts
         out = np.zeros((len(idx), self.config.max_words, self.vectors.dim), np.float32)
         for k, i in enumerate(idx):
-            rows = self.vectors.encode(texts[int(i)])[:self.config.max_words]
+            rows = self._encoded(texts[int(i)])
             out[k, :len(rows)] = rows
         return self._tensor(out)
+
+    def _encoded(self, text: str) -> np.ndarray:
+        """A text's word vectors (first sentence, up to max_words), tokenized once per text and vectors."""
+        cache = self.__dict__.setdefault("_encodings", {})
+        key = (id(self.vectors), text)
+        if key not in cache:
+            cache[key] = self.vectors.encode(text)[:self.config.max_words]
+        return cache[key]
 
     def _input(self, items: Items, modality: str, idx: np.ndarray) -> "torch.Tensor":
         if modality == "sound":
