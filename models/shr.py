@@ -77,6 +77,7 @@ class SHRConfig:
     dropout: float = 0.0
     seed: int = 0
     eval_folds: int = 1  # 5: the paper's 5 x 1000 items (a 5000-image test split)
+    image_form: Literal["vector", "map"] = "vector"  # map: the image stage's [H, W, C] maps, averaged over H, W
     finetune_cnn: bool = False  # the image student starts with the image stage's CNN, trained on the raw pictures
     crop_size: int | None = None  # that CNN's input side with finetune_cnn; None: the image stage's
 
@@ -90,6 +91,7 @@ class SHRConfig:
                   (self.epochs >= 1, "epochs must be >= 1"), (self.batch_size >= 2, "batch_size must be >= 2"),
                   (self.lr > 0, "lr must be > 0"), (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
                   (self.eval_folds >= 1, "eval_folds must be >= 1"),
+                  (self.image_form in ("vector", "map"), "image_form must be vector or map"),
                   (self.crop_size is None or self.finetune_cnn, "crop_size is the fine-tuned CNN's input side: it "
                    "needs finetune_cnn: true")]
         for ok, msg in checks:
@@ -145,7 +147,7 @@ class SeeHearRead(EpochTrainer):
 
     def views(self) -> list[View]:
         cfg = self.config
-        return [View("image", "visual", "vector", per="group", dtype="float32"),
+        return [View("image", "visual", cfg.image_form, per="group", dtype="float32"),
                 View("teacher", "visual", "distribution", per="group", dtype="float32", temperature=cfg.temperature),
                 View("sound", "audio", "sequence", max_len=cfg.sound_frames, dtype="float32", optional=True),
                 View("text", "text", "tokens", max_len=cfg.max_words, optional=True)]
@@ -234,7 +236,7 @@ class SeeHearRead(EpochTrainer):
         assert train.group_of is not None
         has = {k: train.present.get(k, np.ones(len(train), dtype=bool)) for k in ("text", "sound")}
         if self.config.disjoint:  # of the images with both, half give their texts, the other half their sounds
-            both = np.unique(train.group_of[has["text"] & has["sound"]])
+            both = np.intersect1d(train.group_of[has["text"]], train.group_of[has["sound"]])
             to_text = np.random.default_rng([self.config.seed, 7]).permutation(both)[:len(both) // 2]
             shared = np.isin(train.group_of, both)
             has["text"] = has["text"] & (~shared | np.isin(train.group_of, to_text))
@@ -247,7 +249,10 @@ class SeeHearRead(EpochTrainer):
             raise ValueError(f"needs >= 2 image-text and >= 2 image-sound training pairs; has "
                              f"{len(sets['text'])} and {len(sets['sound'])} (disjoint: {self.config.disjoint})")
         if self.model is None:
-            image = np.asarray(train.data["image"][:1])
+            image = np.asarray(train.data["image"][np.arange(1)])
+            if image.ndim == 2 and image.shape[1] > 32768:
+                raise ValueError(f"the image view holds {image.shape[1]} values per picture: a map read as a vector? "
+                                 "set image_form: map (averaged over its cells) or bind a vector stage (fc7)")
             self.build({"image": int(self.cnn.dim if self.config.finetune_cnn else image.shape[-1]), "sound": int(train.data["sound"].dim),
                         "classes": int(np.asarray(train.data["teacher"]).shape[1])},
                        _text.training_vectors(self.config.word_vectors, [train.data["text"].texts[int(i)]
@@ -283,7 +288,7 @@ class SeeHearRead(EpochTrainer):
     def validate(self, val: Items) -> dict[str, float]:
         """rsum (R@1 + R@5 + R@10) over the trained pairs, both ways: image<->text, image<->sound."""
         m = self.evaluate(val)
-        return {"val_rsum": float(sum(m["matrix"][d][f"r@{k}"] for d in TRAINED for k in (1, 5, 10)))}
+        return {"val_rsum": float(sum(m["matrix"][d][f"r@{k}"] for d in TRAINED if d in m["matrix"] for k in (1, 5, 10)))}
 
     # -- embedding ---------------------------------------------------------------------------------
 
@@ -305,4 +310,4 @@ class SeeHearRead(EpochTrainer):
     def evaluate(self, items: Items) -> dict[str, Any]:
         """Retrieval between every two modalities of the items (`models.metrics.modality_matrix`)."""
         assert items.group_of is not None
-        return modality_matrix(self.embed(items), items.group_of)
+        return modality_matrix(self.embed(items), items.group_of, present=items.present)

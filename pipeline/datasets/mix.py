@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,14 +88,15 @@ class MixDataset(DatasetAdapter):
             m = a.manifest()
             part = a.dataset_name
             groups = sorted({c.group or c.clip_id for c in m.clips if not c.split})
-            order = np.random.default_rng([cfg.seed, len(clips)]).permutation(len(groups))
+            salt = zlib.crc32(part.encode())  # a part's split depends on its own clips only, not on the others'
+            order = np.random.default_rng([cfg.seed, salt]).permutation(len(groups))
             n_val, n_test = int(round(cfg.val_fraction * len(groups))), int(round(cfg.test_fraction * len(groups)))
             assigned = {groups[int(i)]: "val" if k < n_val else "test" if k < n_val + n_test else "train"
                         for k, i in enumerate(order)}
             splits = {str(c.split).lower() for c in m.clips if c.split}
             if "val" in splits and "test" not in splits:  # every part needs test items: half its val images
                 val = sorted({c.group or c.clip_id for c in m.clips if str(c.split).lower() == "val"})
-                picked = np.random.default_rng([cfg.seed, len(clips), 1]).permutation(len(val))[:len(val) // 2]
+                picked = np.random.default_rng([cfg.seed, salt, 1]).permutation(len(val))[:len(val) // 2]
                 assigned.update({val[int(i)]: "test" for i in picked})
                 log.info("dataset '%s': part '%s' has no test split; %d of its %d val images test", self.dataset_name,
                          part, len(picked), len(val))

@@ -117,8 +117,10 @@ def _embedding_stores(ctx: "Context", rk: RunKeys, task: Task, trainer: Any, ite
             if modality in per_group:
                 assert sub.group_of is not None
                 arr = arr[sub.group_of]
-            for cid, r in zip(sub.ids, arr):
-                rows.setdefault(modality, {})[cid] = r
+            has = sub.present.get(modality)  # an optional view's absent items have no such embedding
+            for k, (cid, r) in enumerate(zip(sub.ids, arr)):
+                if has is None or bool(has[k]):
+                    rows.setdefault(modality, {})[cid] = r
     assert ctx.manifest is not None
     what = "item (group outputs: its group's)" if per_group else "clip"
     for modality, by_id in rows.items():

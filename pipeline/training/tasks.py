@@ -310,8 +310,13 @@ class Pairs(Task):
         emb = trainer.embed(test)
         tmp = run_dir / f".tmp-test-{uuid.uuid4().hex[:8]}.npz"
         np.savez(tmp, clip_ids=np.array(test.ids, dtype=str), groups=np.array(test.groups, dtype=str),
-                 image_of=test.group_of, **{k: np.asarray(v, dtype=np.float32) for k, v in emb.items()})
+                 image_of=test.group_of, **{k: np.asarray(v, dtype=np.float32) for k, v in emb.items()},
+                 **self.extra_arrays(test))
         os.replace(tmp, run_dir / "test_embeddings.npz")  # last: marks the unit committed
+
+    def extra_arrays(self, test: "Items") -> dict[str, np.ndarray]:
+        """Arrays saved beside the test embeddings (none here)."""
+        return {}
 
     def embed_parts(self, items: "Items", units: list[Unit]) -> list[np.ndarray]:
         u = units[0]
@@ -361,15 +366,9 @@ class Modalities(Pairs):
     name = "modalities"
     plot_file, plot_label = "modality_matrix.png", "median rank, query x target modality"
 
-    def save_unit(self, run_dir: Path, unit: Unit, trainer: Any, test: "Items", seconds: float) -> None:
-        super().save_unit(run_dir, unit, trainer, test, seconds)
-        if test.present:  # which items have each optional modality (a mixed corpus: captions without sound, ...)
-            path = run_dir / "test_embeddings.npz"
-            with np.load(path) as z:
-                saved = dict(z)
-            tmp = run_dir / f".tmp-test-{uuid.uuid4().hex[:8]}.npz"
-            np.savez(tmp, **saved, **{f"present_{k}": v for k, v in test.present.items()})
-            os.replace(tmp, path)
+    def extra_arrays(self, test: "Items") -> dict[str, np.ndarray]:
+        """Which items have each optional modality (a mixed corpus: captions without sound, videos without text)."""
+        return {f"present_{k}": v for k, v in test.present.items()}
 
     def metrics(self, run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
         from models.metrics import MODALITIES, modality_matrix

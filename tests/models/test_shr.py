@@ -205,3 +205,22 @@ def test_finetune_cnn_trains_the_image_cnn_on_raw_pictures(monkeypatch):
     assert seen and not any(seen)  # embedding never augments
     with pytest.raises(ValueError, match="crop_size"):
         SHRConfig(crop_size=64)
+
+
+def test_items_with_one_modality_each_train_score_and_stay_disjoint():
+    items = _items(n_images=12, per=2)
+    text = np.tile([True, False], 12)  # each image: one caption with only its text, one with only its sound
+    items.present = {"text": text, "sound": ~text}
+    cfg = SHRConfig(width=0.03, epochs=1, batch_size=4, sound_frames=32, word_dim=12, disjoint=True, image_form="map")
+    items.data["image"] = np.random.default_rng(7).normal(size=(12, 2, 3, 24)).astype(np.float32)  # maps
+    trainer = SeeHearRead(cfg, "cpu")
+    sets = trainer.pair_sets(items)
+    text_groups, sound_groups = set(items.group_of[sets["text"]]), set(items.group_of[sets["sound"]])
+    assert text_groups and sound_groups and text_groups.isdisjoint(sound_groups)  # no image gives both kinds
+    assert text[sets["text"]].all() and (~text)[sets["sound"]].all()
+    trainer.fit(items)
+    assert trainer.model.image[0].in_features == 24  # a map averaged over its cells, not flattened
+    m = trainer.evaluate(items)
+    assert set(m["matrix"]) == {"image2text", "text2image", "image2sound", "sound2image"}  # no item has both
+    assert SeeHearRead(SHRConfig(**{**cfg.__dict__, "disjoint": False}), "cpu").pair_sets(items)["text"].tolist() == \
+        np.flatnonzero(text).tolist()

@@ -116,3 +116,7 @@ def test_a_mix_of_a_caption_corpus_and_a_video_corpus_trains_one_run(tmp_path, t
         ids, has_text, has_sound = z["clip_ids"], z["present_text"], z["present_sound"]
     assert all(i.startswith("captions/") for i in ids[has_text]) and all(i.startswith("videos/") for i in ids[has_sound])
     assert has_text.any() and has_sound.any() and not (has_text & has_sound).any()
+    sound = open_store(report.run_dir / "embeddings" / "sound")  # no made-up rows for captions without sound
+    text = open_store(report.run_dir / "embeddings" / "text")
+    assert sound.clip_ids and all(i.startswith("videos/") for i in sound.clip_ids)
+    assert text.clip_ids and all(i.startswith("captions/") for i in text.clip_ids)
