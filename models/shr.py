@@ -119,6 +119,7 @@ class SeeHearRead(EpochTrainer):
         self.dims: dict[str, int] = {}
         self.cnn = cnn  # models.pictures.ImageCNN, with finetune_cnn
         self._picture_reader: Any = None
+        self._encodings: dict[str, np.ndarray] = {}  # text -> its word vectors under self.vectors
 
     @classmethod
     def create(cls, config: Any, device: str, stages: dict[str, dict[str, Any]], restoring: bool = False) -> "SeeHearRead":
@@ -167,7 +168,7 @@ class SeeHearRead(EpochTrainer):
         if self.config.finetune_cnn and self.cnn is None:
             raise ValueError("finetune_cnn trains the image CNN: pass cnn=ImageCNN(...) (the pipeline takes the image "
                              "stage's)")
-        self.dims, self.vectors = {k: int(v) for k, v in dims.items()}, vectors
+        self.dims, self.vectors, self._encodings = {k: int(v) for k, v in dims.items()}, vectors, {}
         cnn = self.cnn.build() if self.config.finetune_cnn else None  # the stage's own weights, before the seed
         torch.manual_seed(self.config.seed)
         self.model = _nets.SHRModel(self.config, self.dims["image"], self.dims["sound"], int(vectors.dim),
@@ -216,12 +217,10 @@ class SeeHearRead(EpochTrainer):
         return self._tensor(out)
 
     def _encoded(self, text: str) -> np.ndarray:
-        """A text's word vectors (first sentence, up to max_words), tokenized once per text and vectors."""
-        cache = self.__dict__.setdefault("_encodings", {})
-        key = (id(self.vectors), text)
-        if key not in cache:
-            cache[key] = self.vectors.encode(text)[:self.config.max_words]
-        return cache[key]
+        """A text's word vectors (first sentence, up to max_words), tokenized once (`build` resets the cache)."""
+        if text not in self._encodings:
+            self._encodings[text] = self.vectors.encode(text)[:self.config.max_words]
+        return self._encodings[text]
 
     def _input(self, items: Items, modality: str, idx: np.ndarray) -> "torch.Tensor":
         if modality == "sound":
