@@ -18,8 +18,8 @@ def keras_init(module: nn.Module) -> nn.Module:
     return module
 
 
-def _bn1d(c: int) -> nn.BatchNorm1d:
-    return nn.BatchNorm1d(c, eps=1e-3, momentum=0.01)
+def _bn1d(c: int, momentum: float = 0.01) -> nn.BatchNorm1d:
+    return nn.BatchNorm1d(c, eps=1e-3, momentum=momentum)
 
 
 class SpeechBranch(nn.Module):
@@ -28,12 +28,12 @@ class SpeechBranch(nn.Module):
 
     SPEC = ((128, 5, False), (256, 11, True), (256, 17, True), (512, 17, True), (512, 17, False))
 
-    def __init__(self, n_mels: int = 40, dropout: float = 0.3, width: float = 1.0) -> None:
+    def __init__(self, n_mels: int = 40, dropout: float = 0.3, width: float = 1.0, bn_momentum: float = 0.01) -> None:
         super().__init__()
         chans = [max(1, round(c * width)) for c, _, _ in self.SPEC]
         ins = [n_mels, *chans[:-1]]
         self.convs = nn.ModuleList(nn.Conv1d(i, o, k, padding=k // 2) for i, o, (_, k, _) in zip(ins, chans, self.SPEC))
-        self.norms = nn.ModuleList(_bn1d(o) for o in chans)
+        self.norms = nn.ModuleList(_bn1d(o, bn_momentum) for o in chans)
         self.pools = [p for _, _, p in self.SPEC]
         self.drop = nn.Dropout(dropout)
         self.dim = chans[-1]
@@ -52,12 +52,12 @@ class ImageBranch(nn.Module):
     """VGG16 `block5_conv3` maps `[B, H, W, 512]` -> I `[B, H*W, 512]`: batch norm, Conv2D 3x3 (linear),
     dropout, batch norm."""
 
-    def __init__(self, in_ch: int = 512, out_ch: int = 512, dropout: float = 0.3) -> None:
+    def __init__(self, in_ch: int = 512, out_ch: int = 512, dropout: float = 0.3, bn_momentum: float = 0.01) -> None:
         super().__init__()
-        self.bn0 = nn.BatchNorm2d(in_ch, eps=1e-3, momentum=0.01)
+        self.bn0 = nn.BatchNorm2d(in_ch, eps=1e-3, momentum=bn_momentum)
         self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.drop = nn.Dropout(dropout)
-        self.bn1 = nn.BatchNorm2d(out_ch, eps=1e-3, momentum=0.01)
+        self.bn1 = nn.BatchNorm2d(out_ch, eps=1e-3, momentum=bn_momentum)
         self.dim = out_ch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,10 +117,10 @@ class VGSModel(nn.Module):
     """Both branches and a head (`cnnatt` or `cnn0`)."""
 
     def __init__(self, model: str, n_mels: int, max_frames: int, grid: tuple[int, int], image_ch: int,
-                 dropout: float = 0.3, width: float = 1.0) -> None:
+                 dropout: float = 0.3, width: float = 1.0, bn_momentum: float = 0.01) -> None:
         super().__init__()
-        self.speech = SpeechBranch(n_mels, dropout, width)
-        self.image = ImageBranch(image_ch, self.speech.dim, dropout)
+        self.speech = SpeechBranch(n_mels, dropout, width, bn_momentum)
+        self.image = ImageBranch(image_ch, self.speech.dim, dropout, bn_momentum)
         n_frames = max_frames
         for _ in range(3):
             n_frames = -(-n_frames // 2)

@@ -168,3 +168,21 @@ def test_training_resumes_bit_for_bit_from_an_epoch_checkpoint():
     assert resumed.history["loss"] == straight.history["loss"]
     for k, v in straight.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_bn_momentum_reaches_every_batch_norm_and_keeps_old_run_keys():
+    from pipeline.config import key_params
+
+    for mom in (0.01, 0.3):
+        model = VGSTrainer(VGSConfig(width=1 / 32, bn_momentum=mom, dropout=0.0)).build((40, 2, 2, 8)).model
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        assert len(norms) == 7  # five in the speech branch, two in the image branch
+        model.train()
+        model.speech(torch.randn(3, 16, 40) + 2.0)
+        model.image(torch.randn(3, 2, 2, 8) + 2.0)
+        for n in norms:  # one update from the initial zeros: running mean = momentum x the batch's mean
+            assert n.momentum == mom and 0 < n.running_mean.abs().max() <= mom * 50, n
+        assert abs(float(norms[-2].running_mean.mean()) / 2.0 - mom) < mom * 0.1  # bn0 saw the maps' mean of 2
+    assert key_params(VGSConfig, {"lr": 1e-3, "bn_momentum": 0.01}) == {"lr": 1e-3}
+    with pytest.raises(ValueError, match="bn_momentum"):
+        VGSConfig(bn_momentum=0.0)
