@@ -44,15 +44,22 @@ def _distribution(means: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _read(view: View, store: FeatureStore | None, ids: list[str], clips: list[Any]) -> Any:
-    """One view's data for the items `ids` (per group: the group's first item), in the view's form."""
+def _has(view: View, store: FeatureStore | None, clip: Any) -> bool:
+    """Whether an item has an optional view: a transcript for tokens, usable rows in the view's store otherwise."""
+    return bool(clip.text) if view.form == "tokens" else store is not None and store.unusable(clip.clip_id) is None
+
+
+def _read(view: View, store: FeatureStore | None, ids: list[str], clips: list[Any],
+          present: np.ndarray | None = None) -> Any:
+    """One view's data for the items `ids` (per group: the group's first item), in the view's form; `present`:
+    which items have an optional view (the others read as empty)."""
     if view.form == "tokens":
         return TokensData([c.text[0] if c.text else "" for c in clips], max_len=view.max_len)
     assert store is not None
     dims = [int(d) for d in store.attrs.get("dims") or []]
     if view.form == "sequence":
         dim = int(np.prod(dims)) if dims else 1
-        have = [cid for cid in ids if store.unusable(cid) is None] if view.optional else list(ids)
+        have = [cid for cid, p in zip(ids, present) if p] if present is not None else list(ids)
         known = dict(zip(have, np.minimum(store.lengths_of(have), view.max_len))) if have else {}
         lengths = np.array([known.get(cid, 0) for cid in ids], dtype=np.int64)  # an optional view's absent: 0
         cache: dict[str, np.ndarray] = {cid: np.zeros((0, *dims), np.float32) for cid in ids if cid not in known}
@@ -85,35 +92,36 @@ def read_items(ctx: "Context", rk: "RunKeys", trainer: Any, task: "Task") -> tup
     optional_stored = frozenset(v.name for v in optional if v.name in stores)
     skipped: dict[str, str] = {}
     keep = []
+    present: dict[str, list[bool]] = {v.name: [] for v in optional}
     for c in ctx.manifest.clips:
         why = (task.qualifies(c) or unusable(stores, rk.views, c.clip_id, optional_stored)
                or ("no transcript (a text view needs one)" if needs_text and not c.text else None)
                or trainer.needs_media(c))
-        if not why and optional and not any(bool(c.text) if v.form == "tokens" else stores[v.name].unusable(c.clip_id) is None
-                                            for v in optional):
+        has = {v.name: _has(v, stores.get(v.name), c) for v in optional} if not why else {}
+        if not why and optional and not any(has.values()):
             why = "none of the views " + ", ".join(v.name for v in optional) + " (an item needs one)"
         if why:
             skipped[c.clip_id] = why
         else:
             keep.append(c)
+            for name, h in has.items():
+                present[name].append(h)
     if skipped:
         log.warning("stage '%s': %d item(s) left out, e.g. %s: %s", rk.name, len(skipped), *next(iter(skipped.items())))
     fields = task.annotate(keep, ctx.manifest)
     ids = [c.clip_id for c in keep]
     items = Items(ids, {}, frozenset(v.name for v in views if v.per == "group"), media=keep, **fields)
+    items.present.update({name: np.array(p, dtype=bool) for name, p in present.items()})
     firsts = items.group_firsts() if items.group_of is not None else None
     for v in views:
+        mask = items.present.get(v.name)
         if v.per == "group":
             if firsts is None:
                 raise ValueError(f"view '{v.name}' is read per group, and the task '{task.name}' has no groups")
-            items.data[v.name] = _read(v, stores.get(v.name), [ids[i] for i in firsts], [keep[i] for i in firsts])
+            items.data[v.name] = _read(v, stores.get(v.name), [ids[i] for i in firsts], [keep[i] for i in firsts],
+                                       None if mask is None else mask[firsts])
         else:
-            items.data[v.name] = _read(v, stores.get(v.name), ids, keep)
-    for v in views:
-        if v.optional:
-            st = stores.get(v.name)
-            items.present[v.name] = np.array([bool(c.text) if v.form == "tokens" else st.unusable(c.clip_id) is None
-                                              for c in keep], dtype=bool)
+            items.data[v.name] = _read(v, stores.get(v.name), ids, keep, mask)
     extra = trainer.media_data(items)
     items.data.update(extra)
     items.per_group = items.per_group | frozenset(extra)
