@@ -80,7 +80,7 @@ class Localization(Pairs):
 
     def metrics(self, run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
         out = super().metrics(run_dir, params)
-        scored = score_run(run_dir, params)
+        scored = scored_before(run_dir, params) or score_run(run_dir, params)
         out["alignment"] = scored["summary"]
         self.scored[run_dir] = scored["words"]
         return out
@@ -117,6 +117,26 @@ class Localization(Pairs):
         return super().table(runs) + "\n\n" + alignment_table(runs)
 
 
+def scoring(params: dict[str, Any]) -> dict[str, Any]:
+    """The params that change a run's alignment scores (`pictures` only changes how many are drawn)."""
+    return {"softmax": bool(params.get("softmax", True)), "seed": int(params.get("seed", 0)),
+            "random_baseline": bool(params.get("random_baseline", True)), "word_vectors": params.get("word_vectors")}
+
+
+def scored_before(run_dir: Path, params: dict[str, Any]) -> dict[str, Any] | None:
+    """A completed run's own scores when `params` score it the same way, or None: an evaluate stage at the
+    defaults then does not draw the random baseline again (~0.1 s per utterance). Never with word vectors, whose
+    file may have changed since."""
+    how = scoring(params)
+    if how["word_vectors"] or not (run_dir / "metrics.json").exists() or not (run_dir / "alignment_words.json").exists():
+        return None
+    summary = json.loads((run_dir / "metrics.json").read_text()).get("alignment")
+    if not summary or summary.get("scoring") != how:
+        return None
+    summary = {**summary, "pictures": int(params.get("pictures", 6))}
+    return {"summary": summary, "words": json.loads((run_dir / "alignment_words.json").read_text())}
+
+
 def score_run(run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
     """Alignment and glancing scores of a localization run's saved AV tensors (see models/alignment.py)."""
     from models import alignment as al
@@ -138,7 +158,7 @@ def score_run(run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
     categories = next(iter(masks.values())).categories if masks else []
     summary = al.summarize(words, categories)
     summary.update({"softmax": bool(params.get("softmax", True)), "pictures": int(params.get("pictures", 6)),
-                    "word_vectors": params.get("word_vectors")})
+                    "word_vectors": params.get("word_vectors"), "scoring": scoring(params)})
     return {"summary": summary, "words": words}
 
 

@@ -17,6 +17,8 @@ from pipeline.runner import PipelineError, run
 
 from ..conftest import write_config
 
+pytestmark = pytest.mark.long  # run first under -n 2 (tests/conftest.py)
+
 SCENES = {"n_train": 100, "n_val": 40, "captions_per_image": 3, "palette": "per_shape", "seed": 1}
 # a short run: no dropout, and batch norm's running statistics averaged fast enough for evaluation after 180 batches
 VGS = {"model": "cnnatt", "width": 0.125, "lr": 3.0e-3, "batch_size": 20, "epochs": 12, "dropout": 0.0, "bn_momentum": 0.3}
@@ -99,9 +101,15 @@ def test_spokencoco_layout_and_its_errors(tmp_path):
         SpokenCocoDataset("sc", root, SpokenCocoConfig()).manifest()
 
 
-def test_vgs_alignment_on_generated_scenes(tmp_path, scenes_root):
+def test_vgs_alignment_on_generated_scenes(tmp_path, scenes_root, monkeypatch):
     """A short CPU training: it retrieves far above chance, its attention on the named shape beats the random tensor,
     and everything is written."""
+    from models import alignment
+    from pipeline.training.localization import scored_before
+
+    scorings = []
+    score = alignment.score_utterances
+    monkeypatch.setattr(alignment, "score_utterances", lambda *a, **k: scorings.append(1) or score(*a, **k))
     cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
                        {"scenes": {"adapter": "spoken_scenes", "root": str(scenes_root), "params": SCENES}}, STAGES,
                        execution={"workers": 1, "shard_size": 32, "progress": False})  # 420 utterances: few shards
@@ -127,8 +135,15 @@ def test_vgs_alignment_on_generated_scenes(tmp_path, scenes_root):
     assert cm.shape == (5, 4)
     ev = next(r for r in reports if getattr(r, "name", "") == "vgs-alignment")
     assert (ev.run_dir / "confusion.png").exists() and ev.metrics["runs"]["vgs"]["alignment"]["n_words"] == al["n_words"]
-    # the evaluate stage rescored with its own params (2 pictures) into its own run directory
+    # the evaluate stage, at the scoring defaults, took the run's own scores (the random baseline drawn once)
+    # and drew its own pictures (2) into its own run directory
+    assert len(scorings) == 1
+    assert {k: v for k, v in ev.metrics["runs"]["vgs"]["alignment"].items() if k != "pictures"} == \
+        {k: v for k, v in al.items() if k != "pictures"}
     assert sorted(p.name for p in (ev.run_dir / "samples").glob("*.png")) == ["00.png", "01.png"]
+    assert scored_before(d, {"seed": 0, "pictures": 3})["summary"]["pictures"] == 3
+    for other in ({"softmax": False}, {"seed": 1}, {"random_baseline": False}, {"word_vectors": "w2v.bin"}):
+        assert scored_before(d, other) is None, other  # scored anew
 
 
 def test_alignment_stage_does_not_apply_without_timed_words(tmp_path, scenes_root):
