@@ -84,6 +84,30 @@ def view_cnn(stage: dict[str, Any], crop_size: int | None, restoring: bool) -> t
     return stage_cnn(stage["stage"], stage["implementation"], params, crop_size)
 
 
+class PictureFinetuning:
+    """Trainer mixin for `finetune_cnn`: `create` puts the CNN of the stage bound to the view `picture_view` in
+    front of the image branch (restoring a saved run: its architecture only, the weights come from the run's
+    model), and `media_data` gives each group's raw picture (its first item's), decoded as that stage decodes."""
+
+    picture_view = "visual"
+    _picture_reader: Any = None
+
+    @classmethod
+    def create(cls, config: Any, device: str, stages: dict[str, dict[str, Any]], restoring: bool = False) -> Any:
+        cfg = config if isinstance(config, cls.Config) else cls.Config(**config)  # type: ignore[attr-defined]
+        if not cfg.finetune_cnn:
+            return cls(cfg, device)  # type: ignore[call-arg]
+        cnn, pictures = view_cnn(stages[cls.picture_view], cfg.crop_size, restoring)
+        trainer = cls(cfg, device, cnn=cnn)  # type: ignore[call-arg]
+        trainer._picture_reader = pictures
+        return trainer
+
+    def media_data(self, items: Any) -> dict[str, Any]:
+        if self._picture_reader is None:
+            return {}
+        return {"pictures": self._picture_reader.reader([items.media[i] for i in items.group_firsts()])}
+
+
 def stage_cnn(name: str, implementation: str, params: dict[str, Any], crop_size: int | None,
               ) -> tuple[ImageCNN, Pictures]:
     """The CNN of a visual stage (its architecture, weights and preprocessing) and a picture reader."""

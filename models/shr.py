@@ -44,6 +44,7 @@ from ._lazy import lazy
 from .items import Items, View
 from .loop import EpochTrainer, autocast, shuffled_batches
 from .metrics import modality_matrix
+from .pictures import PictureFinetuning
 
 torch = lazy("torch")
 _nets = lazy("models.shr_nets")
@@ -104,12 +105,13 @@ class SHRConfig:
 
 
 @register_trainer
-class SeeHearRead(EpochTrainer):
+class SeeHearRead(PictureFinetuning, EpochTrainer):
     """See, Hear, and Read: image, sound and text students distilled from an image teacher, ranked against images."""
 
     name = "see-hear-read"
     VERSION = 1
     Config = SHRConfig
+    picture_view = "image"  # finetune_cnn: the CNN of the stage bound to the image view
     tasks = ("modalities",)
     score_name = "rsum"
 
@@ -120,26 +122,6 @@ class SeeHearRead(EpochTrainer):
         self.cnn = cnn  # models.pictures.ImageCNN, with finetune_cnn
         self._picture_reader: Any = None
         self._encodings: dict[str, np.ndarray] = {}  # text -> its word vectors under self.vectors
-
-    @classmethod
-    def create(cls, config: Any, device: str, stages: dict[str, dict[str, Any]], restoring: bool = False) -> "SeeHearRead":
-        """A trainer for a run; with `finetune_cnn` the image student starts with the image stage's CNN (restoring a
-        saved run: its architecture only, the weights come from the run's model)."""
-        cfg = config if isinstance(config, SHRConfig) else SHRConfig(**config)
-        if not cfg.finetune_cnn:
-            return cls(cfg, device)
-        from .pictures import view_cnn  # (decoding, the extractors: only when fine-tuning)
-
-        cnn, pictures = view_cnn(stages["image"], cfg.crop_size, restoring)
-        trainer = cls(cfg, device, cnn=cnn)
-        trainer._picture_reader = pictures
-        return trainer
-
-    def media_data(self, items: Items) -> dict[str, Any]:
-        """With `finetune_cnn`: each group's raw picture (a video's middle frame), decoded as the image stage does."""
-        if self._picture_reader is None:
-            return {}
-        return {"pictures": self._picture_reader.reader([items.media[i] for i in items.group_firsts()])}
 
     def needs_media(self, clip: Any) -> str | None:
         if self.config.finetune_cnn and not ({"image", "video"} & set(clip.media)):

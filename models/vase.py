@@ -44,7 +44,7 @@ from .items import PAD, START, END, UNK, Items, View, build_vocab, encode_texts,
 from ._lazy import lazy
 from .loop import EpochTrainer, autocast, shuffled_batches
 from .metrics import caption_recall
-from .pictures import ImageCNN, cnn_input
+from .pictures import ImageCNN, PictureFinetuning, cnn_input
 
 torch = lazy("torch")
 _nets = lazy("models.vase_nets")
@@ -135,7 +135,7 @@ class CaptionData:
 
 
 @register_trainer
-class VASETrainer(EpochTrainer):
+class VASETrainer(PictureFinetuning, EpochTrainer):
     """VASE: trains on paired spoken captions and images (and transcripts), selects by validation rsum."""
 
     name = "vase"
@@ -153,20 +153,6 @@ class VASETrainer(EpochTrainer):
 
     # -- the contract ------------------------------------------------------------------------------
 
-    @classmethod
-    def create(cls, config: Any, device: str, stages: dict[str, dict[str, Any]], restoring: bool = False) -> "VASETrainer":
-        """A trainer for a run; with `finetune_cnn` the image branch starts with the visual stage's CNN
-        (restoring a saved run: its architecture only, the weights come from the run's model)."""
-        cfg = config if isinstance(config, VASEConfig) else VASEConfig(**config)
-        if not cfg.finetune_cnn:
-            return cls(cfg, device)
-        from .pictures import view_cnn  # (decoding, the extractors: only when fine-tuning)
-
-        cnn, pictures = view_cnn(stages["visual"], cfg.crop_size, restoring)
-        trainer = cls(cfg, device, cnn=cnn)
-        trainer._picture_reader = pictures
-        return trainer
-
     def views(self) -> list[View]:
         cfg = self.config
         views = [View("audio", "audio", "sequence", max_len=cfg.max_frames, dtype="float32"),
@@ -174,12 +160,6 @@ class VASETrainer(EpochTrainer):
         if cfg.streams == 3:
             views.append(View("text", "text", "tokens", min_count=cfg.min_word_count))
         return views
-
-    def media_data(self, items: Items) -> dict[str, Any]:
-        """With `finetune_cnn`: each group's raw picture (its first caption's), decoded as the visual stage decodes."""
-        if self._picture_reader is None:
-            return {}
-        return {"pictures": self._picture_reader.reader([items.media[i] for i in items.group_firsts()])}
 
     def needs_media(self, clip: Any) -> str | None:
         if self.config.finetune_cnn and "image" not in clip.media:
