@@ -12,16 +12,6 @@ import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow start-up chatter
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "long: a file of end-to-end tests that take a minute or more in all")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Files marked `long` first (a stable sort): with -n 2 each file runs whole on one worker, and the longest
-    ones starting early lets both workers finish together instead of one waiting on the last long file."""
-    items.sort(key=lambda item: 0 if item.get_closest_marker("long") else 1)
-
-
 SHAPES = {"n_images": 8, "captions_per_image": 2, "n_val": 2, "n_test": 2, "size": 32, "seed": 0}
 TINY = {"n_classes": 2, "clips_per_class": 3, "duration": 1.0, "size": 32, "fps": 5, "seed": 0, "n_folds": 3}
 

@@ -118,8 +118,11 @@ class Localization(Pairs):
 
 
 def scoring(params: dict[str, Any]) -> dict[str, Any]:
-    """The params that change a run's alignment scores (`pictures` only changes how many are drawn)."""
-    return {"softmax": bool(params.get("softmax", True)), "seed": int(params.get("seed", 0)),
+    """What a run's alignment scores depend on besides the run: the scoring code's version and the params
+    (`pictures` only changes how many are drawn)."""
+    from models.alignment import Alignment
+
+    return {"version": Alignment.VERSION, "softmax": bool(params.get("softmax", True)), "seed": int(params.get("seed", 0)),
             "random_baseline": bool(params.get("random_baseline", True)), "word_vectors": params.get("word_vectors")}
 
 
@@ -133,6 +136,9 @@ def scored_before(run_dir: Path, params: dict[str, Any]) -> dict[str, Any] | Non
     summary = json.loads((run_dir / "metrics.json").read_text()).get("alignment")
     if not summary or summary.get("scoring") != how:
         return None
+    instances = json.loads((run_dir / "localization.json").read_text())["instances"].values()
+    if not all(Path(p).is_file() for p in instances):
+        return None  # moved since the run: scoring anew says so
     summary = {**summary, "pictures": int(params.get("pictures", 6))}
     return {"summary": summary, "words": json.loads((run_dir / "alignment_words.json").read_text())}
 

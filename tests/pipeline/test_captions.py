@@ -15,8 +15,6 @@ from pipeline.runner import PipelineError, run
 
 from ..conftest import SHAPES, TINY, cli, write_config
 
-pytestmark = pytest.mark.long  # run first under -n 2 (tests/conftest.py)
-
 SMALL = {"width": 0.0625, "embed_size": 16, "max_frames": 64, "batch_size": 4, "epochs": 2, "lr": 1e-3,
          "min_word_count": 1}
 STAGES = {

@@ -18,8 +18,6 @@ from pipeline.runner import PipelineError, run
 
 from ..conftest import write_config
 
-pytestmark = pytest.mark.long  # run first under -n 2 (tests/conftest.py)
-
 SCENES = {"n_train": 60, "n_val": 30, "captions_per_image": 3, "palette": "per_shape", "seed": 1, "speech": False}
 DSVE = {"word_vectors": "random:0", "word_dim": 64, "map_channels": 256, "embed_size": 128, "sru_layers": 2,
         "n_max": 3, "batch_size": 30, "epochs": 20, "lr": 2.0e-3, "lr_milestones": [], "text_epoch": 1,

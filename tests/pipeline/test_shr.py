@@ -12,8 +12,6 @@ from pipeline.runner import run
 
 from ..conftest import write_config
 
-pytestmark = pytest.mark.long  # run first under -n 2 (tests/conftest.py)
-
 CORPUS = {"n_images": 150, "captions_per_image": 2, "n_val": 10, "n_test": 15, "size": 64, "seed": 1}
 SHR = {"width": 0.0625, "epochs": 30, "batch_size": 16, "lr": 1.0e-3, "sound_frames": 200}
 STAGES = {

@@ -13,8 +13,6 @@ from pipeline.runner import PipelineError, run, status
 from pipeline.training import RunReport
 
 from ..conftest import cli, write_config
-
-pytestmark = pytest.mark.long  # run first under -n 2 (tests/conftest.py)
 from .test_tnn import IMPORT_STAGES, make_tnn_h5, make_tnn_npy
 
 UP = ["audio_features", "visual_features"]

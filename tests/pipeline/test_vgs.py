@@ -17,8 +17,6 @@ from pipeline.runner import PipelineError, run
 
 from ..conftest import write_config
 
-pytestmark = pytest.mark.long  # run first under -n 2 (tests/conftest.py)
-
 SCENES = {"n_train": 100, "n_val": 40, "captions_per_image": 3, "palette": "per_shape", "seed": 1}
 # a short run: no dropout, and batch norm's running statistics averaged fast enough for evaluation after 180 batches
 VGS = {"model": "cnnatt", "width": 0.125, "lr": 3.0e-3, "batch_size": 20, "epochs": 12, "dropout": 0.0, "bn_momentum": 0.3}
@@ -144,6 +142,8 @@ def test_vgs_alignment_on_generated_scenes(tmp_path, scenes_root, monkeypatch):
     assert scored_before(d, {"seed": 0, "pictures": 3})["summary"]["pictures"] == 3
     for other in ({"softmax": False}, {"seed": 1}, {"random_baseline": False}, {"word_vectors": "w2v.bin"}):
         assert scored_before(d, other) is None, other  # scored anew
+    monkeypatch.setattr(alignment.Alignment, "VERSION", alignment.Alignment.VERSION + 1)
+    assert scored_before(d, {}) is None  # scored by older code
 
 
 def test_alignment_stage_does_not_apply_without_timed_words(tmp_path, scenes_root):
