@@ -142,6 +142,13 @@ def test_vgs_alignment_on_generated_scenes(tmp_path, scenes_root, monkeypatch):
     assert scored_before(d, {"seed": 0, "pictures": 3})["summary"]["pictures"] == 3
     for other in ({"softmax": False}, {"seed": 1}, {"random_baseline": False}, {"word_vectors": "w2v.bin"}):
         assert scored_before(d, other) is None, other  # scored anew
+    instances = Path(json.loads((d / "localization.json").read_text())["instances"]["val"])
+    instances.rename(instances.with_suffix(".moved"))
+    try:
+        assert scored_before(d, {}) is None  # scoring anew says the annotations moved
+    finally:
+        instances.with_suffix(".moved").rename(instances)
+    assert scored_before(d, {}) is not None
     monkeypatch.setattr(alignment.Alignment, "VERSION", alignment.Alignment.VERSION + 1)
     assert scored_before(d, {}) is None  # scored by older code
 
