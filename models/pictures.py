@@ -90,7 +90,7 @@ class PictureFinetuning:
     model), and `media_data` gives each group's raw picture (its first item's), decoded as that stage decodes."""
 
     picture_view = "visual"
-    _picture_reader: Any = None
+    _picture_reader: Any = None  # the Pictures of that stage, set by create() with finetune_cnn
 
     @classmethod
     def create(cls, config: Any, device: str, stages: dict[str, dict[str, Any]], restoring: bool = False) -> Any:

@@ -120,7 +120,6 @@ class SeeHearRead(PictureFinetuning, EpochTrainer):
         self.vectors: Any = None
         self.dims: dict[str, int] = {}
         self.cnn = cnn  # models.pictures.ImageCNN, with finetune_cnn
-        self._picture_reader: Any = None
         self._encodings: dict[str, np.ndarray] = {}  # text -> its word vectors under self.vectors
 
     def needs_media(self, clip: Any) -> str | None:

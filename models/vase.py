@@ -149,7 +149,6 @@ class VASETrainer(PictureFinetuning, EpochTrainer):
         self.cnn = cnn
         self.model: Any = None
         self.vocab: list[str] = []
-        self._picture_reader: Any = None
 
     # -- the contract ------------------------------------------------------------------------------
 
