@@ -50,6 +50,7 @@ class FrameExtractor(Extractor):
 
     produces = "visual"
     modality = "visual"
+    roles = ("video", "image")
     arch: ClassVar[str]
     resize_size: ClassVar[int]
     crop_size: ClassVar[int]
@@ -92,7 +93,7 @@ class FrameExtractor(Extractor):
         from pipeline.datasets import DatasetError
 
         try:
-            path = clip.source("video", "image")
+            path = clip.source(*self.roles)
         except DatasetError:
             return None
         return hash_key([memo.digest(path), clip.start, clip.end])
@@ -124,7 +125,7 @@ class FrameExtractor(Extractor):
         import torch
 
         duration = clip.end - clip.start if clip.start is not None and clip.end is not None else None
-        frames = self.media.decode_frames(clip.source("video", "image"), self.config.fps, None, start=clip.start,
+        frames = self.media.decode_frames(clip.source(*self.roles), self.config.fps, None, start=clip.start,
                                           duration=duration)
         return torch.from_numpy(frames).permute(0, 3, 1, 2)
 

@@ -29,6 +29,7 @@ class AudioDemux(Extractor):
     Config = AudioConfig
     produces = "waveform"
     modality = "audio"
+    roles = ("audio", "video")
 
     def output_spec(self, upstream: dict[str, Any] | None = None) -> OutputSpec:
         sr = self.config.sample_rate
@@ -36,7 +37,7 @@ class AudioDemux(Extractor):
 
     def load(self, clip, upstream=None) -> np.ndarray:
         duration = clip.end - clip.start if clip.start is not None and clip.end is not None else None
-        return self.media.decode_audio(clip.source("audio", "video"), self.config.sample_rate, start=clip.start,
+        return self.media.decode_audio(clip.source(*self.roles), self.config.sample_rate, start=clip.start,
                                        duration=duration)
 
     def compute(self, inputs: Sequence[np.ndarray], upstream: dict[str, Any] | None = None) -> list[np.ndarray]:

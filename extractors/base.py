@@ -33,6 +33,7 @@ class Extractor:
     consumes: ClassVar[str | None] = None  # kind of upstream output read; None reads the clip's media
     produces: ClassVar[str]
     reads: ClassVar[str] = "media"  # what a root stage reads from the dataset: media, or features files
+    roles: ClassVar[tuple[str, ...]] = ()  # the media roles a root stage decodes, first found first ('audio', 'video')
     modality: ClassVar[str | None] = None  # audio or visual: which side of an export its output goes to
     allow_download: bool = True  # `status` and `gc` compute keys without fetching weights
 

@@ -64,12 +64,17 @@ def main(verbose: int) -> None:
 @click.option("--media-backend", type=click.Choice(BACKENDS), default=None,
               help="decode with PyAV in-process (pyav, the default) or the ffmpeg programs (ffmpeg)")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
+@click.option("--dry-run", is_flag=True, help="print the plan (what would be computed, reused, left out and why) "
+                                              "and compute nothing")
 @common
 def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple[str, ...], strict: bool,
             workers: int | None, executor: str | None, scheduler: str | None, shard_size: int | None,
             device: str | None, batch_size: int | None, media_backend: str | None, no_progress: bool,
-            config_path: str, cache: str | None) -> None:
-    """Run every stage of GROUP (e.g. extract) and whatever upstream stage is missing."""
+            dry_run: bool, config_path: str, cache: str | None) -> None:
+    """Run the stages of GROUP (e.g. extract, train, evaluate) that apply to the dataset, and what they read."""
+    if dry_run:
+        _dry_run(group, stage, dataset, overrides, media_backend, config_path, cache)
+        return
     from tqdm import tqdm
 
     from .config import load_config
@@ -170,6 +175,45 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
         sys.exit(1)
 
 
+def _dry_run(group: str, stage: str | None, dataset: str | None, overrides: tuple[str, ...],
+             media_backend: str | None, config_path: str, cache: str | None) -> None:
+    """Print the plan of `pipeline run` with what each stage would do; compute nothing."""
+    from .config import load_config
+    from .datasets import DatasetError
+    from .runner import PipelineError, dry_run
+
+    try:
+        cfg = load_config(config_path, overrides, cache)
+        rows = dry_run(group, dataset=dataset, stage=stage, config=cfg, media_backend=media_backend)
+    except (ConfigError, DatasetError, PipelineError) as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"{e}; check the --cache and --config paths")
+    width = max(len(r["stage"]) for r in rows)
+    total = 0
+    for r in rows:
+        if r["action"] == "left out":
+            continue
+        what = r["action"]
+        if r["action"] == "compute":
+            total += r["bytes"]
+            size = f"{'about ' if r['estimated'] else ''}{_human(r['bytes'])}"
+            what = f"compute {r['clips']} of {r['total']} clips ({size})"
+        elif r["action"] == "reuse" and "total" in r:
+            what = f"reuse all {r['total']} clips"
+        click.secho(f"{r['stage']:<{width}}  {what}; {r['reason']}",
+                    fg="red" if r["action"] == "cannot resolve" else None)
+    out = [r for r in rows if r["action"] == "left out"]
+    if out:
+        click.echo("left out:")
+        for r in out:
+            click.echo(f"  {r['stage']:<{width}}  {r['reason']}")
+    click.echo(f"dry run: nothing computed; the stores would take {_human(total)} more"
+               + (" (clips of unknown length counted as 10 s)" if any(r["estimated"] for r in rows) else ""))
+    if any(r["action"] == "cannot resolve" for r in rows):
+        sys.exit(2)
+
+
 def _echo_runs(runs: list[Any], random: list[str]) -> None:
     from .registry import TASKS
 
@@ -199,9 +243,10 @@ def _echo_runs(runs: list[Any], random: list[str]) -> None:
 
 @main.command("status")
 @click.option("--dataset", default=None)
+@click.option("--all", "everything", is_flag=True, help="also the stages left out for this dataset, and why")
 @common
-def status_cmd(dataset: str | None, config_path: str, cache: str | None) -> None:
-    """Per stage: up to date, missing, partial N of M clips, or stale."""
+def status_cmd(dataset: str | None, everything: bool, config_path: str, cache: str | None) -> None:
+    """Per stage that applies to the dataset: up to date, missing, partial N of M clips, or stale."""
     from .config import load_config
     from .datasets import DatasetError
     from .runner import PipelineError, status
@@ -209,7 +254,7 @@ def status_cmd(dataset: str | None, config_path: str, cache: str | None) -> None
     from extractors.weights import WeightsError
 
     try:
-        rows = status(load_config(config_path, cache=cache), dataset)
+        rows = status(load_config(config_path, cache=cache), dataset, everything)
     except (ConfigError, DatasetError, PipelineError, StoreError, WeightsError) as e:
         _fail(str(e))
     except OSError as e:

@@ -55,6 +55,8 @@ class DatasetSpec:
     root: Path
     params: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> params, for this dataset
+    weights: str | None = None  # `weights: random:SEED`: every stage with a `weights` param runs on it here
+    extract: list[str] = field(default_factory=list)  # feature stages computed here even if no method reads them
 
 
 @dataclass
@@ -130,7 +132,11 @@ class PipelineConfig:
     def params_for(self, stage: str, dataset: str) -> dict[str, Any]:
         """A stage's identity params for one dataset: stages.yaml, the dataset's `set`, then --set."""
         spec = self.stages[stage]
-        extra = {k: v for k, v in self.datasets[dataset].overrides.get(stage, {}).items() if k not in spec.pinned}
+        ds = self.datasets[dataset]
+        extra = {k: v for k, v in ds.overrides.get(stage, {}).items() if k not in spec.pinned}
+        if ds.weights is not None and "weights" not in extra and "weights" not in spec.pinned and \
+                "weights" in {f.name for f in dataclasses.fields(implementation(spec.implementation).Config)}:
+            extra["weights"] = ds.weights  # the dataset's one line; a stage the dataset names in `set` wins
         if not extra:
             return spec.params
         impl = implementation(spec.implementation)
@@ -253,7 +259,7 @@ def _fields(section: Any, where: str, allowed: set[str], required: tuple[str, ..
 
 _TOP = {"cache", "backend", "default_dataset", "execution", "datasets", "stages"}
 _STAGE_FIELDS = {"group", "implementation", "upstream", "params", "execution", "views"}
-_DATASET_FIELDS = {"adapter", "root", "params", "set"}
+_DATASET_FIELDS = {"adapter", "root", "params", "set", "weights", "extract"}
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -321,8 +327,15 @@ def load_config(path: str | os.PathLike = "stages.yaml", overrides: list[str] | 
         for key, value in _expect(d.get("set") or {}, f"{where}: set").items():
             stage, param, _ = parse_override(f"{key}=")
             bound.setdefault(stage, {})[param] = value
+        weights = d.get("weights")
+        if weights is not None and not (isinstance(weights, str) and re.fullmatch(r"random:\d+", weights)):
+            raise ConfigError(f"{where}: weights: expected random:SEED (every network of the dataset randomly "
+                              f"initialised), got {weights!r}; bind one stage's weights under `set:` instead")
+        extract = d.get("extract") or []
+        if not isinstance(extract, list) or not all(isinstance(x, str) for x in extract):
+            raise ConfigError(f"{where}: extract: expected a list of stage names, got {extract!r}")
         datasets[name] = DatasetSpec(name, d["adapter"], root if root.is_absolute() else base / root, params,
-                                     bound)
+                                     bound, weights, list(extract))
 
     stages: dict[str, StageSpec] = {}
     for name, s in _expect(raw.get("stages") or {}, f"{path}: stages").items():
@@ -372,6 +385,10 @@ def load_config(path: str | os.PathLike = "stages.yaml", overrides: list[str] | 
                                   f"upstream stage producing '{consumes}', found {producers or 'none'}")
     _check_acyclic(stages, path)
     for ds in datasets.values():
+        for stage in ds.extract:
+            if stage not in stages or implementation(stages[stage].implementation).name not in EXTRACTORS:
+                raise ConfigError(f"{path}: dataset '{ds.name}': extract: '{stage}' is not a feature stage; "
+                                  f"feature stages: {', '.join(n for n, s in stages.items() if s.implementation in EXTRACTORS)}")
         for stage, params in ds.overrides.items():
             if stage not in stages:
                 raise ConfigError(f"{path}: dataset '{ds.name}': set: unknown stage '{stage}'; "

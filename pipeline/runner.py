@@ -22,7 +22,8 @@ from .locks import acquire, in_use, run_lock_path, store_lock, unused
 from .store import (ClipResult, FeatureStore, StoreError, StoreScan, StoreWriter, repair_command, scan_store,
                     write_failures_log)
 
-from .training import TrainError, inapplicable, is_run_stage, resolve_runs, run_status
+from .plan import Plan, make_plan, reads_from_dataset
+from .training import TrainError, is_run_stage, resolve_runs, run_status
 from .training import run_stage as run_run_stage
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,6 @@ class StageReport:
     failures: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     shared: int = 0  # clips whose input another clip has: its row, computed once
-
-
-def _reads(impl: Any) -> str | None:
-    """What a root stage reads from its dataset ('media' or 'features'); None when it reads upstream stores."""
-    return getattr(impl, "reads", "media") if getattr(impl, "consumes", None) is None else None
 
 
 def _check_media_backends(backends: set[str]) -> None:
@@ -76,12 +72,13 @@ def make_adapter(config: PipelineConfig, dataset: str | None) -> DatasetAdapter:
 def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
             need_manifest: bool = True, only: list[str] | None = None,
             errors: dict[str, str] | None = None, manifest: Manifest | None = None,
-            execution: dict[str, Any] | None = None) -> Context:
+            execution: dict[str, Any] | None = None, exact: bool = False) -> Context:
     """Compute store keys for `dataset` (the `only` stages and their upstream, else all) and the
     manifest's clip keys. With `errors`, a stage whose key cannot be computed (e.g. its weights are
     missing) is recorded there, with everything downstream of it, instead of raising. `manifest`:
     one already read for this dataset (after prepare), not read again. `execution`: the run's execution
-    overrides (its media backend enters the key of the stages that decode media)."""
+    overrides (its media backend enters the key of the stages that decode media). `exact`: the `only` stages
+    and none upstream of them (a plan's stages: what they read is among them)."""
     adapter = make_adapter(config, dataset)
     clip_keys: dict[str, str] = {}
     if not need_manifest:
@@ -96,6 +93,8 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
     from extractors.weights import WeightsError
 
     for name in config.order(only):
+        if exact and only is not None and name not in only:
+            continue
         spec = config.stages[name]
         impl = implementation(spec.implementation)
         if not hasattr(impl, "output_spec"):
@@ -103,7 +102,7 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
         if errors is not None and any(u in errors for u in spec.upstream):
             errors[name] = "an upstream stage cannot be resolved"
             continue
-        if _reads(impl) not in (None, adapter.kind):
+        if reads_from_dataset(impl) not in (None, adapter.kind):
             continue  # e.g. an import stage on a media dataset: it does not apply (run() says so if asked)
         if any(u not in stages for u in spec.upstream):
             continue
@@ -111,7 +110,7 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
         ex = impl(impl.Config(**params))
         ex.allow_download = prepare  # only a run fetches weights; status and gc never do
         up_attrs = _producer_attrs(config, stages, name)
-        if _reads(impl) == "features":
+        if reads_from_dataset(impl) == "features":
             up_attrs = {"source": adapter.feature_spec()}
         try:
             out = ex.output_spec(up_attrs)
@@ -125,7 +124,7 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
             "implementation": spec.implementation, "version": impl.VERSION, "params": key_params(impl.Config, params),
             "weights": weights, "upstream": [stages[u].store_key for u in spec.upstream],
             "dataset": adapter.dataset_name, "backend": config.backend}
-        media = config.execution_for(name, **(execution or {})).media_backend if _reads(impl) == "media" else None
+        media = config.execution_for(name, **(execution or {})).media_backend if reads_from_dataset(impl) == "media" else None
         if media not in (None, "ffmpeg"):  # stores decoded by the ffmpeg programs (the first backend) keep their keys
             identity["media"] = media
         store_key = hash_key(identity)
@@ -237,7 +236,7 @@ def run_shard(task: ShardTask, following: ShardTask | None = None) -> dict[str, 
     ex = _extractor(task)
     futures = _PREFETCHED.pop(task.shard_id, None) or _start_loads(task)
     _PREFETCHED.clear()  # a shard prefetched for a run that then failed: not kept
-    if following is not None and _reads(implementation(following.implementation)) == "media":
+    if following is not None and reads_from_dataset(implementation(following.implementation)) == "media":
         _PREFETCHED[following.shard_id] = _start_loads(following)
     batch = max(1, task.execution.get("batch_size", 32))
     loaded: list[tuple[Any, str | None]] = []
@@ -497,25 +496,20 @@ def _commit_copies(ctx: Context, sk: StageKeys, writer: StoreWriter, clips: list
             collect({"shard": record["shard"], "ok": len(record["clips"]), "failed": record["failed"]})
 
 
-def select_stages(config: PipelineConfig, group: str | None, stage: str | None) -> list[str]:
-    """Stages to run, in order: a group (or one stage) and everything upstream of it."""
-    if stage:
-        if stage not in config.stages:
-            raise ConfigError(f"{config.path}: unknown stage '{stage}'; known: {', '.join(config.stages)}")
-        if group and config.stages[stage].group != group:
-            raise ConfigError(f"stage '{stage}' is in group '{config.stages[stage].group}', not '{group}'")
-        return config.order([stage])
-    return config.order(config.group(group or "extract"))
-
-
-def status(config: PipelineConfig, dataset: str | None) -> list[dict[str, Any]]:
-    """Per stage: up to date / missing / partial N of M clips / stale, like `dvc status`."""
+def status(config: PipelineConfig, dataset: str | None, everything: bool = False) -> list[dict[str, Any]]:
+    """Per stage the plan runs for the dataset: up to date / missing / partial N of M clips / stale, like
+    `dvc status`; `everything`: the stages left out too, each with its reason."""
+    adapter = make_adapter(config, dataset)
+    plan = make_plan(config, adapter, prepare=False)
+    names = plan.selected
     errors: dict[str, str] = {}
-    ctx = resolve(config, dataset, errors=errors)
-    rows = [{"stage": name, "state": f"cannot resolve: {why}", "done": 0, "total": 0, "failed": 0, "store": None}
-            for name, why in errors.items()]
+    ctx = resolve(config, dataset, errors=errors, only=names, exact=True, manifest=plan.manifest)
     assert ctx.manifest is not None
     index = cache_paths(config.cache)["index"] / ctx.dataset
+    rows: dict[str, dict[str, Any]] = {}
+    for name, why in errors.items():
+        rows[name] = {"stage": name, "state": f"cannot resolve: {why}", "done": 0, "total": 0, "failed": 0,
+                      "store": None}
     for name, sk in ctx.stages.items():
         scan = scan_store(sk.store_path, ctx.clip_keys)
         done, _, failures = committed(scan, ctx.clip_keys)
@@ -537,14 +531,20 @@ def status(config: PipelineConfig, dataset: str | None) -> list[dict[str, Any]]:
             state = f"partial {len(done)} of {total} clips"
         else:
             state = "missing"
-        rows.append({"stage": name, "state": state, "done": len(done), "total": total, "failed": len(failures),
-                     "store": str(sk.store_path), "damaged": dict(scan.damaged)})
-    names = [n for n in config.stages if n not in ctx.stages and n not in errors]
+        rows[name] = {"stage": name, "state": state, "done": len(done), "total": total, "failed": len(failures),
+                      "store": str(sk.store_path), "damaged": dict(scan.damaged)}
+    run_names = [n for n in names if n not in ctx.stages and n not in errors]
     try:
-        others = _model_contexts(config, names, ctx.dataset)
+        others = _model_contexts(config, plan)
     except Exception:  # noqa: BLE001  (another dataset not at hand: those stages say they cannot resolve)
         others = None
-    return rows + run_status(ctx, names, others)
+    for row in run_status(ctx, run_names, plan, others):
+        rows[row["stage"]] = row
+    out = [rows[n] for n in names if n in rows]
+    if everything:
+        out += [{"stage": n, "state": f"left out: {p.reason}", "done": 0, "total": 0, "failed": 0, "store": None}
+                for n, p in plan.stages.items() if not p.runs]
+    return out
 
 
 def _size(path: Path) -> int:
@@ -578,18 +578,18 @@ def _current_runs(config: PipelineConfig, name: str, skipped: list[str]) -> set[
     if not run_stages:
         return set()
     try:
-        ctx = resolve(config, name, errors={})
+        plan = make_plan(config, make_adapter(config, name), prepare=False)
+        ctx = resolve(config, name, errors={}, manifest=plan.manifest)
         assert ctx.manifest is not None
     except Exception as e:  # no data here (a corpus not downloaded): keep its runs
         skipped.append(f"the runs of dataset '{name}': its manifest cannot be read ({e})")
         return None
     keep: set[Path] = set()
-    why = inapplicable(config, ctx.manifest, run_stages)
     for stage in run_stages:
-        if stage in why:
+        if stage in plan.why_not:
             continue
         try:
-            keep.update(rk.run_dir for rk in resolve_runs(ctx, [stage]).values())
+            keep.update(rk.run_dir for rk in resolve_runs(ctx, plan.closure([stage]), exact=True).values())
         except TrainError:  # unknown current key: keep every run of that stage
             keep.update((config.cache / "runs" / name).glob(f"{stage}-*"))
     return keep
@@ -661,68 +661,12 @@ def collect_garbage(config: PipelineConfig, dry_run: bool = False,
     return removed, skipped
 
 
-def _drop_inapplicable(cfg: PipelineConfig, adapter: DatasetAdapter, names: list[str], targets: list[str],
-                       explicit: bool, on_skip: Callable[[str, str], None] | None
-                       ) -> tuple[list[str], Manifest | None]:
-    """`names` without the train stages that cannot learn from this dataset (and what only they need),
-    and the manifest read to decide (None when no train stage is among `names`). Asked for by name
-    (`--stage`), such a stage is an error that says why."""
-    if not any(cfg.stages[n].implementation in TRAINERS for n in names):
-        return names, None
-    adapter.prepare()
-    manifest = adapter.manifest()
-    why = inapplicable(cfg, manifest, names)
-    if not why:
-        return names, manifest
-    dropped = set(why)
-    if explicit and targets[0] in dropped:
-        raise PipelineError(f"stage '{targets[0]}' does not apply to dataset '{adapter.dataset_name}': "
-                            f"{why[targets[0]]}")
-    needed: set[str] = set()
-    for n in targets:
-        if n in names and n not in dropped:
-            needed.update(cfg.order([n]))
-    for n in names:
-        if n in dropped and on_skip:
-            on_skip(n, why[n])
-        elif n in dropped:
-            log.info("stage '%s' skipped on dataset '%s': %s", n, adapter.dataset_name, why[n])
-    return [n for n in names if n in needed], manifest
-
-
-def _without_foreign_training(cfg: PipelineConfig, names: list[str], targets: list[str], dataset: str) -> list[str]:
-    """`names` without the train stages that only evaluate stages applying another dataset's models
-    (`model_dataset`) read: those are trained on that dataset, not here."""
-    from .training.keys import model_dataset
-
-    foreign = {n for n in names if model_dataset(cfg, n, dataset)}
-    if not foreign:
-        return names
-    drop = set()
-    for n in names:
-        readers = [m for m in names if n in cfg.stages[m].upstream]
-        if cfg.stages[n].implementation in TRAINERS and n not in targets and readers and set(readers) <= foreign:
-            drop.add(n)
-    for n in list(drop):  # its feature stages too, where every evaluate stage applying it binds its views elsewhere
-        impl = TRAINERS.get(cfg.stages[n].implementation)
-        views = [v.name for v in impl(impl.Config(**cfg.params_for(n, dataset)), "cpu").views() if v.form != "tokens"]
-        readers = [m for m in names if n in cfg.stages[m].upstream]
-        if all(v in cfg.stages[m].views for m in readers for v in views):
-            kept = [m for m in names if m not in drop]
-            drop.update(u for u in cfg.stages[n].upstream
-                        if u not in targets and not any(u in cfg.stages[m].upstream for m in kept))
-    return [n for n in names if n not in drop]
-
-
-def _model_contexts(cfg: PipelineConfig, names: list[str], dataset: str) -> dict[str, Context]:
-    """The contexts of the datasets whose trained models evaluate stages among `names` apply to `dataset`."""
-    from .training.keys import model_dataset
-
+def _model_contexts(cfg: PipelineConfig, plan: Plan) -> dict[str, Context]:
+    """The contexts of the datasets whose trained models the plan's evaluate stages apply to its dataset."""
     wanted: dict[str, list[str]] = {}
-    for n in names:
-        other = model_dataset(cfg, n, dataset)
-        if other:
-            wanted.setdefault(other, []).extend(u for u in cfg.stages[n].upstream if u in cfg.stages)
+    for n, other in plan.foreign.items():
+        wanted.setdefault(other, []).extend(u for u in cfg.stages[n].upstream
+                                            if is_run_stage(implementation(cfg.stages[u].implementation)))
     return {d: resolve(cfg, d, only=ups) for d, ups in wanted.items()}
 
 
@@ -762,31 +706,16 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
     (a StageReport per feature stage, a pipeline.training.RunReport per train/evaluate stage). `on_notice`
     hears what the run found and did on the way (damaged shards recomputed, dataset entries skipped)."""
     cfg = config if isinstance(config, PipelineConfig) else load_config(config, overrides, cache)
-    names = select_stages(cfg, group, stage)
-    _check_devices([cfg.execution_for(n, **execution).device for n in names])
-    targets = [stage] if stage else cfg.group(group or "extract")
     adapter = make_adapter(cfg, dataset)
-
-    reads = {n: _reads(implementation(spec.implementation)) for n, spec in cfg.stages.items()}
-    source = {}  # what each stage reads in the end: media or features (None for train/evaluate stages)
-    kept: list[str] = []  # stages that apply to this dataset; a trainer picks its views among them
-    for n in cfg.order():
-        run_stage_ = is_run_stage(implementation(cfg.stages[n].implementation))
-        ups = cfg.stages[n].upstream
-        source[n] = reads[n] or (None if run_stage_ else next((source[u] for u in ups if source[u]), None))
-        if source[n] in (None, adapter.kind) and (run_stage_ or all(u in kept for u in ups)):
-            kept.append(n)
-    wrong = [n for n in targets if n not in kept]
-    if wrong:
-        fits = [n for n in cfg.stages if reads[n] == adapter.kind]
-        hint = (f"; stages that read {adapter.kind}: {', '.join(fits)} (group "
-                f"'{cfg.stages[fits[0]].group}')" if fits else "")
-        raise PipelineError(f"dataset '{adapter.dataset_name}' holds {adapter.kind}, but stage(s) "
-                            f"{', '.join(wrong)} read {source[wrong[0]]}{hint}")
-    names = _without_foreign_training(cfg, [n for n in names if n in kept], targets, adapter.dataset_name)
-    names, manifest = _drop_inapplicable(cfg, adapter, names, targets, stage is not None, on_skip)
-    _check_media_backends({cfg.execution_for(n, **execution).media_backend for n in names if reads[n] == "media"})
-    ctx = resolve(cfg, dataset, prepare=True, only=names, manifest=manifest, execution=execution)
+    plan = make_plan(cfg, adapter, group, stage)
+    names = plan.selected
+    _check_devices([cfg.execution_for(n, **execution).device for n in names])
+    for n, p in plan.stages.items():  # the group's stages that do not apply, said once (not every other stage)
+        if not p.runs and n in plan.why_not and stage is None and cfg.stages[n].group == group:
+            (on_skip or (lambda n, why: log.info("stage '%s' skipped: %s", n, why)))(n, plan.why_not[n])
+    _check_media_backends({cfg.execution_for(n, **execution).media_backend for n in names
+                           if reads_from_dataset(implementation(cfg.stages[n].implementation)) == "media"})
+    ctx = resolve(cfg, dataset, prepare=True, only=names, exact=True, manifest=plan.manifest, execution=execution)
     if ctx.manifest is not None and ctx.manifest.skipped:
         shown = "; ".join(f"{p} ({why})" for p, why in ctx.manifest.skipped[:5])
         more = len(ctx.manifest.skipped) - 5
@@ -796,7 +725,7 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
     from .executors import Executor
 
     try:
-        runs = resolve_runs(ctx, names, _model_contexts(cfg, names, ctx.dataset))
+        runs = resolve_runs(ctx, names, _model_contexts(cfg, plan), exact=True)
     except TrainError as e:
         raise PipelineError(str(e)) from None
     reports: list[Any] = []
@@ -821,3 +750,63 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
                 raise PipelineError(f"stage '{name}': {rep.failed} clip(s) failed and --strict is set; "
                                     f"see {rep.store_path / 'failures.jsonl'}")
     return reports
+
+
+_UNKNOWN_LENGTH_S = 10.0  # a clip of unknown length, in the dry run's store sizes (VEGAS and AudioSet clips)
+
+
+def _row_estimate(attrs: dict[str, Any], clips: list[Clip]) -> tuple[int, bool]:
+    """Bytes the clips' rows take in a store with these attrs, and whether a clip's length was guessed."""
+    import numpy as np
+
+    if attrs.get("dims") is None or not attrs.get("dtype"):
+        return 0, True
+    row = int(np.prod(attrs["dims"] or [1])) * np.dtype(attrs["dtype"]).itemsize
+    rate, total, guessed = attrs.get("frame_rate"), 0, False
+    for c in clips:
+        if not rate or ("image" in c.media and "video" not in c.media and attrs.get("modality") == "visual"):
+            rows = 1.0
+        elif c.start is not None and c.end is not None:
+            rows = rate * (c.end - c.start)
+        else:
+            rows, guessed = rate * _UNKNOWN_LENGTH_S, True
+        total += int(max(1.0, rows)) * row
+    return total, guessed
+
+
+def dry_run(group: str | None = "extract", dataset: str | None = None, stage: str | None = None,
+            config: str | os.PathLike | PipelineConfig = "stages.yaml", **execution: Any) -> list[dict[str, Any]]:
+    """What `run` would do, computing nothing: per stage, in DAG order, its action (compute, reuse, train,
+    evaluate, left out, cannot resolve), the reason, and for a store to compute the clips and bytes it would
+    write. A generated dataset is generated (its manifest decides what applies)."""
+    cfg = config if isinstance(config, PipelineConfig) else load_config(config)
+    plan = make_plan(cfg, make_adapter(cfg, dataset), group, stage)
+    errors: dict[str, str] = {}
+    ctx = resolve(cfg, dataset, only=plan.selected, exact=True, manifest=plan.manifest, execution=execution,
+                  errors=errors)
+    try:
+        runs = resolve_runs(ctx, [n for n in plan.selected if n not in errors and n not in ctx.stages],
+                            _model_contexts(cfg, plan), exact=True)
+    except (TrainError, PipelineError, DatasetError) as e:
+        runs, errors = {}, {**errors, **{n: str(e) for n in plan.selected if n not in ctx.stages}}
+    rows = []
+    for name, step in plan.stages.items():
+        row = {"stage": name, "action": "left out", "reason": step.reason, "clips": 0, "bytes": 0, "estimated": False}
+        if not step.runs:
+            pass
+        elif name in errors:
+            row.update(action="cannot resolve", reason=errors[name])
+        elif name in ctx.stages:
+            sk = ctx.stages[name]
+            assert ctx.manifest is not None
+            done, _, _ = committed(scan_store(sk.store_path, ctx.clip_keys), ctx.clip_keys)
+            todo = [c for c in ctx.manifest.clips if c.clip_id not in done]
+            size, guessed = _row_estimate(sk.attrs, todo)
+            row.update(action="compute" if todo else "reuse", clips=len(todo), bytes=size, estimated=guessed,
+                       total=len(ctx.manifest.clips), store=str(sk.store_path))
+        elif name in runs:
+            rk = runs[name]
+            done = (rk.run_dir / "metrics.json").exists()
+            row.update(action="reuse" if done else ("train" if rk.kind == "train" else "evaluate"), store=str(rk.run_dir))
+        rows.append(row)
+    return rows

@@ -12,8 +12,8 @@ The runner knows none of this: it asks `resolve_runs` for the run stages and cal
 """
 from . import grounding, localization  # noqa: F401  (registers the grounding and localization tasks)
 from .base import RunKeys, RunReport, TrainError, is_run_stage, task_name
-from .keys import inapplicable, resolve_runs, run_status
+from .keys import resolve_runs, run_status
 from .run import load_trainer, run_stage, trainer_for
 
-__all__ = ["RunKeys", "RunReport", "TrainError", "inapplicable", "is_run_stage", "load_trainer", "resolve_runs",
+__all__ = ["RunKeys", "RunReport", "TrainError", "is_run_stage", "load_trainer", "resolve_runs",
            "run_stage", "run_status", "task_name", "trainer_for"]

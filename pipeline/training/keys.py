@@ -16,6 +16,7 @@ from .base import RunKeys, TrainError, is_run_stage
 if TYPE_CHECKING:
     from ..context import Context
     from ..datasets import Manifest
+    from ..plan import Plan
 
 
 def task_for(impl: Any, manifest: "Manifest | None") -> str:
@@ -35,10 +36,17 @@ def applies(impl: Any, manifest: "Manifest") -> str | None:
 
 
 def bind_views(ctx: "Context", name: str, trainer: Any, chosen: dict[str, str] | None = None) -> dict[str, str]:
+    """View name -> the upstream feature stage it reads, among the stages resolved in `ctx` (view_bindings)."""
+    modalities = {n: sk.attrs.get("modality") for n, sk in ctx.stages.items()}
+    return view_bindings(ctx.config, name, trainer, modalities, ctx.dataset, chosen)
+
+
+def view_bindings(cfg: PipelineConfig, name: str, trainer: Any, available: dict[str, str | None], dataset: str,
+                  chosen: dict[str, str] | None = None) -> dict[str, str]:
     """View name -> the upstream feature stage it reads: the stage named in `chosen` (an evaluate stage's
     `views`, applying the model to other features) or in the stage's `views`, else the one upstream stage of
-    the view's modality that applies to the dataset."""
-    spec = ctx.config.stages[name]
+    the view's modality among `available` (feature stage -> modality: those that apply to `dataset`)."""
+    spec = cfg.stages[name]
     named = {**spec.views, **(chosen or {})}
     bound: dict[str, str] = {}
     for v in trainer.views():
@@ -46,18 +54,18 @@ def bind_views(ctx: "Context", name: str, trainer: Any, chosen: dict[str, str] |
             continue  # text comes from the manifest
         if v.name in named:
             stage = named[v.name]
-            if stage not in ctx.stages:
+            if stage not in available:
                 raise TrainError(f"stage '{name}': view '{v.name}' reads stage '{stage}', which has no feature store "
-                                 f"for dataset '{ctx.dataset}'")
+                                 f"for dataset '{dataset}'")
             bound[v.name] = stage
             continue
-        found = [u for u in spec.upstream if u in ctx.stages and ctx.stages[u].attrs.get("modality") == v.modality]
+        found = [u for u in spec.upstream if u in available and available[u] == v.modality]
         if len(found) > 1:
             raise TrainError(f"stage '{name}': upstream stages '{found[0]}' and '{found[1]}' are both {v.modality} for "
-                             f"dataset '{ctx.dataset}'; name the one view '{v.name}' reads under the stage's `views`")
+                             f"dataset '{dataset}'; name the one view '{v.name}' reads under the stage's `views`")
         if not found:
             raise TrainError(f"stage '{name}' has no {v.modality} upstream stage that applies to dataset "
-                             f"'{ctx.dataset}' (its upstream: {', '.join(spec.upstream) or 'none'}); add an "
+                             f"'{dataset}' (its upstream: {', '.join(spec.upstream) or 'none'}); add an "
                              f"extract (media datasets) or import (feature datasets) stage of that modality")
         bound[v.name] = found[0]
     return bound
@@ -101,13 +109,17 @@ def _foreign(ctx: "Context", name: str, spec: Any, impl: Any, params: dict[str, 
                    task, upstream_runs=ups, foreign=theirs, local=local)
 
 
-def resolve_runs(ctx: "Context", names: list[str], others: dict[str, "Context"] | None = None) -> dict[str, RunKeys]:
-    """Keys and run directories of the train/evaluate stages among `names` (feature stages resolved in ctx);
-    `others`: the contexts of the datasets whose models evaluate stages with `model_dataset` apply here."""
+def resolve_runs(ctx: "Context", names: list[str], others: dict[str, "Context"] | None = None,
+                 exact: bool = False) -> dict[str, RunKeys]:
+    """Keys and run directories of the train/evaluate stages among `names` and upstream of them (`exact`: among
+    `names` only, as a plan lists them; feature stages resolved in ctx); `others`: the contexts of the datasets
+    whose models evaluate stages with `model_dataset` apply here."""
     cfg = ctx.config
     runs: dict[str, RunKeys] = {}
     root = cfg.cache / "runs" / ctx.dataset
     for name in cfg.order(names):
+        if exact and name not in names:
+            continue
         spec = cfg.stages[name]
         impl = implementation(spec.implementation)
         if not is_run_stage(impl):
@@ -163,43 +175,15 @@ def resolve_runs(ctx: "Context", names: list[str], others: dict[str, "Context"] 
     return runs
 
 
-def inapplicable(cfg: PipelineConfig, manifest: "Manifest", names: list[str]) -> dict[str, str]:
-    """Why each run stage among `names` cannot run on this manifest: train stages that cannot learn
-    from it, evaluate stages whose train stages all cannot, and stages starting from one that cannot."""
-    why = {n: r for n in names if cfg.stages[n].implementation in TRAINERS
-           and (r := applies(TRAINERS.get(cfg.stages[n].implementation), manifest))}
-    for n in cfg.order(names) if why else []:
-        ups = [u for u in cfg.stages[n].upstream if u in names and is_run_stage(implementation(cfg.stages[u].implementation))]
-        if n in why or not ups:
-            continue
-        if all(u in why for u in ups):
-            why[n] = "every train stage it reads does not apply"
-            continue
-        impl = implementation(cfg.stages[n].implementation)
-        wants = getattr(impl, "task", None)
-        if impl.name in EVALUATORS and wants is not None:
-            learns = {u: task_for(TRAINERS.get(cfg.stages[u].implementation), manifest) for u in ups
-                      if u not in why and cfg.stages[u].implementation in TRAINERS}
-            if learns and all(t != wants for t in learns.values()):
-                u, t = next(iter(learns.items()))
-                why[n] = f"it scores '{wants}' runs, and on this dataset '{u}' learns '{t}'"
-        elif any(u in why for u in ups) and cfg.stages[n].implementation in TRAINERS:
-            why[n] = f"it starts from '{next(u for u in ups if u in why)}', which does not apply"
-    return why
-
-
-def run_status(ctx: "Context", names: list[str], others: dict[str, "Context"] | None = None) -> list[dict[str, Any]]:
-    """Train/evaluate stages: up to date / partial k units / missing / stale, by their run directories
-    (`others`: the contexts of datasets whose models evaluate stages apply here)."""
+def run_status(ctx: "Context", names: list[str], plan: "Plan",
+               others: dict[str, "Context"] | None = None) -> list[dict[str, Any]]:
+    """Train/evaluate stages of the plan: up to date / partial k units / missing / stale, by their run
+    directories (`others`: the contexts of datasets whose models evaluate stages apply here)."""
     rows = []
-    skip = inapplicable(ctx.config, ctx.manifest, names) if ctx.manifest else {}
     for name in names:
         row = {"stage": name, "done": 0, "total": 0, "failed": 0, "store": None}
-        if name in skip:
-            rows.append({**row, "state": f"does not apply: {skip[name]}"})
-            continue
         try:
-            rk = resolve_runs(ctx, [name], others).get(name)
+            rk = resolve_runs(ctx, plan.closure([name]), others, exact=True).get(name)
         except TrainError as e:
             rows.append({**row, "state": f"cannot resolve: {e}"})
             continue
