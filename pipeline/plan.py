@@ -5,7 +5,7 @@ out never has its key computed, so its weights are never looked up. A stage appl
 run there (a feature stage reads what the dataset holds; a method's task applies to the manifest and its views
 bind to feature stages that apply). What runs is the targets (a group's stages, or one `--stage`) and what they
 read: for a feature group, the stages that the methods applying to the dataset read, plus those the dataset
-lists under `extract:`.
+lists under `extract:` (in a DAG without methods: the group's stages that apply).
 """
 from __future__ import annotations
 
@@ -204,8 +204,12 @@ def make_plan(cfg: PipelineConfig, adapter: "DatasetAdapter", group: str | None 
                 targets[n] = f"listed under dataset '{dataset}': extract"
             elif n in for_methods:
                 targets[n] = f"read by {', '.join(method_readers[n])}"
+            elif not run_stages:  # a DAG of feature stages alone: its group is what there is to compute
+                targets[n] = f"in group '{group}' (the DAG has no method)"
     else:
         targets = {n: "a method that applies" for n in methods}
+        if not run_stages:  # a DAG of feature stages alone
+            targets = {n: "the DAG has no method" for n in order if n not in why_not}
         targets.update({n: f"listed under dataset '{dataset}': extract" for n in listed if n not in why_not})
 
     runs = set(_closure(reads, list(targets)))
@@ -226,7 +230,7 @@ def make_plan(cfg: PipelineConfig, adapter: "DatasetAdapter", group: str | None 
         elif n in trained_elsewhere:
             e, other = trained_elsewhere[n]
             stages[n] = StagePlan(n, False, f"'{e}' applies its model trained on dataset '{other}'")
-        elif n not in for_methods and n not in listed:
+        elif n not in for_methods and n not in listed and run_stages:
             stages[n] = StagePlan(n, False, f"no method that applies to '{dataset}' reads it (name it under the "
                                             "dataset's `extract:` to compute it anyway)")
         elif stage is not None:

@@ -126,7 +126,7 @@ def test_media_stages_refuse_a_features_dataset(h5_project, tmp_path):
     cfg = write_config(tmp_path / "s2.yaml", tmp_path / "cache",
                        {"feats": {"adapter": "tnn_h5", "root": str(tmp_path / "feats")}},
                        {**IMPORT_STAGES, "audio": {"group": "extract", "implementation": "audio"}})
-    with pytest.raises(PipelineError, match="holds features, but stage.s. audio read media.*group 'import'"):
+    with pytest.raises(PipelineError, match="holds features, and the stages of group 'extract' read media.*group 'import'"):
         run("extract", config=cfg)
 
 
