@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._smoke import parse  # noqa: E402
 import torch  # noqa: E402
 
 from models.cca import _device as model_device  # noqa: E402
@@ -63,7 +64,7 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--repeat", type=int, default=5)
-    args = ap.parse_args()
+    args = parse(ap, n_naive=300, n_large=600, device="cpu", repeat=1)
     k, beta, reg = 10, 0.2, 1e-4
 
     x, y, labels = data(args.n_naive, 128, 128, args.classes)

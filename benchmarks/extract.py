@@ -24,6 +24,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._smoke import parse  # noqa: E402
+
 STAGES = {
     "audio": {"group": "extract", "implementation": "audio", "params": {"sample_rate": 16000},
               "execution": {"workers": 1, "decode_threads": 4}},  # as stages.yaml
@@ -201,7 +204,7 @@ def model_only(name: str, device: str, batch: int, seconds: float = 5.0) -> floa
         x = torch.randn(batch, 3, ex.crop_size, ex.crop_size, device=dev)
         if dev.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), _torch._autocast(dev):
+    with torch.inference_mode(), _torch.autocast(dev, spec["params"].get("precision", "fp32")):
         model(x)  # warm-up (kernel selection, allocator) outside the timing
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -214,7 +217,8 @@ def model_only(name: str, device: str, batch: int, seconds: float = 5.0) -> floa
     return n / (time.perf_counter() - t0)
 
 
-def device_table(tmp: Path, n: int, duration: float, device_name: str, batch: int, names: list[str]) -> None:
+def device_table(tmp: Path, n: int, duration: float, device_name: str, batch: int, names: list[str],
+                 model_seconds: float = 5.0) -> None:
     import pipeline
     from extractors._torch import pick_device
     from pipeline.config import load_config
@@ -232,7 +236,7 @@ def device_table(tmp: Path, n: int, duration: float, device_name: str, batch: in
         reports = run("extract", stage=name, config=cfg, device=str(device), batch_size=batch)
         elapsed = time.perf_counter() - t0
         rows_out = len(pipeline.open_store(reports[-1].store_path).to_dask())
-        e2e, alone = rows_out / elapsed, model_only(name, str(device), batch)
+        e2e, alone = rows_out / elapsed, model_only(name, str(device), batch, model_seconds)
         print(f"{name:<14}{e2e:>10.1f} f/s{alone:>10.1f} f/s{e2e / alone:>7.0%}")
 
 
@@ -256,8 +260,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="workers of the decode/DSP stages (audio, logmel)")
     ap.add_argument("--device", default="auto", help="device of the end-to-end vs model-only table")
     ap.add_argument("--batch-size", type=int, default=32)
-    args = ap.parse_args()
+    ap.add_argument("--model-seconds", type=float, default=5.0, help="how long the model-only side runs")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="of the CNN and VGGish stages, end to end and model only")
+    args = parse(ap, audio_clips=8, clips=8, duration=1.0, noop_clips=40, device="cpu", batch_size=4,
+                 model_seconds=0.2)
     only = set(args.only.split(","))
+    for name in ("vggish", "vgg16", "inception_v3"):
+        STAGES[name]["params"]["precision"] = args.precision
     names = args.extractors.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     try:
@@ -268,7 +278,7 @@ def main() -> None:
         if "noop" in only:
             noop_table(tmp, args.noop_clips)
         if "device" in only:
-            device_table(tmp, args.clips, args.duration, args.device, args.batch_size, names)
+            device_table(tmp, args.clips, args.duration, args.device, args.batch_size, names, args.model_seconds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._smoke import parse  # noqa: E402
 from models.metrics import mean_average_precision  # noqa: E402
 
 
@@ -36,7 +37,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=5, help="best of N for the vectorised side")
-    args = ap.parse_args()
+    args = parse(ap, n=300, repeat=1)
     rng = np.random.default_rng(0)
     # cosine similarities of embeddings with some class structure, as a trained model gives
     labels = rng.integers(0, args.classes, args.n)

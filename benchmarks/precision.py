@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._smoke import parse  # noqa: E402
 
 
 def main() -> None:
@@ -22,7 +23,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--batches", type=int, default=4)
     ap.add_argument("--device", default="cpu")
-    args = ap.parse_args()
+    args = parse(ap, batch=2, batches=1, device="cpu")
     import torch
 
     import extractors  # noqa: F401

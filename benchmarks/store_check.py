@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._smoke import parse  # noqa: E402
 from pipeline import store as st  # noqa: E402
 
 
@@ -46,7 +47,7 @@ def main() -> None:
     ap.add_argument("--stages", type=int, default=4, help="stores a no-op run checks (the demo DAG has 4)")
     ap.add_argument("--backend", default="zarr", choices=["zarr", "hdf5"])
     ap.add_argument("--repeat", type=int, default=5)
-    args = ap.parse_args()
+    args = parse(ap, clips=64, repeat=1)
     root = Path(tempfile.mkdtemp(prefix="store-check-"))
     try:
         path = root / "store"

@@ -81,11 +81,11 @@ def _run_stage_reads(cfg: PipelineConfig, name: str, impl: Any, manifest: "Manif
     spec = cfg.stages[name]
     runs = [u for u in spec.upstream if is_run_stage(implementation(cfg.stages[u].implementation))]
     if impl.name in TRAINERS:
+        if manifest is not None and (why := applies(impl, manifest)):
+            raise _NotApplicable(why)
         for u in runs:
             if u in why_not:
                 raise _NotApplicable(f"it starts from '{u}', which does not apply")
-        if manifest is not None and (why := applies(impl, manifest)):
-            raise _NotApplicable(why)
         try:
             trainer = impl(impl.Config(**cfg.params_for(name, dataset)), "cpu")
             views = view_bindings(cfg, name, trainer, available, dataset)
@@ -190,13 +190,14 @@ def make_plan(cfg: PipelineConfig, adapter: "DatasetAdapter", group: str | None 
         fitting = [n for n in members if n not in why_not]
         if not fitting:
             kinds = {reads_from_dataset(impls[n]) for n in members} - {None}
-            hint = [n for n in order if reads_from_dataset(impls[n]) == adapter.kind]
-            what = f"read {', '.join(sorted(kinds))}" if kinds and adapter.kind not in kinds else "do not apply"
-            more = (f"; stages that read {adapter.kind}: {', '.join(hint)} (group '{cfg.stages[hint[0]].group}')"
-                    if hint and adapter.kind not in kinds else
-                    "; ".join([""] + [f"{n}: {why_not[n]}" for n in members[:4]]))
-            raise PipelineError(f"dataset '{dataset}' holds {adapter.kind}, and the stages of group '{group}' "
-                                f"{what}{more}")
+            if kinds and adapter.kind not in kinds:  # a feature group of the other kind of dataset
+                hint = [n for n in order if reads_from_dataset(impls[n]) == adapter.kind]
+                more = f"; stages that read {adapter.kind}: {', '.join(hint)} (group " \
+                       f"'{cfg.stages[hint[0]].group}')" if hint else ""
+                raise PipelineError(f"dataset '{dataset}' holds {adapter.kind}, and the stages of group '{group}' "
+                                    f"read {', '.join(sorted(kinds))}{more}")
+            raise PipelineError(f"no stage of group '{group}' applies to dataset '{dataset}': "
+                                + "; ".join(f"{n}: {why_not[n]}" for n in members))
         for n in fitting:
             if n in run_stages:
                 targets[n] = f"in group '{group}'"
