@@ -69,7 +69,8 @@ class FrameExtractor(Extractor):
 
     @functools.cached_property
     def weights(self) -> ResolvedWeights:
-        return resolve_weights(self.config.weights, self.arch, self.pretrained, download=self.allow_download)
+        return resolve_weights(self.config.weights, self.arch, self.pretrained, download=self.allow_download,
+                               dirs=self.weights_dirs)
 
     def weights_digest(self) -> str | None:
         return self.weights.digest

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
@@ -40,6 +41,11 @@ class Extractor:
     def __init__(self, config: Any, execution: "ExecutionParams | None" = None) -> None:
         self.config = config if dataclasses.is_dataclass(config) else self.Config(**(config or {}))
         self.execution = execution
+
+    @property
+    def weights_dirs(self) -> list[Path]:
+        """Where named weights files are looked for before the cache directory (the dataset's `weights: DIR`)."""
+        return [Path(self.execution.weights_dir)] if self.execution and self.execution.weights_dir else []
 
     @property
     def media(self) -> Any:

@@ -137,7 +137,8 @@ class VGGish(Extractor):
                 raise WeightsError(f"vggish hub_handle '{self.config.hub_handle}': not a URL and no SavedModel "
                                    "directory there; pass a TF-Hub URL or a local SavedModel directory")
             return ResolvedWeights(self.config.hub_handle, "pretrained", self.config.hub_handle)
-        return resolve_weights(self.config.weights, "vggish", {"audioset": AUDIOSET}, download=self.allow_download)
+        return resolve_weights(self.config.weights, "vggish", {"audioset": AUDIOSET}, download=self.allow_download,
+                               dirs=self.weights_dirs)
 
     def weights_digest(self) -> str | None:
         """The network's digest, plus the PCA file's content when postprocessing uses it."""

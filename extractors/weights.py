@@ -10,7 +10,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from pipeline.cache import DigestMemo, hash_key
 
@@ -92,8 +92,9 @@ def _download(f: WeightsFile, dest: Path, what: str, param: str = "weights") -> 
 
 def resolve_weights(spec: str, arch: str,
                     pretrained: dict[str, PretrainedWeights] | Callable[[], dict[str, PretrainedWeights]],
-                    download: bool = True, param: str = "weights") -> ResolvedWeights:
-    """`random:SEED`, a pretrained name (cache dir, then download) or a path to a local file.
+                    download: bool = True, param: str = "weights", dirs: Sequence[Path] = ()) -> ResolvedWeights:
+    """`random:SEED`, a pretrained name (`dirs` (a dataset's weights directory), the cache dir, then download)
+    or a path to a local file.
 
     `pretrained` may be a callable, so that `random:SEED` never imports what builds the table."""
     what = f"{arch} weights '{spec}'"
@@ -108,10 +109,12 @@ def resolve_weights(spec: str, arch: str,
     if spec in pretrained:
         paths = {}
         for role, f in pretrained[spec].files.items():
-            path = cache_dir() / f.filename
+            found = [Path(d) / f.filename for d in dirs if (Path(d) / f.filename).is_file()]
+            path = found[0] if found else cache_dir() / f.filename
             if not path.is_file():
+                where = " or ".join([str(d) for d in dirs] + [str(cache_dir())])
                 if not download:
-                    raise WeightsError(f"{what}: {f.filename} is not in {cache_dir()}; download {f.url} "
+                    raise WeightsError(f"{what}: {f.filename} is not in {where}; download {f.url} "
                                        f"and place it at {path}")
                 _download(f, path, what, param)
             paths[role] = path

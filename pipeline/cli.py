@@ -327,7 +327,9 @@ def verify_cmd(dataset: str | None, stage: str | None, config_path: str, cache: 
     """Hash every shard of the dataset's stores against its commit record; mark damaged ones for recompute."""
     from .config import load_config
     from .datasets import DatasetError
-    from .runner import resolve
+    from .plan import make_plan
+    from .registry import EXTRACTORS
+    from .runner import PipelineError, make_adapter, resolve
     from .store import verify_store
     from extractors.weights import WeightsError
 
@@ -335,15 +337,24 @@ def verify_cmd(dataset: str | None, stage: str | None, config_path: str, cache: 
         cfg = load_config(config_path, cache=cache)
         if stage and stage not in cfg.stages:
             raise ConfigError(f"{cfg.path}: unknown stage '{stage}'; known: {', '.join(cfg.stages)}")
-        ctx = resolve(cfg, dataset, only=[stage] if stage else None)
+        unresolved: dict[str, str] = {}
+        if stage:
+            ctx = resolve(cfg, dataset, only=[stage])
+        else:  # every feature stage that applies to the dataset; one that cannot resolve has no store to verify
+            plan = make_plan(cfg, make_adapter(cfg, dataset), prepare=False)
+            features = [n for n in plan.applying if cfg.stages[n].implementation in EXTRACTORS]
+            ctx = resolve(cfg, dataset, only=features, exact=True, manifest=plan.manifest, errors=unresolved)
         if stage and stage not in ctx.stages:
             raise ConfigError(f"stage '{stage}' has no feature store for dataset '{ctx.dataset}'")
         names = [stage] if stage else list(ctx.stages)
+        for name in [n for n in unresolved if not stage and plan.stages[n].runs]:
+            click.secho(f"{name}: cannot resolve: {unresolved[name]}", fg="yellow")
         bad: list[str] = []
         for name in names:
             path = ctx.stages[name].store_path
             if not (path / "commits").is_dir():
-                click.echo(f"{name}: no store yet")
+                if stage or plan.stages[name].runs:  # (a stage no method here reads: nothing to say)
+                    click.echo(f"{name}: no store yet")
                 continue
             checked, damaged = verify_store(path, ctx.clip_keys)
             if not damaged:
@@ -353,7 +364,7 @@ def verify_cmd(dataset: str | None, stage: str | None, config_path: str, cache: 
             click.secho(f"{name}: {len(damaged)} of {checked} shard(s) damaged, marked for recomputation:", fg="yellow")
             for sid, why in list(damaged.items())[:20]:
                 click.echo(f"  {sid}: {why}")
-    except (ConfigError, DatasetError, WeightsError) as e:
+    except (ConfigError, DatasetError, WeightsError, PipelineError) as e:
         _fail(str(e))
     except OSError as e:
         _fail(f"{e}; check the --cache and --config paths")

@@ -39,6 +39,7 @@ class ExecutionParams:
     progress: bool = True
     media_backend: Literal["pyav", "ffmpeg"] = "pyav"  # decoding changes the last bits: in the key of media stages
     decode_timeout: float = DEFAULT_TIMEOUT  # seconds one clip may take to decode before it fails as hung
+    weights_dir: str | None = None  # named weights files are looked for here first (their digest is in the key)
 
     def __post_init__(self) -> None:
         for name in ("workers", "shard_size", "decode_threads", "batch_size"):
@@ -56,6 +57,7 @@ class DatasetSpec:
     params: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> params, for this dataset
     weights: str | None = None  # `weights: random:SEED`: every stage with a `weights` param runs on it here
+    weights_dir: Path | None = None  # `weights: DIR`: named weights files are looked for there first
     extract: list[str] = field(default_factory=list)  # feature stages computed here even if no method reads them
 
 
@@ -143,9 +145,12 @@ class PipelineConfig:
         return coerce_params(impl.Config, {**spec.params, **extra},
                              f"{self.path}: dataset '{dataset}': set: stage '{stage}'")
 
-    def execution_for(self, stage: str, **overrides: Any) -> ExecutionParams:
-        """Execution params for one stage: defaults, then the stage's own, then CLI overrides."""
+    def execution_for(self, stage: str, dataset: str | None = None, **overrides: Any) -> ExecutionParams:
+        """Execution params for one stage: defaults, then the stage's own, the dataset's weights directory, then
+        CLI overrides."""
+        ds = self.datasets.get(dataset) if dataset else None
         merged = {**dataclasses.asdict(self.execution), **self.stages[stage].execution,
+                  **({"weights_dir": str(ds.weights_dir)} if ds is not None and ds.weights_dir else {}),
                   **{k: v for k, v in overrides.items() if v is not None}}
         return ExecutionParams(**coerce_params(ExecutionParams, merged, f"{self.path}: stage '{stage}': execution"))
 
@@ -327,15 +332,20 @@ def load_config(path: str | os.PathLike = "stages.yaml", overrides: list[str] | 
         for key, value in _expect(d.get("set") or {}, f"{where}: set").items():
             stage, param, _ = parse_override(f"{key}=")
             bound.setdefault(stage, {})[param] = value
-        weights = d.get("weights")
-        if weights is not None and not (isinstance(weights, str) and re.fullmatch(r"random:\d+", weights)):
+        weights, weights_dir = d.get("weights"), None
+        if weights is not None and not (isinstance(weights, str) and (re.fullmatch(r"random:\d+", weights)
+                                                                      or "/" in weights)):
             raise ConfigError(f"{where}: weights: expected random:SEED (every network of the dataset randomly "
-                              f"initialised), got {weights!r}; bind one stage's weights under `set:` instead")
+                              f"initialised) or the path of a directory of weights files (with a '/', e.g. "
+                              f"./weights or ~/models), got {weights!r}; bind one stage's weights under `set:`")
+        if weights is not None and not weights.startswith("random:"):
+            weights_dir = Path(os.path.expanduser(weights))
+            weights_dir, weights = weights_dir if weights_dir.is_absolute() else base / weights_dir, None
         extract = d.get("extract") or []
         if not isinstance(extract, list) or not all(isinstance(x, str) for x in extract):
             raise ConfigError(f"{where}: extract: expected a list of stage names, got {extract!r}")
         datasets[name] = DatasetSpec(name, d["adapter"], root if root.is_absolute() else base / root, params,
-                                     bound, weights, list(extract))
+                                     bound, weights, weights_dir, list(extract))
 
     stages: dict[str, StageSpec] = {}
     for name, s in _expect(raw.get("stages") or {}, f"{path}: stages").items():

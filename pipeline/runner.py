@@ -107,7 +107,7 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
         if any(u not in stages for u in spec.upstream):
             continue
         params = config.params_for(name, adapter.dataset_name)
-        ex = impl(impl.Config(**params))
+        ex = impl(impl.Config(**params), config.execution_for(name, adapter.dataset_name, **(execution or {})))
         ex.allow_download = prepare  # only a run fetches weights; status and gc never do
         up_attrs = _producer_attrs(config, stages, name)
         if reads_from_dataset(impl) == "features":
@@ -124,7 +124,7 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
             "implementation": spec.implementation, "version": impl.VERSION, "params": key_params(impl.Config, params),
             "weights": weights, "upstream": [stages[u].store_key for u in spec.upstream],
             "dataset": adapter.dataset_name, "backend": config.backend}
-        media = config.execution_for(name, **(execution or {})).media_backend if reads_from_dataset(impl) == "media" else None
+        media = ex.execution.media_backend if reads_from_dataset(impl) == "media" else None
         if media not in (None, "ffmpeg"):  # stores decoded by the ffmpeg programs (the first backend) keep their keys
             identity["media"] = media
         store_key = hash_key(identity)
@@ -709,11 +709,11 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
     adapter = make_adapter(cfg, dataset)
     plan = make_plan(cfg, adapter, group, stage)
     names = plan.selected
-    _check_devices([cfg.execution_for(n, **execution).device for n in names])
+    _check_devices([cfg.execution_for(n, plan.dataset, **execution).device for n in names])
     for n, p in plan.stages.items():  # the group's stages that do not apply, said once (not every other stage)
         if not p.runs and n in plan.why_not and stage is None and cfg.stages[n].group == group:
             (on_skip or (lambda n, why: log.info("stage '%s' skipped: %s", n, why)))(n, plan.why_not[n])
-    _check_media_backends({cfg.execution_for(n, **execution).media_backend for n in names
+    _check_media_backends({cfg.execution_for(n, plan.dataset, **execution).media_backend for n in names
                            if reads_from_dataset(implementation(cfg.stages[n].implementation)) == "media"})
     ctx = resolve(cfg, dataset, prepare=True, only=names, exact=True, manifest=plan.manifest, execution=execution)
     if ctx.manifest is not None and ctx.manifest.skipped:
@@ -734,7 +734,7 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
         for path in [sk.store_path for sk in ctx.stages.values()] + [rk.run_dir for rk in runs.values()] + models:
             using.enter_context(in_use(cfg.cache, path))  # until the run ends: gc leaves what it makes or reads
         for name in names:
-            ex = cfg.execution_for(name, **execution)
+            ex = cfg.execution_for(name, ctx.dataset, **execution)
             if name in runs:
                 try:
                     reports.append(run_run_stage(ctx, runs[name], runs, ex.device, on_wait, on_epoch))

@@ -149,3 +149,28 @@ def test_status_never_downloads_and_cli_error_is_clean(offline, monkeypatch, tmp
                env={**__import__("os").environ, "TORCH_HOME": str(offline / "torch")})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "vgg16-397923af.pth" in proc.stderr and str(offline / "torch" / "hub" / "checkpoints") in proc.stderr
+
+
+def test_a_datasets_weights_directory_is_searched_first(offline, inception_file, tmp_path):
+    """`weights: DIR` under a dataset: every named weights file of its stages is looked for in DIR first (the
+    param stays `imagenet`; the file's digest is in the key, so the same bytes give the same key anywhere)."""
+    from pipeline.config import ExecutionParams, load_config
+    from tests.conftest import write_config
+
+    path, reference = inception_file
+    (tmp_path / "lab-weights").mkdir()
+    (tmp_path / "lab-weights" / "inception_v3_google-0cc3c7bd.pth").symlink_to(path)
+    stages = {"inception_v3": {"group": "extract", "implementation": "inception_v3", "params": {"weights": "imagenet"}}}
+    cfg = load_config(write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                                   {"lab": {"adapter": "folder", "root": "data", "weights": "./lab-weights"},
+                                    "other": {"adapter": "folder", "root": "data"}}, stages))
+    assert cfg.params_for("inception_v3", "lab")["weights"] == "imagenet"
+    execution = cfg.execution_for("inception_v3", "lab")
+    assert execution.weights_dir == str(tmp_path / "lab-weights")
+    assert cfg.execution_for("inception_v3", "other").weights_dir is None
+    ex = InceptionV3(InceptionV3Config(weights="imagenet"), execution)
+    assert ex.weights.paths["model"] == tmp_path / "lab-weights" / "inception_v3_google-0cc3c7bd.pth"
+    np.testing.assert_allclose(ex.compute([_frames()])[0], reference, atol=1e-5)
+    assert ex.weights_digest() == InceptionV3(InceptionV3Config(weights=str(path))).weights_digest()
+    with pytest.raises(WeightsError, match="inception_v3_google-0cc3c7bd.pth is not in"):  # elsewhere: not found
+        InceptionV3(InceptionV3Config(weights="imagenet"), ExecutionParams()).weights
