@@ -1,6 +1,7 @@
 """Named registries: datasets, extractors, trainers, evaluators, training tasks and store backends each have one."""
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -14,11 +15,21 @@ class RegistryError(KeyError):
 
 
 class Registry(Generic[T]):
-    """Maps a unique `name` to a class; the CLI's choices are built from it."""
+    """Maps a unique `name` to a class; the CLI's choices are built from it. The `providers` (the packages
+    whose modules register the entries) are imported on the first lookup, so no caller has to import them
+    first."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, providers: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._providers = providers
+        self._loaded = not providers
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True  # first: a provider's own lookups while it imports must not import it again
+            for module in self._providers:
+                importlib.import_module(module)
 
     def register(self, obj: T) -> T:
         """Register `obj` under its `name` attribute; refuse duplicates (usable as a decorator)."""
@@ -34,6 +45,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """Return the entry called `name`, or fail listing the known names."""
+        self._load()
         try:
             return self._items[name]
         except KeyError:
@@ -43,9 +55,11 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """All registered names, sorted."""
+        self._load()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
@@ -56,12 +70,12 @@ def _decorator(registry: Registry[T]) -> Callable[[T], T]:
     return registry.register
 
 
-DATASETS: Registry = Registry("dataset adapter")
-EXTRACTORS: Registry = Registry("extractor")
-TRAINERS: Registry = Registry("trainer")
-EVALUATORS: Registry = Registry("evaluator")
-STORE_BACKENDS: Registry = Registry("store backend")
-TASKS: Registry = Registry("task")
+DATASETS: Registry = Registry("dataset adapter", ("pipeline.datasets",))
+EXTRACTORS: Registry = Registry("extractor", ("extractors",))
+TRAINERS: Registry = Registry("trainer", ("models",))
+EVALUATORS: Registry = Registry("evaluator", ("models",))
+STORE_BACKENDS: Registry = Registry("store backend", ("pipeline.store",))
+TASKS: Registry = Registry("task", ("pipeline.training",))
 
 register_dataset = _decorator(DATASETS)
 register_extractor = _decorator(EXTRACTORS)

@@ -16,7 +16,7 @@ from pipeline import open_store
 from pipeline.cli import main
 from pipeline.runner import PipelineError, run
 
-from ..conftest import write_config
+from ..conftest import cli, write_config
 
 SCENES = {"n_train": 60, "n_val": 30, "captions_per_image": 3, "palette": "per_shape", "seed": 1, "speech": False}
 DSVE = {"word_vectors": "random:0", "word_dim": 64, "map_channels": 256, "embed_size": 128, "sru_layers": 2,
@@ -98,9 +98,11 @@ def test_embed_new_images_and_sentences(trained, tmp_path):
         (images / p.name).write_bytes(p.read_bytes())
     texts = tmp_path / "s.txt"
     texts.write_text("a red circle\nthere is a square next to a cross\n")
-    res = CliRunner().invoke(main, ["embed", "--run", str(train.run_dir), "--images", str(images), "--texts",
-                                    str(texts), "--out", str(tmp_path / "out")])
-    assert res.exit_code == 0, res.output
+    # a fresh process, as a user runs it: nothing imported the extractors before `embed` looks one up
+    res = cli("embed", "--run", str(train.run_dir), "--images", str(images), "--out", str(tmp_path / "out"))
+    assert "image embeddings:" in res.stdout
+    res = cli("embed", "--run", str(train.run_dir), "--texts", str(texts), "--out", str(tmp_path / "out"))
+    assert "text embeddings:" in res.stdout
     img, txt = open_store(tmp_path / "out" / "image"), open_store(tmp_path / "out" / "text")
     assert sorted(img.clip_ids) == sorted(p.name for p in src) and txt.clip_ids == ["1", "2"]
     # the same images as the run's test embeddings: the same vectors (the extractor and model are the run's)
