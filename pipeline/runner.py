@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -670,8 +671,22 @@ def _model_contexts(cfg: PipelineConfig, plan: Plan) -> dict[str, Context]:
     return {d: resolve(cfg, d, only=ups) for d, ups in wanted.items()}
 
 
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 def _check_devices(devices: list[str]) -> None:
-    """Refuse a CUDA device on a machine without one, before any work starts."""
+    """Refuse, before any work starts, a device that is no device name, and a CUDA or MPS device on a machine
+    without one."""
+    for d in sorted(set(devices)):
+        if not _DEVICE.fullmatch(d):
+            raise PipelineError(f"device '{d}' is not one this pipeline runs on; use auto, cpu, cuda, cuda:N "
+                                "(a GPU's index) or mps (Apple silicon)")
+    if "mps" in devices:
+        import torch
+
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise PipelineError("device mps asked for, but this machine has no MPS device (Apple silicon with "
+                                "a torch built for it); use --device cpu or --device auto")
     wanted = sorted({d for d in devices if d.startswith("cuda")})
     if not wanted:
         return

@@ -319,9 +319,11 @@ def test_sigint_stops_cleanly_and_the_rerun_resumes(tmp_path):
     assert rep.failed == 0  # no clip in flight at Ctrl-C was recorded as a failure (its ffmpeg runs on)
 
 
-def test_cuda_without_cuda_is_refused_before_any_work(project, tmp_path):
-    p = cli("run", "extract", "--config", str(project), "--device", "cuda:99", check=False)
-    assert p.returncode == 2 and "CUDA" in p.stderr and "Traceback" not in p.stderr
+@pytest.mark.parametrize("device, says", [("cuda:99", "CUDA"), ("tpu", "device 'tpu' is not one this pipeline runs on"),
+                                          ("cuda:x", "use auto, cpu, cuda, cuda:N"), ("mps", "no MPS device")])
+def test_a_device_that_is_not_here_is_refused_before_any_work(project, tmp_path, device, says):
+    p = cli("run", "extract", "--config", str(project), "--device", device, check=False)
+    assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert not (tmp_path / "cache" / "stores").exists()
 
 
