@@ -113,6 +113,7 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
         click.secho(msg, fg="yellow", err=True)
 
     t0 = time.perf_counter()
+    cfg = None
     try:
         cfg = load_config(config_path, overrides, cache)
         reports = run(group, dataset=dataset, stage=stage, config=cfg, strict=False, on_plan=on_plan,
@@ -131,7 +132,11 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
     except KeyboardInterrupt:
         if "bar" in bar:
             bar.pop("bar").close()
-        click.secho(f"interrupted; {committed[0]} shard(s) committed, rerun to resume", fg="red", err=True)
+        try:
+            kept = _kept_runs(cfg, dataset, group, stage)
+        except KeyboardInterrupt:  # a second Ctrl-C: no summary of the runs
+            kept = ""
+        click.secho(f"interrupted; {committed[0]} shard(s) committed{kept}, rerun to resume", fg="red", err=True)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)  # not sys.exit: a second Ctrl-C must not wait on worker processes at interpreter exit
@@ -173,6 +178,22 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
     if strict and failed:
         click.secho(f"error: {len(failed)} clip(s) failed and --strict is set", fg="red", err=True)
         sys.exit(1)
+
+
+def _kept_runs(cfg: Any, dataset: str | None, group: str, stage: str | None) -> str:
+    """After Ctrl-C: what the run's train stages kept on disk (folds, epoch checkpoints), read from the runs."""
+    if cfg is None:
+        return ""
+    try:
+        from .plan import make_plan
+        from .runner import make_adapter, status
+
+        wanted = set(make_plan(cfg, make_adapter(cfg, dataset), group, stage).selected)
+        kept = [f"{r['stage']} {r['state']}" for r in status(cfg, dataset)
+                if r["stage"] in wanted and r["state"].startswith("partial:")]
+    except Exception:  # noqa: BLE001  (only a summary: the runs on disk are what they are)
+        return ""
+    return f", and {'; '.join(kept)}" if kept else ""
 
 
 def _dry_run(group: str, stage: str | None, dataset: str | None, overrides: tuple[str, ...],

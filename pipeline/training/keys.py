@@ -194,6 +194,8 @@ def run_status(ctx: "Context", names: list[str], plan: "Plan",
             state = "up to date"
         elif folds:
             state = f"partial: {len(folds)} fold(s) committed"
+        elif rk.kind == "train" and any(rk.run_dir.glob("**/checkpoint.pt")):
+            state = "partial: epoch checkpoints saved"
         elif any(p != rk.run_dir and re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{16}}", p.name)  # not `dsve-pointing-*`
                  for p in rk.run_dir.parent.glob(f"{name}-*")):
             state = "stale (params, code or upstream changed since the last run)"

@@ -211,3 +211,29 @@ def test_gc_removes_runs_no_current_key_references(features_project, tmp_path):
     out = cli("gc", "--config", str(features_project)).stdout
     assert "removed 0 store(s) and 1 run(s)" in out and not old.exists() and kept.exists()
     assert run("train", stage="cca", config=features_project)[-1].reused
+
+
+def test_ctrl_c_during_training_says_which_folds_it_kept(features_project, tmp_path):
+    """Ctrl-C while tnn-ccca trains (after its split unit is committed): the message names the units committed, as
+    on disk, and the rerun reuses them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run("import", config=features_project)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "train", "--stage", "tnn-ccca", "--config",
+                             str(features_project), "--set", "tnn-ccca.epochs=400", "--no-progress"],
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not list((tmp_path / "cache" / "runs").glob("feats/tnn-ccca-*/folds/*/embeddings.npz")):
+        assert proc.poll() is None and time.time() - t0 < 120, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    folds = list((tmp_path / "cache" / "runs").glob("feats/tnn-ccca-*/folds/*/embeddings.npz"))
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert f"and tnn-ccca partial: {len(folds)} fold(s) committed, rerun to resume" in err, err
+    rep = run("train", stage="tnn-ccca", config=features_project, overrides=["tnn-ccca.epochs=400"])[-1]
+    assert rep.units_reused == len(folds) >= 1 and rep.units_trained == 0  # the one split unit was kept
