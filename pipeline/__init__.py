@@ -13,7 +13,9 @@ __all__ = ["open_store", "run", "FeatureStore", "DATASETS", "EXTRACTORS", "TRAIN
 
 def open_store(path: str | os.PathLike | None = None, *, dataset: str | None = None, stage: str | None = None,
                config: str | os.PathLike = "stages.yaml", cache: str | os.PathLike | None = None) -> FeatureStore:
-    """Open a feature store by path, or by dataset + stage name as stages.yaml currently defines them."""
+    """Open a feature store by path, or by dataset + stage name as stages.yaml currently defines them (then every
+    clip of the dataset must be committed: a partial store raises PipelineError naming the command that completes
+    it; open it by path to read what is there)."""
     if path is not None:
         return FeatureStore(path)
     if stage is None:
@@ -28,7 +30,10 @@ def open_store(path: str | os.PathLike | None = None, *, dataset: str | None = N
     if stage not in ctx.stages:
         raise KeyError(f"stage '{stage}' has no feature store for dataset '{ctx.dataset}' (not an extract or "
                        "import stage, or one that reads features where the dataset holds media, or vice versa)")
-    return FeatureStore(ctx.stages[stage].store_path, clip_keys=ctx.clip_keys)
+    from .context import require_complete
+
+    scan = require_complete(ctx, stage)  # a partial or damaged store says so, naming the command that completes it
+    return FeatureStore(ctx.stages[stage].store_path, clip_keys=ctx.clip_keys, scan=scan)
 
 
 def run(group: str = "extract", **kwargs: Any) -> Any:

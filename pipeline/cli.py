@@ -377,13 +377,22 @@ def verify_cmd(dataset: str | None, stage: str | None, config_path: str, cache: 
                 if stage or plan.stages[name].runs:  # (a stage no method here reads: nothing to say)
                     click.echo(f"{name}: no store yet")
                 continue
-            checked, damaged = verify_store(path, ctx.clip_keys)
-            if not damaged:
-                click.echo(f"{name}: {checked} shard(s) verified")
+            found = verify_store(path, ctx.clip_keys)
+            if not found.damaged:
+                click.echo(f"{name}: {found.checked} shard(s) verified")
                 continue
             bad.append(name)
-            click.secho(f"{name}: {len(damaged)} of {checked} shard(s) damaged, marked for recomputation:", fg="yellow")
-            for sid, why in list(damaged.items())[:20]:
+            shards = [k for k in found.damaged if k != "attrs.json" and not k.startswith("orphan ")]
+            if not shards:
+                what = "damaged:"
+            elif found.marked:
+                what = f"{len(shards)} of {found.checked} shard(s) damaged, marked for recomputation:"
+            else:
+                what = (f"{len(shards)} of {found.checked} shard(s) damaged, NOT marked for recomputation "
+                        f"({found.unmarked_why}): rerun `pipeline verify` where the cache is writable, then `pipeline "
+                        "run` recomputes them:")
+            click.secho(f"{name}: {what}", fg="yellow")
+            for sid, why in list(found.damaged.items())[:20]:
                 click.echo(f"  {sid}: {why}")
     except (ConfigError, DatasetError, WeightsError, PipelineError) as e:
         _fail(str(e))

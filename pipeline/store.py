@@ -262,12 +262,16 @@ class StoreWriter:
         self.backend = get_backend(self.attrs["backend"])
 
     def clean_temporaries(self) -> int:
-        """Remove temporaries left by killed writers; call only while holding the store lock."""
+        """Remove temporaries and orphaned shard files left by killed writers; call only while holding the store
+        lock."""
         n = 0
         for sub in ("shards", "commits"):
             for p in (self.path / sub).glob(".tmp-*"):
                 _remove(p)
                 n += 1
+        for p in _orphans(self.path):  # under the lock no writer is between its rename and its commit
+            _remove(p)
+            n += 1
         return n
 
     def discard(self, shard_id: str) -> None:
@@ -597,10 +601,22 @@ def repair_command(attrs: dict[str, Any] | None, path: Path) -> str:
     return f"a run of the stage that made {path}"
 
 
-def verify_store(path: str | os.PathLike, clip_keys: dict[str, str] | None = None,
-                 mark: bool = True) -> tuple[int, dict[str, str]]:
-    """The full check: every file's digest and every array decoded against its digest. Returns (shards
-    checked, damaged shard id -> reason); with `mark`, damaged shards are marked for the next run."""
+@dataclass
+class Verification:
+    """What `verify_store` found: shards checked, damage (shard id, or `attrs.json`, or a shard file that no
+    record names -> reason), and whether the damaged shards were marked for the next run."""
+
+    checked: int
+    damaged: dict[str, str]
+    marked: bool = False
+    unmarked_why: str | None = None
+
+
+def verify_store(path: str | os.PathLike, clip_keys: dict[str, str] | None = None, mark: bool = True) -> Verification:
+    """The full check: every file's digest and every array decoded against its digest, the attrs, and shard files
+    that no commit record names (orphans: their clips are not in the store). With `mark`, damaged shards are
+    marked for the next run."""
+    path = Path(path)
     scan = scan_store(path, clip_keys)
     damaged = dict(scan.damaged)
     backend = get_backend(scan.attrs["backend"]) if scan.attrs else None
@@ -625,16 +641,35 @@ def verify_store(path: str | os.PathLike, clip_keys: dict[str, str] | None = Non
                 why = f"cannot be decoded ({type(e).__name__}: {e})"
         if why:
             damaged[rec["shard"]] = why
-    if mark and damaged and scan.attrs is not None:
+    to_mark = dict(damaged)
+    if scan.attrs_problem:
+        damaged["attrs.json"] = f"{scan.attrs_problem} (the next run rewrites it from the stage's definition)"
+    for shard in _orphans(path):
+        damaged[f"orphan {shard.name}"] = ("a shard file that no commit record names (its record was deleted, or "
+                                           "a writer died before committing): its clips are not in the store; "
+                                           "the next run removes it and recomputes them")
+    result = Verification(checked, damaged)
+    if mark and to_mark and scan.attrs is not None:
         try:
             writer = StoreWriter(scan.path)
             checksums = {r["shard"]: r.get("checksum") for r in scan.records}
-            for sid, why in damaged.items():
+            for sid, why in to_mark.items():
                 if sid not in scan.damaged:  # what the cheap check finds, every scan finds again
                     writer.mark_damaged(sid, why, checksums.get(sid))
+            result.marked = True
         except OSError as e:
+            result.unmarked_why = str(e)
             log.warning("store %s: damaged shards not marked (%s): a run will not know to recompute them", path, e)
-    return checked, damaged
+    return result
+
+
+def _orphans(path: Path) -> list[Path]:
+    """Shard files that no commit record names (a deleted record, or a writer killed between its rename and its
+    commit): their clips are not in the store."""
+    suffixes = {b.suffix for b in map(STORE_BACKENDS.get, STORE_BACKENDS.names())}
+    shards = sorted((path / "shards").glob("*")) if (path / "shards").is_dir() else []
+    return [p for p in shards if not p.name.startswith(".tmp-") and p.suffix in suffixes
+            and not (path / "commits" / f"{p.name[:-len(p.suffix)]}.json").exists()]
 
 
 def write_failures_log(path: Path, scan: StoreScan | None = None) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@ next run (only the damaged shards), which then equals a clean run clip for clip.
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +224,49 @@ def test_an_unreadable_file_is_an_error_not_damage(copy_of, monkeypatch):
     monkeypatch.setattr(os, "stat", denied)
     with pytest.raises(StoreError, match="cannot check .*Permission denied"):
         scan_store(store)  # a run must stop here, not throw the shard away as damaged
+
+
+def test_a_deleted_commit_record_is_reported_refused_and_recomputed(copy_of):
+    """The record of a shard is deleted: opening the dataset's store refuses the partial store naming the command,
+    verify names the orphaned shard file (rc 1), and the next run removes it and recomputes its clips."""
+    from pipeline.context import PipelineError
+
+    cfg, store, sid, rec, reference = copy_of()
+    (store / "commits" / f"{sid}.json").unlink()
+    with pytest.raises(PipelineError, match="holds 4 of 6 clips of dataset 'tiny'; run `pipeline run extract "
+                                            "--dataset tiny --stage logmel` first"):
+        pipeline.open_store(dataset="tiny", stage="logmel", config=cfg)
+    assert len(pipeline.open_store(store).clip_ids) == 4  # by path: what is there, knowingly
+    proc = cli("verify", "--config", str(cfg), check=False)
+    assert proc.returncode == 1 and f"orphan {rec['file']}: a shard file that no commit record names" in proc.stdout
+    assert run("extract", config=cfg)[1].computed == 2
+    assert not (store / "shards" / rec["file"]).exists() or (store / "commits" / f"{sid}.json").exists()
+    assert cli("verify", "--config", str(cfg)).returncode == 0
+    healed = pipeline.open_store(dataset="tiny", stage="logmel", config=cfg)
+    assert all(np.array_equal(healed[cid], arr) for cid, arr in reference.items())
+
+
+def test_verify_reports_a_missing_attrs_file(copy_of):
+    cfg, store, _, _, _ = copy_of()
+    (store / "attrs.json").unlink()
+    proc = cli("verify", "--config", str(cfg), check=False)
+    assert proc.returncode == 1 and "logmel: damaged:" in proc.stdout and "attrs.json:" in proc.stdout, proc.stdout
+    run("extract", config=cfg)
+    assert (store / "attrs.json").exists() and cli("verify", "--config", str(cfg)).returncode == 0
+
+
+def test_verify_on_a_read_only_cache_does_not_claim_a_mark_it_could_not_write(copy_of):
+    from .test_runner import _read_only
+
+    cfg, store, sid, rec, _ = copy_of()
+    chunk = _chunk(store, rec)
+    st = chunk.stat()
+    _garble(chunk)
+    os.utime(chunk, ns=(st.st_atime_ns, st.st_mtime_ns))
+    proc = _read_only(store.parent.parent.parent, sys.executable, "-m", "pipeline.cli", "verify", "--config", str(cfg))
+    assert proc.returncode == 1 and "NOT marked for recomputation" in proc.stdout, (proc.stdout, proc.stderr)
+    assert "marked for recomputation:" not in proc.stdout.replace("NOT marked for recomputation", "")
+    assert not (store / "damaged").exists()
+    proc = cli("verify", "--config", str(cfg), check=False)  # writable again: now it marks
+    assert proc.returncode == 1 and "1 of 3 shard(s) damaged, marked for recomputation" in proc.stdout
+    assert (store / "damaged" / f"{sid}.json").exists()
