@@ -26,7 +26,7 @@ class InceptionV3(FrameExtractor):
     """ImageNet Inception-V3 global-average-pool features of frames sampled at `fps`."""
 
     name = "inception_v3"
-    VERSION = 1
+    VERSION = 2  # 2: the same frames from both media backends (best-effort timestamps, bitexact decoding)
     Config = InceptionV3Config
     arch = "inception_v3"
     resize_size = 342

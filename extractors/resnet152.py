@@ -64,7 +64,7 @@ class ResNet152(FrameExtractor):
     """ImageNet ResNet-152 `layer4` maps [h, w, 2048] (channels last) of frames sampled at `fps`."""
 
     name = "resnet152"
-    VERSION = 1
+    VERSION = 2  # 2: the same frames from both media backends (best-effort timestamps, bitexact decoding)
     Config = ResNet152Config
     arch = "resnet152"
     resize_size = 256  # the weights' own; inputs here are image_size x image_size (see input_size)

@@ -24,7 +24,7 @@ class VGG16(FrameExtractor):
     """ImageNet VGG16 features of frames sampled at `fps`."""
 
     name = "vgg16"
-    VERSION = 1
+    VERSION = 2  # 2: the same frames from both media backends (best-effort timestamps, bitexact decoding)
     Config = VGG16Config
     arch = "vgg16"
     resize_size = 256

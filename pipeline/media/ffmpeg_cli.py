@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -106,10 +107,9 @@ def _run(stream, what: str, path: Path, timeout: float | None) -> tuple[bytes, b
     return out, err
 
 
-def _input(path: Path, start: float | None, duration: float | None):
+def _input(path: Path, start: float | None, duration: float | None, **in_kw: Any):
     import ffmpeg
 
-    in_kw = {}
     if start is not None:
         in_kw["ss"] = start
     if duration is not None:
@@ -153,7 +153,7 @@ def decode_frames(path: str | os.PathLike, fps: float, size: int | tuple[int, in
     width, height = frame_size(info, size)
 
     def decode(sampled: bool) -> tuple[np.ndarray, bytes]:
-        video = _input(path, start, duration).video
+        video = _input(path, start, duration, flags="+bitexact").video  # as PyAV's decoder: no per-CPU IDCT variants
         video = video.filter("fps", fps=fps) if sampled else video
         out_kw = {} if sampled else {"frames:v": 1}
         stream = video.filter("scale", width, height).output("pipe:", format="rawvideo", pix_fmt="rgb24", **out_kw)

@@ -365,6 +365,31 @@ def _video_source(graph: Any, frame: Any, stream: Any) -> Any:
                                f":colorspace={int(frame.colorspace)}:range={int(frame.color_range)}")
 
 
+class _BestEffortTimestamp:
+    """libavcodec's guess_correct_pts, which the ffmpeg program times frames by and PyAV does not expose: a frame's
+    pts, unless pts values have run backwards more often than dts values (an AVI with packed B-frames, whose
+    guessed pts come out of order), then its dts."""
+
+    def __init__(self) -> None:
+        self.faulty_pts = self.faulty_dts = 0
+        self.last_pts = self.last_dts = -(1 << 63)
+
+    def __call__(self, pts: int | None, dts: int | None) -> int | None:
+        if dts is not None:
+            self.faulty_dts += dts <= self.last_dts
+            self.last_dts = dts
+        elif pts is not None:
+            self.last_dts = pts
+        if pts is not None:
+            self.faulty_pts += pts <= self.last_pts
+            self.last_pts = pts
+        elif dts is not None:
+            self.last_pts = dts
+        if pts is not None and (self.faulty_pts <= self.faulty_dts or dts is None):
+            return pts
+        return dts
+
+
 def decode_frames(path: str | os.PathLike, fps: float, size: int | tuple[int, int] | None = None,
                   start: float | None = None, duration: float | None = None,
                   info: MediaInfo | None = None) -> np.ndarray:
@@ -379,14 +404,19 @@ def decode_frames(path: str | os.PathLike, fps: float, size: int | tuple[int, in
         _, stream = _streams(container)
         ctx = stream.codec_context
         ctx.thread_count = 1  # one clip per decoder process: threads would only compete
+        ctx.flags |= _av().codec.context.Flags.bitexact  # as the CLI's -flags +bitexact: no per-CPU IDCT variants
         timing = _Timing(container, start, duration)
         graph = None
         out: list[Any] = []
         first = None
         errors = _Errors(logs)
         timing.seek(container)
+        best_effort = _BestEffortTimestamp()
+        # AVI stores no presentation times: FFmpeg 8's demuxer guesses some (out of order after packed B-frames),
+        # FFmpeg 5.1's, which the ffmpeg program is, leaves them out, so frames are timed by their dts
+        guessed = "avi" in container.format.name.split(",")
         for frame in _decoded(container, stream, timing.offset(stream.time_base), errors):
-            pts = frame.pts if frame.pts is not None else frame.dts  # the best-effort timestamp
+            pts = best_effort(None if guessed else frame.pts, frame.dts)
             if pts is None:
                 continue
             frame.pts = pts
@@ -394,7 +424,7 @@ def decode_frames(path: str | os.PathLike, fps: float, size: int | tuple[int, in
             if graph is None:  # from the first frame: its format, size and display matrix
                 first = frame
                 filters = _frame_filters(frame, size, timing)
-                graph, src = _graph(filters[:-3] + [("fps", str(fps))] + filters[-3:],
+                graph, src = _graph(filters[:-3] + [("fps", f"fps={fps}:start_time=0")] + filters[-3:],
                                     lambda g: _video_source(g, frame, stream))
             if not _push(graph, src, frame, out):
                 break

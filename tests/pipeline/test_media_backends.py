@@ -28,6 +28,14 @@ KINDS = {  # container + codecs the issue names: name -> ffmpeg arguments
     "vfr.mp4": V + ["-vf", "setpts='if(lt(N,30),PTS,PTS*2.5)'", "-vsync", "vfr"] + H264,
     "bframes.mp4": V + _a(44100) + ["-c:v", "libx264", "-preset", "medium", "-bf", "2", "-pix_fmt", "yuv420p",
                                     "-c:a", "aac"],
+    # MPEG-4 Part 2 in AVI: FFmpeg's own encoder, DivX 3 (msmpeg4v3: the libraries' IDCTs differ by one level
+    # unless both decode bitexact), XviD with packed B-frames and H.264 with B-frames (AVI has no pts: FFmpeg 8
+    # guesses them out of order, and a frame must be timed by its best-effort timestamp, as the ffmpeg program does)
+    "mpeg4.avi": V + _a(22050) + ["-c:v", "mpeg4", "-bf", "2", "-q:v", "5", "-c:a", "pcm_s16le"],
+    "msmpeg4v3.avi": V + ["-c:v", "msmpeg4v3", "-q:v", "5"],
+    "xvid_packed.avi": ["-f", "lavfi", "-i", "testsrc2=size=64x48:rate=5:duration=3", "-c:v", "libxvid", "-bf", "1",
+                        "-q:v", "5"],
+    "h264_bframes.avi": V + ["-c:v", "libx264", "-preset", "medium", "-bf", "3", "-pix_fmt", "yuv420p"],
 }
 
 
