@@ -65,6 +65,10 @@ class _Lost(Exception):
         self.reason = reason
 
 
+class _Dead(Exception):
+    """The decoder process had died before it was given this file (a kill, the OOM killer): not the file's fault."""
+
+
 class _Process:
     """One decoder process (`python -m pipeline.media.isolated`, so it never re-runs the caller's main
     module) and its socket."""
@@ -94,8 +98,13 @@ class _Process:
             raise RuntimeError(f"a decoder process did not start: {err[-1] if err else 'no message'}")
 
     def call(self, fn: str, args: tuple, kwargs: dict, timeout: float | None) -> Any:
+        if self.proc.poll() is not None:
+            raise _Dead()
         try:
             self.conn.send((fn, args, kwargs))
+        except OSError:
+            raise _Dead() from None  # it died before it was asked: nothing to blame on this file
+        try:
             answered = self.conn.poll(timeout)
         except OSError:
             answered = True  # the process is gone: recv says how
@@ -141,21 +150,31 @@ class Decoder:
 
     def _call(self, fn: str, *args: Any, **kwargs: Any) -> Any:
         with self._slots:
-            try:
-                proc = self._idle.get_nowait()
-            except queue.Empty:
-                proc = _Process(self.module)
-                self._all.append(proc)
-            try:
-                value = proc.call(fn, args, kwargs, self.timeout)
-            except _Lost as e:
-                self._all.remove(proc)
-                proc.stop()
-                log.warning("%s: %s", args[0] if args else fn, e.reason)
-                raise MediaError(e.reason) from None
-            except BaseException:
-                self._idle.put(proc)
-                raise
+            for attempt in range(2):  # an idle process found dead is replaced once; the file is not blamed
+                try:
+                    proc = self._idle.get_nowait()
+                except queue.Empty:
+                    proc = _Process(self.module)
+                    self._all.append(proc)
+                try:
+                    value = proc.call(fn, args, kwargs, self.timeout)
+                    break
+                except _Dead:
+                    self._all.remove(proc)
+                    proc.stop()
+                    log.info("a decoder process had died while idle; starting another")
+                    if attempt:
+                        raise MediaError("decoder crashed: two decoder processes in a row died before they were "
+                                         "given this file (out of memory?)") from None
+                    continue
+                except _Lost as e:
+                    self._all.remove(proc)
+                    proc.stop()
+                    log.warning("%s: %s", args[0] if args else fn, e.reason)
+                    raise MediaError(e.reason) from None
+                except BaseException:
+                    self._idle.put(proc)
+                    raise
             self._idle.put(proc)
             return value
 

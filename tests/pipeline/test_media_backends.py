@@ -139,6 +139,29 @@ def test_a_file_that_crashes_the_decoder_fails_alone(tmp_path, clip_factory, mon
         dec.close()
 
 
+@pytest.mark.parametrize("kill", ["SIGKILL", "SIGTERM"])
+def test_a_decoder_process_that_dies_while_idle_does_not_fail_the_next_clip(tmp_path, clip_factory, kill):
+    """The OOM killer (or anyone) ends an idle decoder process: the next healthy clip decodes in a fresh one."""
+    import os
+    import signal
+    import time
+
+    from pipeline.media.isolated import PYAV_MODULE, Decoder
+
+    good = clip_factory(tmp_path / "good.mp4")
+    dec = Decoder(PYAV_MODULE, 60.0, 1)
+    try:
+        first = dec.decode_audio(good, 16000)
+        (victim,) = dec._all
+        os.kill(victim.proc.pid, getattr(signal, kill))
+        while victim.proc.poll() is None:
+            time.sleep(0.01)
+        np.testing.assert_array_equal(dec.decode_audio(good, 16000), first)
+        assert len(dec._all) == 1 and dec._all[0] is not victim
+    finally:
+        dec.close()
+
+
 def test_a_file_that_hangs_the_decoder_times_out(tmp_path, clip_factory, monkeypatch):
     good = clip_factory(tmp_path / "good.mp4")
     hang = clip_factory(tmp_path / "hang.mp4")
