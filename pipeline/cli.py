@@ -55,6 +55,8 @@ def main(verbose: int) -> None:
 @click.option("--dataset", default=None, help="dataset from stages.yaml (default: default_dataset)")
 @click.option("--set", "overrides", multiple=True, metavar="STAGE.PARAM=VALUE", help="override an identity param")
 @click.option("--strict", is_flag=True, help="any failed clip makes the run fail (exit 1)")
+@click.option("--retry-failed", is_flag=True, help="compute every failed clip again (a run retries by itself only "
+                                                   "the failures that may not recur: crashes, hangs, I/O errors)")
 @click.option("--workers", type=int, default=None, help="worker processes (or dask workers)")
 @click.option("--executor", type=click.Choice(["local", "dask"]), default=None, help="local processes or dask")
 @click.option("--scheduler", default=None, help="dask.distributed scheduler address, e.g. tcp://host:8786")
@@ -68,7 +70,7 @@ def main(verbose: int) -> None:
                                               "and compute nothing")
 @common
 def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple[str, ...], strict: bool,
-            workers: int | None, executor: str | None, scheduler: str | None, shard_size: int | None,
+            retry_failed: bool, workers: int | None, executor: str | None, scheduler: str | None, shard_size: int | None,
             device: str | None, batch_size: int | None, media_backend: str | None, no_progress: bool,
             dry_run: bool, config_path: str, cache: str | None) -> None:
     """Run the stages of GROUP (e.g. extract, train, evaluate) that apply to the dataset, and what they read."""
@@ -95,7 +97,8 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
             click.echo(f"{report.name}: up to date, {report.reused} clips reused ({report.shards_reused} shards); "
                        "nothing to compute")
             return
-        click.echo(f"{report.name}: {todo} of {report.total} clips to compute; reusing {report.reused} clips "
+        retried = f" ({report.retried} of them failed before and are retried)" if report.retried else ""
+        click.echo(f"{report.name}: {todo} of {report.total} clips to compute{retried}; reusing {report.reused} clips "
                    f"from {report.shards_reused} committed shards")
         bar["bar"] = tqdm(total=todo, unit="clip", desc=report.name, disable=no_progress, dynamic_ncols=True)
 
@@ -117,6 +120,7 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
     try:
         cfg = load_config(config_path, overrides, cache)
         reports = run(group, dataset=dataset, stage=stage, config=cfg, strict=False, on_plan=on_plan,
+                      retry_failed=retry_failed,
                       on_progress=on_progress, on_wait=lambda m: click.echo(m, err=True), on_notice=on_notice,
                       on_skip=lambda n, why: skips.setdefault(why, []).append(n),
                       on_epoch=None if no_progress else lambda n, e, total, what, score: click.echo(
@@ -282,7 +286,11 @@ def status_cmd(dataset: str | None, everything: bool, config_path: str, cache: s
         _fail(f"{e}; check the --cache and --config paths")
     width = max(len(r["stage"]) for r in rows) if rows else 5
     for r in rows:
-        extra = f" ({r['failed']} failed)" if r["failed"] else ""
+        extra = ""
+        if r["failed"]:
+            kinds = (f": {r['failed'] - r['transient']} for good, {r['transient']} may pass on a retry (the next run "
+                     "retries them)" if r.get("transient") else "")
+            extra = f" ({r['failed']} failed{kinds})"
         click.echo(f"{r['stage']:<{width}}  {r['state']}{extra}")
 
 

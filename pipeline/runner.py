@@ -45,6 +45,7 @@ class StageReport:
     failures: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     shared: int = 0  # clips whose input another clip has: its row, computed once
+    retried: int = 0  # failed clips computed again (a failure that may not recur, or --retry-failed)
 
 
 def _check_media_backends(backends: set[str]) -> None:
@@ -345,9 +346,11 @@ def run_stage(ctx: Context, name: str, execution: ExecutionParams,
               on_progress: Callable[[int], None] | None = None,
               on_wait: Callable[[str], None] | None = None,
               on_plan: Callable[[StageReport, int], None] | None = None,
-              executor: Any = None, on_notice: Callable[[str], None] | None = None) -> StageReport:
+              executor: Any = None, on_notice: Callable[[str], None] | None = None,
+              retry_failed: bool = False) -> StageReport:
     """Bring one stage's store up to date for every clip of the manifest: compute what is missing,
-    recompute what is damaged. A stage with nothing to do takes no lock and writes nothing."""
+    recompute what is damaged, and retry the failures that may not recur (every failure with `retry_failed`).
+    A stage with nothing to do takes no lock and writes nothing."""
     sk = ctx.stages[name]
     assert ctx.manifest is not None
     t0 = time.perf_counter()
@@ -355,10 +358,11 @@ def run_stage(ctx: Context, name: str, execution: ExecutionParams,
     total = len(ctx.manifest.clips)
     scan = scan_store(sk.store_path, ctx.clip_keys)
     done, shards_reused, failures = committed(scan, ctx.clip_keys)
-    complete = len(done) == total and not scan.is_damaged
+    retry = _retries(ctx, name, failures, retry_failed)
+    complete = len(done - retry) == total and not scan.is_damaged
     if complete and (scan.legacy or scan.moved):  # records to bring up to date, nothing to compute
         try:
-            return _compute_stage(ctx, sk, execution, on_progress, on_wait, on_plan, executor, notice, t0)
+            return _compute_stage(ctx, sk, execution, on_progress, on_wait, on_plan, executor, notice, t0, retry_failed)
         except OSError as e:
             log.info("%s: records not updated (%s); a read-only cache?", name, e)
     if complete:
@@ -373,7 +377,7 @@ def run_stage(ctx: Context, name: str, execution: ExecutionParams,
         report.seconds = time.perf_counter() - t0
         return report
     try:
-        return _compute_stage(ctx, sk, execution, on_progress, on_wait, on_plan, executor, notice, t0)
+        return _compute_stage(ctx, sk, execution, on_progress, on_wait, on_plan, executor, notice, t0, retry_failed)
     except StoreError as e:
         raise PipelineError(f"stage '{name}': {e}") from None
     except OSError as e:
@@ -381,8 +385,25 @@ def run_stage(ctx: Context, name: str, execution: ExecutionParams,
                             f"{ctx.config.cache} (or use --cache elsewhere), then rerun to resume") from None
 
 
+def _retries(ctx: Context, name: str, failures: list[dict[str, Any]], retry_failed: bool) -> set[str]:
+    """The failed clips a run computes again: all with `retry_failed`; else those whose failure may not recur
+    (a crash, a hang, an I/O error), and those whose upstream clip failed but is computed now."""
+    from .media.common import is_transient
+
+    if retry_failed:
+        return {f["id"] for f in failures}
+    out = {f["id"] for f in failures if f.get("transient", is_transient(f["reason"]))}
+    waiting = [f["id"] for f in failures if f["reason"].startswith("upstream failed") and f["id"] not in out]
+    producer = _producer(ctx.config, name)
+    if waiting and producer in ctx.stages:
+        ok, _ = scan_store(ctx.stages[producer].store_path, ctx.clip_keys).current(ctx.clip_keys)
+        out.update(c for c in waiting if c in ok)
+    return out
+
+
 def _compute_stage(ctx: Context, sk: StageKeys, execution: ExecutionParams, on_progress: Any, on_wait: Any,
-                   on_plan: Any, executor: Any, notice: Callable[[str], None], t0: float) -> StageReport:
+                   on_plan: Any, executor: Any, notice: Callable[[str], None], t0: float,
+                   retry_failed: bool = False) -> StageReport:
     assert ctx.manifest is not None
     name = sk.name
     sk.store_path.parent.mkdir(parents=True, exist_ok=True)
@@ -399,11 +420,13 @@ def _compute_stage(ctx: Context, sk: StageKeys, execution: ExecutionParams, on_p
         writer = StoreWriter(sk.store_path, sk.attrs, ctx.config.backend)
         writer.clean_temporaries()
         scan = _repair(writer, scan, name, notice)
-        done, shards_reused, _ = committed(scan, ctx.clip_keys)
+        done, shards_reused, failures = committed(scan, ctx.clip_keys)
+        retry = _retries(ctx, name, failures, retry_failed)
+        done -= retry
         todo = [c for c in ctx.manifest.clips if c.clip_id not in done]
-        compute, copies = _shared_inputs(ctx, sk, todo, scan)
+        compute, copies = _shared_inputs(ctx, sk, todo, scan, retry)
         report = StageReport(name, sk.store_path, total=len(ctx.manifest.clips), reused=len(done),
-                             shards_reused=shards_reused, shared=len(copies))
+                             shards_reused=shards_reused, shared=len(copies), retried=len(retry))
         upstream = None
         if producer:
             upstream = FeatureStore(ctx.stages[producer].store_path, clip_keys=ctx.clip_keys)
@@ -451,7 +474,8 @@ def _compute_stage(ctx: Context, sk: StageKeys, execution: ExecutionParams, on_p
     return report
 
 
-def _shared_inputs(ctx: Context, sk: StageKeys, todo: list[Clip], scan: StoreScan) -> tuple[list[Clip], dict[str, str]]:
+def _shared_inputs(ctx: Context, sk: StageKeys, todo: list[Clip], scan: StoreScan,
+                   retry: set[str] = frozenset()) -> tuple[list[Clip], dict[str, str]]:  # type: ignore[assignment]
     """The clips to compute, and for each clip whose extractor input another clip already has (the picture of
     five spoken captions), the clip whose row it takes: each input is computed once per store."""
     impl = implementation(sk.implementation)
@@ -462,7 +486,7 @@ def _shared_inputs(ctx: Context, sk: StageKeys, todo: list[Clip], scan: StoreSca
     by_id = ctx.manifest.by_id() if ctx.manifest is not None else {}
     source: dict[str, str] = {}
     ok, failed = scan.current(ctx.clip_keys)
-    for cid in [c for c in ctx.clip_keys if c in ok or c in failed]:
+    for cid in [c for c in ctx.clip_keys if (c in ok or c in failed) and c not in retry]:
         key = ex.input_key(by_id[cid], memo)
         if key is not None:
             source.setdefault(key, cid)
@@ -500,6 +524,8 @@ def _commit_copies(ctx: Context, sk: StageKeys, writer: StoreWriter, clips: list
 def status(config: PipelineConfig, dataset: str | None, everything: bool = False) -> list[dict[str, Any]]:
     """Per stage the plan runs for the dataset: up to date / missing / partial N of M clips / stale, like
     `dvc status`; `everything`: the stages left out too, each with its reason."""
+    from .media.common import is_transient
+
     adapter = make_adapter(config, dataset)
     plan = make_plan(config, adapter, prepare=False)
     names = plan.selected
@@ -532,8 +558,9 @@ def status(config: PipelineConfig, dataset: str | None, everything: bool = False
             state = f"partial {len(done)} of {total} clips"
         else:
             state = "missing"
+        transient = sum(1 for f in failures if f.get("transient", is_transient(f["reason"])))
         rows[name] = {"stage": name, "state": state, "done": len(done), "total": total, "failed": len(failures),
-                      "store": str(sk.store_path), "damaged": dict(scan.damaged)}
+                      "transient": transient, "store": str(sk.store_path), "damaged": dict(scan.damaged)}
     run_names = [n for n in names if n not in ctx.stages and n not in errors]
     try:
         others = _model_contexts(config, plan)
@@ -715,11 +742,12 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
         on_plan: Callable[[StageReport, int], None] | None = None,
         on_skip: Callable[[str, str], None] | None = None,
         on_epoch: Callable[[str, int, int, str, float], None] | None = None,
-        on_notice: Callable[[str], None] | None = None,
+        on_notice: Callable[[str], None] | None = None, retry_failed: bool = False,
         **execution: Any) -> list[Any]:
     """Run a group (or one stage) and everything upstream for a dataset; return a report per stage
     (a StageReport per feature stage, a pipeline.training.RunReport per train/evaluate stage). `on_notice`
-    hears what the run found and did on the way (damaged shards recomputed, dataset entries skipped)."""
+    hears what the run found and did on the way (damaged shards recomputed, dataset entries skipped).
+    Failed clips whose failure may not recur are retried; `retry_failed`: every failed clip."""
     cfg = config if isinstance(config, PipelineConfig) else load_config(config, overrides, cache)
     adapter = make_adapter(cfg, dataset)
     plan = make_plan(cfg, adapter, group, stage)
@@ -759,7 +787,7 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
             if name not in ctx.stages:
                 raise PipelineError(f"stage '{name}' cannot run on dataset '{ctx.dataset}' (an upstream stage "
                                     "does not apply to it)")
-            rep = run_stage(ctx, name, ex, on_progress, on_wait, on_plan, executor, on_notice)
+            rep = run_stage(ctx, name, ex, on_progress, on_wait, on_plan, executor, on_notice, retry_failed)
             reports.append(rep)
             if strict and rep.failed:
                 raise PipelineError(f"stage '{name}': {rep.failed} clip(s) failed and --strict is set; "

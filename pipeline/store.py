@@ -34,6 +34,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .media.common import is_transient
 from .registry import STORE_BACKENDS, register_backend
 
 log = logging.getLogger(__name__)
@@ -326,7 +327,8 @@ class StoreWriter:
                 "created": time.time(),
                 "clips": [{"id": r.clip_id, "key": r.key, "start": int(offsets[i]), "stop": int(offsets[i + 1])}
                           for i, r in enumerate(ok)],
-                "failed": [{"id": r.clip_id, "key": r.key, "reason": r.reason} for r in results if r.array is None],
+                "failed": [{"id": r.clip_id, "key": r.key, "reason": r.reason, "transient": is_transient(r.reason)}
+                           for r in results if r.array is None],
                 **integrity,
             }
             _atomic_write_text(commit, _record_text(record))
@@ -673,9 +675,10 @@ def _orphans(path: Path) -> list[Path]:
 
 
 def write_failures_log(path: Path, scan: StoreScan | None = None) -> list[dict[str, Any]]:
-    """Rewrite failures.jsonl from the trusted commit records; return the failures."""
+    """Rewrite failures.jsonl from the trusted commit records (each clip's newest entry: a failure computed
+    since, on a retry, is gone); return the failures."""
     scan = scan or scan_store(path)
-    failures = [f for rec in scan.records for f in rec["failed"]]
+    failures = [f for _, f in scan.current(None)[1].values()]
     _atomic_write_text(path / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures))
     return failures
 

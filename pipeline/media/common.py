@@ -54,6 +54,17 @@ class MediaInfo:
 _LOG_PREFIX = re.compile(r"^\[(?P<who>[^\]@]+?)\s*@\s*0x[0-9a-f]+\]\s*")
 
 
+# failures that may not happen again with the same file: the decoder died or hung (memory, load), or the file
+# could not be read (a mount, permissions). The others (no stream, corrupt container, too short, ...) are the
+# file's: they happen again until its content (and so its digest and the clip's key) changes.
+TRANSIENT_REASONS = ("decoder crashed", "decoder hung", "unreadable file", "missing file", "cannot read")
+
+
+def is_transient(reason: str) -> bool:
+    """Whether a clip's failure may not recur with the same file (a crash, a hang, an I/O error)."""
+    return reason.startswith(TRANSIENT_REASONS)
+
+
 def backend_module(name: str = DEFAULT_BACKEND) -> Any:
     """The module of media backend `name` (`probe`, `decode_audio`, `decode_frames`)."""
     import importlib

@@ -248,3 +248,48 @@ def test_a_file_mostly_corrupt_inside_is_a_decode_error_with_both_backends(tmp_p
     bad.write_bytes(bytes(data))
     assert _both(decode_audio, bad, 16000) == ["decode error", "decode error"]
     assert _both(decode_frames, bad, 1.0, 32) == ["decode error", "decode error"]
+
+
+def test_failures_that_may_not_recur_are_retried_and_the_others_only_when_asked(tmp_path, clip_factory, monkeypatch):
+    """A decoder crash is recorded as transient and the next run retries it (here it decodes: the crash was the
+    decoder's, not the file's); a file with no audio is the file's own failure: retried only with --retry-failed
+    or when the file changes. Status counts both kinds."""
+    import json
+
+    import yaml
+
+    from pipeline import run
+    from pipeline.config import load_config
+    from pipeline.runner import status
+
+    data = tmp_path / "data"
+    for name in ("a.mp4", "crash.mp4"):
+        clip_factory(data / "x" / name)
+    clip_factory(data / "x" / "silent.mp4", audio=False)
+    cfg = tmp_path / "stages.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "cache": str(tmp_path / "cache"), "default_dataset": "f",
+        "execution": {"workers": 1, "shard_size": 8, "progress": False},
+        "datasets": {"f": {"adapter": "folder", "root": str(data)}},
+        "stages": {"audio": {"group": "extract", "implementation": "audio", "params": {"sample_rate": 16000}}}}))
+    with monkeypatch.context() as m:
+        m.setattr("pipeline.media.isolated.PYAV_MODULE", "tests.pipeline.faulty_decoder")
+        [rep] = run("extract", config=cfg)
+    assert (rep.computed, rep.failed) == (1, 2)
+    failures = {f["id"]: f for f in map(json.loads, (rep.store_path / "failures.jsonl").read_text().splitlines())}
+    assert failures["x/crash"]["transient"] is True and failures["x/silent"]["transient"] is False
+    [row] = status(load_config(cfg), None)
+    assert (row["state"], row["failed"], row["transient"]) == ("up to date", 2, 1)
+    from tests.conftest import cli
+
+    out = cli("status", "--config", str(cfg)).stdout
+    assert "(2 failed: 1 for good, 1 may pass on a retry" in out
+
+    [again] = run("extract", config=cfg)  # the crash was the decoder's: this time the file decodes
+    assert (again.retried, again.computed, again.failed) == (1, 1, 1)
+    assert json.loads((again.store_path / "failures.jsonl").read_text())["id"] == "x/silent"
+    [noop] = run("extract", config=cfg)
+    assert (noop.retried, noop.computed, noop.shards_computed) == (0, 0, 0)  # a file's own failure is not retried
+    [forced] = run("extract", config=cfg, retry_failed=True)
+    assert (forced.retried, forced.computed, forced.failed) == (1, 0, 1)  # asked for: decoded again, fails again
+    assert run("extract", config=cfg)[0].shards_computed == 0
