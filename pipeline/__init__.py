@@ -14,7 +14,7 @@ __all__ = ["open_store", "run", "FeatureStore", "DATASETS", "EXTRACTORS", "TRAIN
 def open_store(path: str | os.PathLike | None = None, *, dataset: str | None = None, stage: str | None = None,
                config: str | os.PathLike = "stages.yaml", cache: str | os.PathLike | None = None) -> FeatureStore:
     """Open a feature store by path, or by dataset + stage name as stages.yaml currently defines them (then every
-    clip of the dataset must be committed: a partial store raises PipelineError naming the command that completes
+    clip of the dataset must be committed: a partial store raises StoreError naming the command that completes
     it; open it by path to read what is there)."""
     if path is not None:
         return FeatureStore(path)
@@ -30,10 +30,18 @@ def open_store(path: str | os.PathLike | None = None, *, dataset: str | None = N
     if stage not in ctx.stages:
         raise KeyError(f"stage '{stage}' has no feature store for dataset '{ctx.dataset}' (not an extract or "
                        "import stage, or one that reads features where the dataset holds media, or vice versa)")
-    from .context import require_complete
+    from .context import committed
+    from .store import StoreError, scan_store
 
-    scan = require_complete(ctx, stage)  # a partial or damaged store says so, naming the command that completes it
-    return FeatureStore(ctx.stages[stage].store_path, clip_keys=ctx.clip_keys, scan=scan)
+    path = ctx.stages[stage].store_path
+    scan = scan_store(path, ctx.clip_keys)
+    store = FeatureStore(path, clip_keys=ctx.clip_keys, scan=scan)  # damage: a StoreError naming the shard
+    done, _, _ = committed(scan, ctx.clip_keys)
+    if ctx.manifest is not None and len(done) < len(ctx.manifest):
+        raise StoreError(f"stage '{stage}' holds {len(done)} of {len(ctx.manifest)} clips of dataset '{ctx.dataset}'; "
+                         f"run `pipeline run {cfg.stages[stage].group} --dataset {ctx.dataset} --stage {stage}` "
+                         f"first (or open it by path, {path}, to read what is there)")
+    return store
 
 
 def run(group: str = "extract", **kwargs: Any) -> Any:

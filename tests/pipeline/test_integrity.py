@@ -229,11 +229,9 @@ def test_an_unreadable_file_is_an_error_not_damage(copy_of, monkeypatch):
 def test_a_deleted_commit_record_is_reported_refused_and_recomputed(copy_of):
     """The record of a shard is deleted: opening the dataset's store refuses the partial store naming the command,
     verify names the orphaned shard file (rc 1), and the next run removes it and recomputes its clips."""
-    from pipeline.context import PipelineError
-
     cfg, store, sid, rec, reference = copy_of()
     (store / "commits" / f"{sid}.json").unlink()
-    with pytest.raises(PipelineError, match="holds 4 of 6 clips of dataset 'tiny'; run `pipeline run extract "
+    with pytest.raises(StoreError, match="holds 4 of 6 clips of dataset 'tiny'; run `pipeline run extract "
                                             "--dataset tiny --stage logmel` first"):
         pipeline.open_store(dataset="tiny", stage="logmel", config=cfg)
     assert len(pipeline.open_store(store).clip_ids) == 4  # by path: what is there, knowingly
