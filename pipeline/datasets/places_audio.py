@@ -2,11 +2,16 @@
 images, with ASR transcripts; the published train / val split."""
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..registry import register_dataset
 from .base import Clip, DatasetAdapter, Manifest
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,5 +70,13 @@ class PlacesAudioDataset(DatasetAdapter):
                     media={"audio": wav, "image": self.under(d["image"], what, images)}))
         if not clips:
             raise self.error("the metadata lists no utterances")
+        splits_of: dict[str | None, set] = {}
+        for c in clips:
+            splits_of.setdefault(c.group, set()).add(c.split)
+        shared = {g for g, s in splits_of.items() if len(s) > 1}
+        if shared:  # a picture in two splits: one group per split, so no group spans train and val
+            log.info("dataset '%s': %d image(s) have utterances in more than one split; they are grouped per split",
+                     self.dataset_name, len(shared))
+            clips = [dataclasses.replace(c, group=f"{c.split}/{c.group}") if c.group in shared else c for c in clips]
         clips = self.check_media(clips, self.config.skip_missing)
         return Manifest(self.dataset_name, self.root, clips)

@@ -46,12 +46,21 @@ class Unit:
     train: np.ndarray
     test: np.ndarray
     val: np.ndarray | None = None
+    val_is_test: bool = False  # a corpus with no test split (Places): the model is selected on what it is scored on
 
     def __post_init__(self) -> None:
         for other, what in ((self.test, "held out"), (self.val, "validation")):
             if other is not None and np.intersect1d(self.train, other).size:
                 raise ValueError(f"unit '{self.name}': {np.intersect1d(self.train, other).size} item(s) would be "
                                  f"both trained on and {what}")
+        if self.val is None:
+            return
+        if self.val_is_test:
+            if not np.array_equal(np.sort(self.val), np.sort(self.test)):
+                raise ValueError(f"unit '{self.name}': val_is_test, but its validation and test items differ")
+        elif np.intersect1d(self.val, self.test).size:
+            raise ValueError(f"unit '{self.name}': {np.intersect1d(self.val, self.test).size} item(s) would be both "
+                             "validation and held out (pass val_is_test=True where the corpus has no test split)")
 
 
 def _natural(s: str) -> tuple:
@@ -291,7 +300,8 @@ class Pairs(Task):
             raise TrainError(f"a captions trainer needs a 'train' and a 'val' split (the dataset's published split); "
                              f"this dataset has {sorted(by_split)} among its usable captions")
         test_name = "test" if "test" in by_split else val_name  # no test split (Places): val, as the reference
-        unit = Unit("split", np.array(by_split["train"]), np.array(by_split[test_name]), np.array(by_split[val_name]))
+        unit = Unit("split", np.array(by_split["train"]), np.array(by_split[test_name]), np.array(by_split[val_name]),
+                    val_is_test=test_name == val_name)
         roles = {"train": unit.train, "val": unit.val, "test": unit.test}
         groups = {r: len({int(items.group_of[i]) for i in idx}) for r, idx in roles.items()}  # type: ignore[index]
         return "split", [unit], {"splits": {"train": "train", "val": val_name, "test": test_name},

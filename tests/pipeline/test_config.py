@@ -116,6 +116,7 @@ def test_dataset_set_binds_params_and_cli_set_wins(tmp_path):
 
 
 def test_params_added_later_stay_out_of_keys_at_their_neutral_value(tmp_path, tiny_synthetic_root):
+    from extractors.vgg16 import VGG16
     from pipeline.cache import hash_key
     from pipeline.config import key_params
     from pipeline.runner import resolve
@@ -128,7 +129,7 @@ def test_params_added_later_stay_out_of_keys_at_their_neutral_value(tmp_path, ti
     # the key is the one the stage had before crop_size, precision, resize and the pyav backend existed: its params
     # hashed without them
     before = {k: v for k, v in plain.params.items() if k not in ("crop_size", "precision", "resize")}
-    identity = {"implementation": "vgg16", "version": 1, "params": before, "weights": plain.attrs["weights"],
+    identity = {"implementation": "vgg16", "version": VGG16.VERSION, "params": before, "weights": plain.attrs["weights"],
                 "upstream": [], "dataset": "tiny", "backend": "zarr"}
     assert plain.store_key == hash_key(identity)
     # decoded by PyAV (the default), the arrays differ in their last bits: another key

@@ -192,7 +192,9 @@ def test_places_audio_manifest(tmp_path):
     m = PlacesAudioDataset("places", tmp_path, PlacesAudioConfig()).manifest()
     assert [(c.clip_id, c.split) for c in m.clips] == [("A1", "train"), ("A2", "train"), ("B1", "val")]
     b = m.by_id()["B1"]
-    assert b.text == ("a picture B1",) and b.group == "b/beach/gsun_0002.jpg"
+    # the beach picture has utterances in train and in val: one group per split (no group spans two splits)
+    assert b.text == ("a picture B1",) and b.group == "val/b/beach/gsun_0002.jpg"
+    assert m.by_id()["A2"].group == "train/b/beach/gsun_0002.jpg" and m.by_id()["A1"].group == "a/abbey/gsun_0001.jpg"
     assert b.media["image"] == tmp_path / "images" / "b" / "beach" / "gsun_0002.jpg"
     other = tmp_path / "elsewhere"
     (tmp_path / "images").rename(other)
