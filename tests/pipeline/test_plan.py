@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,9 @@ def test_extract_on_synthetic_computes_exactly_what_its_methods_read(tmp_path):
     plain = cli("run", "extract", "--dataset", "plain", "--config", str(path), env=_no_weights()).stdout
     assert "inception_v3: computed 6 clips" in plain
     assert "cannot resolve" not in cli("status", "--dataset", "plain", "--config", str(path), env=_no_weights()).stdout
+    # verify checks what applies, and never looks up the weights of what no method here reads (vgg16-maps)
+    verified = cli("verify", "--dataset", "plain", "--config", str(path), env=_no_weights()).stdout
+    assert re.search(r"^inception_v3: \d+ shard\(s\) verified$", verified, re.M) and "vgg16-maps" not in verified
     again = cli("run", "extract", "--dataset", "plain", "--stage", "vgg16-maps", "--config", str(path),
                 env=_no_weights(), check=False)
     assert again.returncode == 2 and "vgg16-maps-" not in again.stdout  # asked for by name: it needs its weights
