@@ -182,10 +182,17 @@ def test_the_ffmpeg_backend_times_out_too(tmp_path):
         _exec(["sleep", "30"], timeout=0.5)
 
 
+def _audio_project(tmp_path: Path, data: Path) -> Path:
+    """A stages.yaml with the `audio` stage over a folder dataset at `data`, one worker, one shard."""
+    from tests.conftest import write_config
+
+    return write_config(tmp_path / "stages.yaml", tmp_path / "cache", {"f": {"adapter": "folder", "root": str(data)}},
+                        {"audio": {"group": "extract", "implementation": "audio", "params": {"sample_rate": 16000}}},
+                        execution={"workers": 1, "shard_size": 8, "progress": False})
+
+
 def test_a_crashing_file_fails_alone_in_a_run(tmp_path, clip_factory, monkeypatch):
     import json
-
-    import yaml
 
     from pipeline import run
 
@@ -193,12 +200,7 @@ def test_a_crashing_file_fails_alone_in_a_run(tmp_path, clip_factory, monkeypatc
     data = tmp_path / "data"
     for name in ("a.mp4", "b.mp4", "crash.mp4"):
         clip_factory(data / "x" / name)
-    cfg = tmp_path / "stages.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "cache": str(tmp_path / "cache"), "default_dataset": "f",
-        "execution": {"workers": 1, "shard_size": 8, "progress": False},
-        "datasets": {"f": {"adapter": "folder", "root": str(data)}},
-        "stages": {"audio": {"group": "extract", "implementation": "audio", "params": {"sample_rate": 16000}}}}))
+    cfg = _audio_project(tmp_path, data)
     [rep] = run("extract", config=cfg)
     assert (rep.computed, rep.failed) == (2, 1)
     failures = [json.loads(x) for x in (rep.store_path / "failures.jsonl").read_text().splitlines()]
@@ -256,8 +258,6 @@ def test_failures_that_may_not_recur_are_retried_and_the_others_only_when_asked(
     or when the file changes. Status counts both kinds."""
     import json
 
-    import yaml
-
     from pipeline import run
     from pipeline.config import load_config
     from pipeline.runner import status
@@ -266,12 +266,7 @@ def test_failures_that_may_not_recur_are_retried_and_the_others_only_when_asked(
     for name in ("a.mp4", "crash.mp4"):
         clip_factory(data / "x" / name)
     clip_factory(data / "x" / "silent.mp4", audio=False)
-    cfg = tmp_path / "stages.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "cache": str(tmp_path / "cache"), "default_dataset": "f",
-        "execution": {"workers": 1, "shard_size": 8, "progress": False},
-        "datasets": {"f": {"adapter": "folder", "root": str(data)}},
-        "stages": {"audio": {"group": "extract", "implementation": "audio", "params": {"sample_rate": 16000}}}}))
+    cfg = _audio_project(tmp_path, data)
     with monkeypatch.context() as m:
         m.setattr("pipeline.media.isolated.PYAV_MODULE", "tests.pipeline.faulty_decoder")
         [rep] = run("extract", config=cfg)
