@@ -99,6 +99,8 @@ def _run_stage_reads(cfg: PipelineConfig, name: str, impl: Any, manifest: "Manif
     if other is not None:  # it applies the models trained on `other` to this dataset's features
         if manifest is not None and (why := TASKS.get(task)().applies(manifest)):
             raise _NotApplicable(f"it scores '{task}', and {why}")
+        if other not in cfg.datasets:
+            raise _NotApplicable(f"its model_dataset '{other}' is no dataset of {cfg.path.name}")
         if not cfg.datasets[other].root.exists():
             raise _NotApplicable(f"it applies the models trained on dataset '{other}', whose root "
                                  f"{cfg.datasets[other].root} does not exist")

@@ -114,6 +114,10 @@ def test_an_evaluate_stage_with_another_datasets_model_reads_only_its_own_views(
     assert plan.stages["dsve"].reason == "'dsve-pointing' applies its model trained on dataset 'coco'"
     with pytest.raises(PipelineError, match="stage 'vgs' does not apply to dataset 'probe'"):
         make_plan(cfg, make_adapter(cfg, "probe"), stage="vgs", manifest=manifest)
+    cfg.stages["dsve-pointing"].params["model_dataset"] = "cocoa"  # a typo: said, not a KeyError
+    assert "no dataset of stages.yaml" in make_plan(cfg, make_adapter(cfg, "probe"), manifest=manifest).why_not[
+        "dsve-pointing"]
+    cfg.stages["dsve-pointing"].params["model_dataset"] = "coco"
     cfg.datasets["coco"].root = tmp_path / "nowhere"  # the model's dataset is not here: the stage says so
     with pytest.raises(PipelineError, match="no stage of group 'evaluate' applies to dataset 'probe': .*"
                                             "dsve-pointing: it applies the models trained on dataset 'coco', whose root"):
