@@ -13,11 +13,21 @@ __all__ = ["open_store", "run", "FeatureStore", "DATASETS", "EXTRACTORS", "TRAIN
 
 def open_store(path: str | os.PathLike | None = None, *, dataset: str | None = None, stage: str | None = None,
                config: str | os.PathLike = "stages.yaml", cache: str | os.PathLike | None = None) -> FeatureStore:
-    """Open a feature store by path, or by dataset + stage name as stages.yaml currently defines them (then every
+    """Open a feature store by path (its rows by row key; with `dataset`, that dataset's items), or by dataset + stage
+    name as stages.yaml currently defines them (then every
     clip of the dataset must be committed: a partial store raises StoreError naming the command that completes
     it; open it by path to read what is there)."""
-    if path is not None:
-        return FeatureStore(path)
+    if path is not None and dataset is None:
+        return FeatureStore(path)  # a shared store's rows, by row key
+    if path is not None:  # a store by path, seen through a dataset's items
+        from .config import load_config
+        from .runner import item_rows
+
+        cfg = load_config(config, cache=cache)
+        name = FeatureStore(path).attrs.get("stage")
+        if name not in cfg.stages:
+            raise KeyError(f"store {path} was made by stage {name!r}, which {config} does not define")
+        return FeatureStore(path, clip_keys=item_rows(cfg, dataset, name), dataset=dataset)
     if stage is None:
         raise ValueError("open_store needs a path, or stage= (and optionally dataset=)")
     from .config import load_config
@@ -34,9 +44,10 @@ def open_store(path: str | os.PathLike | None = None, *, dataset: str | None = N
     from .store import StoreError, scan_store
 
     path = ctx.stages[stage].store_path
-    scan = scan_store(path, ctx.clip_keys)
-    store = FeatureStore(path, clip_keys=ctx.clip_keys, scan=scan)  # damage: a StoreError naming the shard
-    done, _, _ = committed(scan, ctx.clip_keys)
+    rows = ctx.rows[stage]  # the dataset's items -> the rows they read (many items may read one row)
+    scan = scan_store(path, rows)
+    store = FeatureStore(path, clip_keys=rows, scan=scan, dataset=ctx.dataset)  # damage: a StoreError naming the shard
+    done, _, _ = committed(scan, rows)
     if ctx.manifest is not None and len(done) < len(ctx.manifest):
         raise StoreError(f"stage '{stage}' holds {len(done)} of {len(ctx.manifest)} clips of dataset '{ctx.dataset}'; "
                          f"run `pipeline run {cfg.stages[stage].group} --dataset {ctx.dataset} --stage {stage}` "

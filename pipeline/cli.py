@@ -98,8 +98,10 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
                        "nothing to compute")
             return
         retried = f" ({report.retried} of them failed before and are retried)" if report.retried else ""
-        click.echo(f"{report.name}: {todo} of {report.total} clips to compute{retried}; reusing {report.reused} clips "
-                   f"from {report.shards_reused} committed shards")
+        what = (f"{todo} rows to compute for {todo + report.shared} of {report.total} clips" if report.shared
+                else f"{todo} of {report.total} clips to compute")
+        click.echo(f"{report.name}: {what}{retried}; reusing {report.reused} clips from {report.shards_reused} "
+                   "committed shards")
         bar["bar"] = tqdm(total=todo, unit="clip", desc=report.name, disable=no_progress, dynamic_ncols=True)
 
     committed = [0]
@@ -154,11 +156,11 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
     failed: set[str] = set()
     for r in reports:
         if r.computed or r.failed:
-            shared = f" ({r.shared} of them share an input with another clip: computed once)" if r.shared else ""
+            shared = f" ({r.shared} of them read a row another clip of this run computed)" if r.shared else ""
             click.echo(f"{r.name}: computed {r.computed} clips{shared} in {r.shards_computed} shards, reused {r.reused} "
                        f"({r.shards_reused} shards), {r.failed} failed, {r.seconds:.1f} s")
         if r.failures:
-            click.secho(f"{r.name}: {len(r.failures)} clip(s) failed (log: {r.store_path / 'failures.jsonl'}):",
+            click.secho(f"{r.name}: {len(r.failures)} clip(s) failed (log: {r.failures_log}):",
                         fg="yellow")
             for f in r.failures[:20]:
                 click.echo(f"  {f['id']}: {f['reason']}")
@@ -313,7 +315,9 @@ def ls_cmd(config_path: str, cache: str | None) -> None:
     for it in items:
         total += it["bytes"]
         if it["kind"] == "store":
-            click.echo(f"{_human(it['bytes']):>10}  {it['clips']:>6} clips  {it['dataset']}/{it['stage']}  "
+            read_by = ", ".join(it["datasets"]) or "no dataset's last run"
+            old = " (old layout: the next run moves it)" if it["legacy"] else ""
+            click.echo(f"{_human(it['bytes']):>10}  {it['rows']:>6} rows  {it['stage']} (read by {read_by}){old}  "
                        f"{it['extractor']} {it['params']}  {it['path']}")
             if it["damaged"]:
                 click.secho(f"{'':>10}  damaged: {it['damaged']}", fg="yellow")
@@ -385,7 +389,7 @@ def verify_cmd(dataset: str | None, stage: str | None, config_path: str, cache: 
                 if stage or plan.stages[name].runs:  # (a stage no method here reads: nothing to say)
                     click.echo(f"{name}: no store yet")
                 continue
-            found = verify_store(path, ctx.clip_keys)
+            found = verify_store(path, ctx.rows[name])
             if not found.damaged:
                 click.echo(f"{name}: {found.checked} shard(s) verified")
                 continue

@@ -72,7 +72,7 @@ def export_tnn_h5(config: PipelineConfig, dataset: str | None, stages: list[str]
     with contextlib.ExitStack() as held:
         for _, path in views.values():
             held.enter_context(in_use(config.cache, path))
-        stores = {m: FeatureStore(path, clip_keys=ctx.clip_keys) for m, (_, path) in views.items()}
+        stores = {m: FeatureStore(path, clip_keys=ctx.rows[name]) for m, (name, path) in views.items()}
         try:
             with h5py.File(tmp, "w") as f:
                 for split in ("train", "test"):

@@ -46,6 +46,7 @@ class StageReport:
     seconds: float = 0.0
     shared: int = 0  # clips whose input another clip has: its row, computed once
     retried: int = 0  # failed clips computed again (a failure that may not recur, or --retry-failed)
+    failures_log: Path | None = None  # this dataset's failed items (the store's own failures.jsonl names rows)
 
 
 def _check_media_backends(backends: set[str]) -> None:
@@ -83,6 +84,7 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
     and none upstream of them (a plan's stages: what they read is among them)."""
     adapter = make_adapter(config, dataset)
     clip_keys: dict[str, str] = {}
+    digests: dict[str, dict[str, str]] = {}
     if not need_manifest:
         manifest = None
     elif manifest is None:
@@ -90,8 +92,10 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
             adapter.prepare()
         manifest = adapter.manifest()
     if manifest is not None:
-        clip_keys = manifest.clip_keys(DigestMemo(cache_paths(config.cache)["digests"]))
+        digests = manifest.media_digests(DigestMemo(cache_paths(config.cache)["digests"]))
+        clip_keys = manifest.clip_keys(digests=digests)
     stages: dict[str, StageKeys] = {}
+    rows: dict[str, dict[str, str]] = {}
     from extractors.weights import WeightsError
 
     for name in config.order(only):
@@ -124,26 +128,69 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
             continue
         identity = {
             "implementation": spec.implementation, "version": impl.VERSION, "params": key_params(impl.Config, params),
-            "weights": weights, "upstream": [stages[u].store_key for u in spec.upstream],
+            "weights": weights, "upstream": [stages[u].view_key for u in spec.upstream],
             "dataset": adapter.dataset_name, "backend": config.backend}
         media = ex.execution.media_backend if reads_from_dataset(impl) == "media" else None
         if media not in (None, "ffmpeg"):  # stores decoded by the ffmpeg programs (the first backend) keep their keys
             identity["media"] = media
-        store_key = hash_key(identity)
+        # the view key: the stage's content for this dataset (the key stores had before rows were keyed by content,
+        # so run keys and caches made then carry over); the store key: the extractor's identity alone, so every
+        # dataset over the same files reads one store. A stage that reads a features dataset's own files keeps it.
+        view_key = hash_key(identity)
+        shared = {**identity, "upstream": [stages[u].store_key for u in spec.upstream], "rows": "content"}
+        if reads_from_dataset(impl) != "features":
+            del shared["dataset"]
+        store_key = hash_key(shared)
+        if manifest is not None:
+            rows[name] = _row_keys(config, name, impl, manifest, digests, clip_keys, rows)
         attrs = {
             **out.extra,  # the extractor's own metadata first: the reserved keys below win
-            "key": store_key, "stage": name, "group": spec.group, "dataset": adapter.dataset_name,
+            "key": store_key, "stage": name, "group": spec.group,
             "extractor": spec.implementation, "version": impl.VERSION, "params": params,
             "weights": weights, "upstream": {u: stages[u].store_key for u in spec.upstream},
             "modality": ex.modality, "kind": out.kind, "dims": None if out.dims is None else list(out.dims),
             "dtype": out.dtype, "frame_rate": out.frame_rate, **({"media_backend": media} if media else {}),
-            "how_to_read": "CSR: each clip is rows [start:stop) of its shard's `data`; "
-                           "rows are frames at `frame_rate` per second; pipeline.open_store(path)[clip_id]",
+            "how_to_read": "CSR: each row key's rows are [start:stop) of its shard's `data`; rows are frames at "
+                           "`frame_rate` per second; a row key is the content the extractor read (a file's digest "
+                           "and segment); pipeline.open_store(dataset=, stage=)[clip_id] maps a dataset's items",
         }
-        stages[name] = StageKeys(name, spec.implementation, params, store_key,
-                                 cache_paths(config.cache)["stores"] / adapter.dataset_name / f"{name}-{store_key}",
-                                 list(spec.upstream), attrs)
-    return Context(config, adapter.dataset_name, adapter, manifest, clip_keys, stages)
+        stores = cache_paths(config.cache)["stores"]
+        stages[name] = StageKeys(name, spec.implementation, params, store_key, stores / f"{name}-{store_key}",
+                                 list(spec.upstream), attrs, view_key, stores / adapter.dataset_name / f"{name}-{view_key}")
+    return Context(config, adapter.dataset_name, adapter, manifest, clip_keys, stages, rows)
+
+
+def item_rows(config: PipelineConfig, dataset: str | None, stage: str) -> dict[str, str]:
+    """Item id -> the row key it reads in stage `stage`'s stores, for `dataset` (its manifest's memoized digests;
+    no store key is computed, no weights looked up)."""
+    adapter = make_adapter(config, dataset)
+    manifest = adapter.manifest()
+    digests = manifest.media_digests(DigestMemo(cache_paths(config.cache)["digests"]))
+    clip_keys = manifest.clip_keys(digests=digests)
+    rows: dict[str, dict[str, str]] = {}
+    for name in config.order([stage]):
+        rows[name] = _row_keys(config, name, implementation(config.stages[name].implementation), manifest, digests,
+                               clip_keys, rows)
+    return rows[stage]
+
+
+def _row_keys(config: PipelineConfig, name: str, impl: Any, manifest: Manifest, digests: dict[str, dict[str, str]],
+              clip_keys: dict[str, str], rows: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Clip id -> the key of the row it reads in stage `name`: the content the extractor reads (the digest of the
+    media file of the first role it decodes, and the segment), its producer's row key for a stage that reads
+    another, else (a features dataset's rows, a clip without that media) the clip's own key."""
+    producer = _producer(config, name)
+    if producer is not None and producer in rows:
+        return rows[producer]
+    roles = getattr(impl, "roles", ())
+    if reads_from_dataset(impl) != "media" or not roles:
+        return clip_keys
+    out = {}
+    for c in manifest.clips:
+        role = next((r for r in roles if r in c.media), None)
+        out[c.clip_id] = clip_keys[c.clip_id] if role is None else \
+            hash_key(["content", digests[c.clip_id][role], c.start, c.end])
+    return out
 
 
 def _producer_attrs(config: PipelineConfig, stages: dict[str, StageKeys], name: str) -> dict[str, Any] | None:
@@ -273,8 +320,8 @@ def run_shard(task: ShardTask, following: ShardTask | None = None) -> dict[str, 
         if why:
             reasons[i] = why
             del outputs[i]
-    results = [ClipResult(c.clip_id, k, outputs.get(i), None if i in outputs else reasons[i])
-               for i, (c, k) in enumerate(zip(task.clips, task.clip_keys))]
+    results = [ClipResult(k, k, outputs.get(i), None if i in outputs else reasons[i])  # a row: its key is its id
+               for i, k in enumerate(task.clip_keys)]
     try:
         record = writer.write_shard(task.shard_id, results)
     except OSError as e:
@@ -356,10 +403,12 @@ def run_stage(ctx: Context, name: str, execution: ExecutionParams,
     t0 = time.perf_counter()
     notice = on_notice or (lambda m: log.warning("%s", m))
     total = len(ctx.manifest.clips)
-    scan = scan_store(sk.store_path, ctx.clip_keys)
-    done, shards_reused, failures = committed(scan, ctx.clip_keys)
+    rows = ctx.rows[name]
+    scan = scan_store(sk.store_path, rows)
+    done, shards_reused, failures = committed(scan, rows)
     retry = _retries(ctx, name, failures, retry_failed)
-    complete = len(done - retry) == total and not scan.is_damaged
+    legacy = sk.legacy_path is not None and (sk.legacy_path / "commits").is_dir()  # a format-2 store to adopt
+    complete = len(done - retry) == total and not scan.is_damaged and not legacy
     if complete and (scan.legacy or scan.moved):  # records to bring up to date, nothing to compute
         try:
             return _compute_stage(ctx, sk, execution, on_progress, on_wait, on_plan, executor, notice, t0, retry_failed)
@@ -367,7 +416,8 @@ def run_stage(ctx: Context, name: str, execution: ExecutionParams,
             log.info("%s: records not updated (%s); a read-only cache?", name, e)
     if complete:
         report = StageReport(name, sk.store_path, total, reused=total, shards_reused=shards_reused,
-                             failed=len(failures), failures=failures)
+                             failed=len(failures), failures=failures,
+                             failures_log=_write_dataset_failures(ctx, name, failures))
         if on_plan:
             on_plan(report, 0)
         try:
@@ -385,6 +435,51 @@ def run_stage(ctx: Context, name: str, execution: ExecutionParams,
                             f"{ctx.config.cache} (or use --cache elsewhere), then rerun to resume") from None
 
 
+def _write_dataset_failures(ctx: Context, name: str, failures: list[dict[str, Any]]) -> Path:
+    """This dataset's failed items of stage `name`, one JSON line each (item id, row key, reason, transient), next
+    to its index entry: `CACHE/index/<dataset>/<stage>.failures.jsonl`."""
+    path = cache_paths(ctx.config.cache)["index"] / ctx.dataset / f"{name}.failures.jsonl"
+    text = "".join(json.dumps(f) + "\n" for f in failures)
+    try:
+        if path.read_text() == text:
+            return path  # as it is (a no-op writes nothing)
+    except OSError:
+        pass
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only cache: the run summary still names every failed item
+        log.debug("failures log of %s not written: %s", name, e)
+    return path
+
+
+def _adopt_legacy(ctx: Context, sk: StageKeys, writer: StoreWriter, notice: Callable[[str], None]) -> int:
+    """Under the store lock: move the committed shards of this stage's store of this dataset from before rows were
+    keyed by content (`stores/<dataset>/<stage>-<key>`) into the shared store, their clips renamed to row keys;
+    nothing is recomputed. Damaged shards stay behind and are computed again. Returns the shards moved."""
+    legacy = sk.legacy_path
+    if legacy is None or legacy == sk.store_path or not (legacy / "commits").is_dir():
+        return 0
+    with contextlib.ExitStack() as held:
+        lock = store_lock(ctx.config.cache, legacy)
+        acquire(lock, f"stage '{sk.name}' (its old store)", None)
+        held.callback(lock.release)
+        old = scan_store(legacy, ctx.clip_keys)
+        rows = ctx.rows[sk.name]
+        rename = {ctx.clip_keys[cid]: rows[cid] for cid in ctx.clip_keys}
+        for rec in old.records:
+            writer.take_shard(legacy, rec, rename)
+        shutil.rmtree(legacy, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            legacy.parent.rmdir()  # the dataset's folder of old stores, once its last one moved
+    if old.records:
+        notice(f"{sk.name}: moved {len(old.records)} shard(s) of dataset '{ctx.dataset}''s store {legacy.name} into "
+               f"the shared store {sk.store_path.name} (rows keyed by content); nothing recomputed")
+    return len(old.records)
+
+
 def _retries(ctx: Context, name: str, failures: list[dict[str, Any]], retry_failed: bool) -> set[str]:
     """The failed clips a run computes again: all with `retry_failed`; else those whose failure may not recur
     (a crash, a hang, an I/O error), and those whose upstream clip failed but is computed now."""
@@ -396,7 +491,7 @@ def _retries(ctx: Context, name: str, failures: list[dict[str, Any]], retry_fail
     waiting = [f["id"] for f in failures if f["reason"].startswith("upstream failed") and f["id"] not in out]
     producer = _producer(ctx.config, name)
     if waiting and producer in ctx.stages:
-        ok, _ = scan_store(ctx.stages[producer].store_path, ctx.clip_keys).current(ctx.clip_keys)
+        ok, _ = scan_store(ctx.stages[producer].store_path, ctx.rows[producer]).current(ctx.rows[producer])
         out.update(c for c in waiting if c in ok)
     return out
 
@@ -414,40 +509,46 @@ def _compute_stage(ctx: Context, sk: StageKeys, execution: ExecutionParams, on_p
         held.callback(lock.release)
         if producer:
             held.enter_context(in_use(ctx.config.cache, ctx.stages[producer].store_path))
-        scan = scan_store(sk.store_path, ctx.clip_keys)  # again: another run may have worked meanwhile
+        rows = ctx.rows[name]
+        scan = scan_store(sk.store_path, rows)  # again: another run may have worked meanwhile
         if scan.attrs_problem:
             notice(f"{name}: {scan.attrs_problem}; rewriting it from the stage's definition")
         writer = StoreWriter(sk.store_path, sk.attrs, ctx.config.backend)
         writer.clean_temporaries()
+        if _adopt_legacy(ctx, sk, writer, notice):
+            scan = scan_store(sk.store_path, rows)
         scan = _repair(writer, scan, name, notice)
-        done, shards_reused, failures = committed(scan, ctx.clip_keys)
+        done, shards_reused, failures = committed(scan, rows)
         retry = _retries(ctx, name, failures, retry_failed)
         done -= retry
         todo = [c for c in ctx.manifest.clips if c.clip_id not in done]
-        compute, copies = _shared_inputs(ctx, sk, todo, scan, retry)
+        compute: dict[str, Clip] = {}  # row key -> the first clip that reads it: each row computed once
+        for c in todo:
+            compute.setdefault(rows[c.clip_id], c)
         report = StageReport(name, sk.store_path, total=len(ctx.manifest.clips), reused=len(done),
-                             shards_reused=shards_reused, shared=len(copies), retried=len(retry))
+                             shards_reused=shards_reused, shared=len(todo) - len(compute), retried=len(retry))
         upstream = None
         if producer:
-            upstream = FeatureStore(ctx.stages[producer].store_path, clip_keys=ctx.clip_keys)
+            upstream = FeatureStore(ctx.stages[producer].store_path, clip_keys=ctx.rows[producer])
         size = execution.shard_size or shard_size_for(len(compute), execution.workers, sk.attrs)
         tasks = []
-        for s in range(0, len(compute), size):
-            chunk = compute[s:s + size]
-            keys = [ctx.clip_keys[c.clip_id] for c in chunk]
+        pending = list(compute.items())
+        for s in range(0, len(pending), size):
+            keys = [k for k, _ in pending[s:s + size]]
+            chunk = [c for _, c in pending[s:s + size]]
             tasks.append(ShardTask(
                 shard_id=hash_key([sk.store_key, keys]), store_path=str(sk.store_path),
                 implementation=sk.implementation, params=sk.params, execution=dataclasses.asdict(execution),
                 cache_key=sk.store_key, clips=chunk, clip_keys=keys,
                 upstream=upstream.subset(c.clip_id for c in chunk) if upstream is not None else None,
                 upstream_attrs=upstream.attrs if upstream is not None else None))
-        if todo:
+        if compute:
             impl = implementation(sk.implementation)
             if hasattr(impl, "expected_size"):  # big image maps: say how much disk this run will take before it starts
-                notice(f"{name}: {impl(impl.Config(**sk.params)).expected_size(len(todo))} to write "
-                       f"({len(copies):,} of them copies of a shared picture's row)")
+                notice(f"{name}: {impl(impl.Config(**sk.params)).expected_size(len(compute))} to write "
+                       f"(one row per picture: {len(todo) - len(compute):,} more item(s) read a row computed here)")
         if on_plan:
-            on_plan(report, len(todo))
+            on_plan(report, len(compute))
 
         def collect(result: dict[str, Any]) -> None:
             report.computed += result["ok"]
@@ -463,62 +564,16 @@ def _compute_stage(ctx: Context, sk: StageKeys, execution: ExecutionParams, on_p
                 own.run(run_shard, tasks, execution, collect)
         else:
             executor.run(run_shard, tasks, execution, collect)
-        if copies:
-            _commit_copies(ctx, sk, writer, [c for c in todo if c.clip_id in copies], copies, size, collect)
-        scan = scan_store(sk.store_path, ctx.clip_keys)
+        scan = scan_store(sk.store_path, rows)
         write_failures_log(sk.store_path, scan)
-        report.failures = committed(scan, ctx.clip_keys)[2]
+        report.failures_log = _write_dataset_failures(ctx, name, committed(scan, rows)[2])
+        report.computed = len(todo) - len(committed(scan, {c.clip_id: rows[c.clip_id] for c in todo})[2]) \
+            if todo else 0  # items, not rows: every item whose row this run committed
+        report.failures = committed(scan, rows)[2]
         report.failed = len(report.failures)
         _write_index(ctx, sk, report)
     report.seconds = time.perf_counter() - t0
     return report
-
-
-def _shared_inputs(ctx: Context, sk: StageKeys, todo: list[Clip], scan: StoreScan,
-                   retry: set[str] = frozenset()) -> tuple[list[Clip], dict[str, str]]:  # type: ignore[assignment]
-    """The clips to compute, and for each clip whose extractor input another clip already has (the picture of
-    five spoken captions), the clip whose row it takes: each input is computed once per store."""
-    impl = implementation(sk.implementation)
-    if getattr(impl, "input_key", None) is None or not todo:
-        return todo, {}
-    ex = impl(impl.Config(**sk.params))
-    memo = DigestMemo(cache_paths(ctx.config.cache)["digests"])
-    by_id = ctx.manifest.by_id() if ctx.manifest is not None else {}
-    source: dict[str, str] = {}
-    ok, failed = scan.current(ctx.clip_keys)
-    for cid in [c for c in ctx.clip_keys if (c in ok or c in failed) and c not in retry]:
-        key = ex.input_key(by_id[cid], memo)
-        if key is not None:
-            source.setdefault(key, cid)
-    compute, copies = [], {}
-    for c in todo:
-        key = ex.input_key(c, memo)
-        if key is None:
-            compute.append(c)
-        elif key in source:
-            copies[c.clip_id] = source[key]
-        else:
-            source[key] = c.clip_id
-            compute.append(c)
-    return compute, copies
-
-
-def _commit_copies(ctx: Context, sk: StageKeys, writer: StoreWriter, clips: list[Clip], copies: dict[str, str],
-                   size: int, collect: Callable[[dict[str, Any]], None]) -> None:
-    """Commit the clips that share their input with a computed clip: its row (or its failure), in shards."""
-    store = FeatureStore(sk.store_path, clip_keys=ctx.clip_keys)
-    for s in range(0, len(clips), size):
-        results = []
-        for c in clips[s:s + size]:
-            src = copies[c.clip_id]
-            if src in store:
-                results.append(ClipResult(c.clip_id, ctx.clip_keys[c.clip_id], store[src]))
-            elif src in store.failures:
-                results.append(ClipResult(c.clip_id, ctx.clip_keys[c.clip_id], None, store.failures[src]))
-        if results:  # (a source that did not commit leaves its copies to the next run)
-            keys = [r.key for r in results]
-            record = writer.write_shard(hash_key([sk.store_key, keys]), results)
-            collect({"shard": record["shard"], "ok": len(record["clips"]), "failed": record["failed"]})
 
 
 def status(config: PipelineConfig, dataset: str | None, everything: bool = False) -> list[dict[str, Any]]:
@@ -538,18 +593,22 @@ def status(config: PipelineConfig, dataset: str | None, everything: bool = False
         rows[name] = {"stage": name, "state": f"cannot resolve: {why}", "done": 0, "total": 0, "failed": 0,
                       "store": None}
     for name, sk in ctx.stages.items():
-        scan = scan_store(sk.store_path, ctx.clip_keys)
-        done, _, failures = committed(scan, ctx.clip_keys)
+        scan = scan_store(sk.store_path, ctx.rows[name])
+        done, _, failures = committed(scan, ctx.rows[name])
         total = len(ctx.manifest.clips)
         pointer = index / f"{name}.json"
         try:
             last = json.loads(pointer.read_text())
         except (OSError, ValueError):
             last = None
+        old = sk.legacy_path is not None and (sk.legacy_path / "commits").is_dir() and len(done) < total
         if scan.is_damaged:
             n = len(scan.damaged)
             state = (f"damaged {n} shard{'s' if n != 1 else ''}" if n else "damaged") + \
-                f": {scan.describe_damage()}; run {repair_command(sk.attrs, sk.store_path)} to repair it"
+                f": {scan.describe_damage()}; run {repair_command(sk.attrs, sk.store_path, ctx.dataset)} to repair it"
+        elif old:
+            state = (f"in the old layout ({sk.legacy_path}): the next `pipeline run` moves its shards into the shared "
+                     "store, recomputing nothing")
         elif len(done) == total:
             state = "up to date"
         elif isinstance(last, dict) and last.get("store_key") != sk.store_key and not done:
@@ -581,18 +640,51 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _is_store(path: Path) -> bool:
+    return (path / "commits").is_dir() or (path / "attrs.json").exists()
+
+
+def _store_dirs(stores: Path) -> list[Path]:
+    """Every store directory: shared ones (`stores/<stage>-<key>`) and those of one dataset from before rows were
+    keyed by content (`stores/<dataset>/<stage>-<key>`)."""
+    out = []
+    for d in sorted(stores.glob("*")) if stores.is_dir() else []:
+        if not d.is_dir() or d.name.startswith("."):
+            continue
+        if _is_store(d):
+            out.append(d)
+        else:
+            out.extend(p for p in sorted(d.glob("*")) if p.is_dir() and not p.name.startswith(".") and _is_store(p))
+    return out
+
+
+def _referenced(config: PipelineConfig) -> dict[Path, list[str]]:
+    """Store path -> the datasets whose index (the last run of each stage) points at it."""
+    refs: dict[Path, list[str]] = {}
+    for pointer in sorted(cache_paths(config.cache)["index"].glob("*/*.json")):
+        try:
+            store = json.loads(pointer.read_text()).get("store")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(store, str):
+            refs.setdefault(Path(store), []).append(pointer.parent.name)
+    return refs
+
+
 def list_cache(config: PipelineConfig) -> list[dict[str, Any]]:
-    """Every store (and run) in the cache with its size, clip count and what produced it."""
+    """Every store (and run) in the cache with its size, rows and the datasets that read it."""
     out = []
     stores = cache_paths(config.cache)["stores"]
-    for path in sorted(p.parent for p in stores.glob("*/*/commits")):
+    refs = _referenced(config)
+    for path in _store_dirs(stores):
         scan = scan_store(path)
         attrs = scan.attrs or {}
+        legacy = path.parent != stores
         n = sum(len(r["clips"]) for r in scan.records)
-        out.append({"kind": "store", "path": str(path), "dataset": attrs.get("dataset", path.parent.name),
-                    "stage": attrs.get("stage", path.name.rsplit("-", 1)[0]), "extractor": attrs.get("extractor"),
-                    "params": attrs.get("params"), "clips": n, "bytes": _size(path),
-                    "damaged": scan.describe_damage() if scan.is_damaged else None})
+        out.append({"kind": "store", "path": str(path), "datasets": [path.parent.name] if legacy else refs.get(path, []),
+                    "legacy": legacy, "stage": attrs.get("stage", path.name.rsplit("-", 1)[0]),
+                    "extractor": attrs.get("extractor"), "params": attrs.get("params"), "rows": n,
+                    "bytes": _size(path), "damaged": scan.describe_damage() if scan.is_damaged else None})
     runs = cache_paths(config.cache)["runs"]
     for params_path in sorted(runs.glob("*/*/params.yaml")):
         out.append({"kind": "run", "path": str(params_path.parent), "bytes": _size(params_path.parent)})
@@ -625,34 +717,48 @@ def _current_runs(config: PipelineConfig, name: str, skipped: list[str]) -> set[
 
 def garbage(config: PipelineConfig, everything: bool = False) -> tuple[list[Path], list[str]]:
     """Stores and run directories that no current key of any dataset in stages.yaml references, and what was
-    left alone. Those of datasets stages.yaml does not name are left alone unless `everything`."""
+    left alone. Those only datasets stages.yaml does not name read are left alone unless `everything`."""
     keep: set[Path] = set()
     skipped: list[str] = []
     stores, runs = cache_paths(config.cache)["stores"], cache_paths(config.cache)["runs"]
+    refs = _referenced(config)
+    by_dataset: dict[str, set[Path]] = {}
+    for path, names in refs.items():
+        for n in names:
+            by_dataset.setdefault(n, set()).add(path)
     for name in config.datasets:
         unresolved: dict[str, str] = {}
-        try:
-            ctx = resolve(config, name, need_manifest=False, errors=unresolved)
-        except Exception as e:  # a dataset we cannot resolve keeps all its stores
+        try:  # with its manifest: a dataset whose data is not here reads no row of a shared store
+            ctx = resolve(config, name, errors=unresolved)
+        except Exception as e:  # a dataset we cannot read keeps its old stores and those its last runs wrote
             skipped.append(f"{name}: {e}")
             keep.update(p for p in (stores / name).glob("*") if p.is_dir())
+            keep.update(by_dataset.get(name, set()))
             ctx = None
         if ctx is not None:
             keep.update(sk.store_path for sk in ctx.stages.values())
+            keep.update(sk.legacy_path for sk in ctx.stages.values() if sk.legacy_path is not None)
             for stage in unresolved:  # unknown current key: keep every store of that stage
                 keep.update(p for p in (stores / name).glob(f"{stage}-*"))
+                keep.update(p for p in stores.glob(f"{stage}-*"))
         current = _current_runs(config, name, skipped)
         if current is None:
             current = {p for p in (runs / name).glob("*") if p.is_dir()}
         keep.update(current)
-    for root, what in ((stores, "stores"), (runs, "runs")):
-        others = sorted(d.name for d in root.glob("*") if d.is_dir() and d.name not in config.datasets)
+    store_dirs = _store_dirs(stores)
+    old_datasets = {p.parent.name for p in store_dirs if p.parent != stores}
+    for what, names, held in (
+            ("stores", (old_datasets | set(by_dataset)) - set(config.datasets),
+             lambda d: [p for p in (stores / d).glob("*")] + sorted(by_dataset.get(d, set()))),
+            ("runs", {d.name for d in runs.glob("*") if d.is_dir()} - set(config.datasets),
+             lambda d: list((runs / d).glob("*")))):
+        others = sorted(names)
         if others and not everything:
             skipped.append(f"the {what} of dataset(s) {', '.join(others)}: not in {config.path.name} "
                            "(`pipeline gc --all` removes them too)")
-            keep.update(p for d in others for p in (root / d).glob("*"))
-    candidates = [p for root in (stores, runs) for p in sorted(root.glob("*/*"))
-                  if p.is_dir() and not p.name.startswith(".") and p not in keep]
+            keep.update(p for d in others for p in held(d))
+    candidates = [p for p in store_dirs if p not in keep]
+    candidates += [p for p in sorted(runs.glob("*/*")) if p.is_dir() and not p.name.startswith(".") and p not in keep]
     return candidates, skipped
 
 
@@ -791,7 +897,7 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
             reports.append(rep)
             if strict and rep.failed:
                 raise PipelineError(f"stage '{name}': {rep.failed} clip(s) failed and --strict is set; "
-                                    f"see {rep.store_path / 'failures.jsonl'}")
+                                    f"see {rep.failures_log}")
     return reports
 
 
@@ -842,9 +948,9 @@ def dry_run(group: str | None = "extract", dataset: str | None = None, stage: st
         elif name in ctx.stages:
             sk = ctx.stages[name]
             assert ctx.manifest is not None
-            done, _, _ = committed(scan_store(sk.store_path, ctx.clip_keys), ctx.clip_keys)
+            done, _, _ = committed(scan_store(sk.store_path, ctx.rows[name]), ctx.rows[name])
             todo = [c for c in ctx.manifest.clips if c.clip_id not in done]
-            size, guessed = _row_estimate(sk.attrs, todo)
+            size, guessed = _row_estimate(sk.attrs, list({ctx.rows[name][c.clip_id]: c for c in todo}.values()))
             row.update(action="compute" if todo else "reuse", clips=len(todo), bytes=size, estimated=guessed,
                        total=len(ctx.manifest.clips), store=str(sk.store_path))
         elif name in runs:

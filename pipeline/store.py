@@ -353,6 +353,25 @@ class StoreWriter:
         _atomic_write_text(self.path / "commits" / f"{record['shard']}.json", _record_text(new))
         return new
 
+    def take_shard(self, source: Path, record: dict[str, Any], rename: dict[str, str]) -> dict[str, Any]:
+        """Move a committed shard of the store at `source` (a dataset's store from before rows were keyed by
+        content) into this one, its entries renamed (`rename`: clip key -> row key; other entries, stale keys,
+        keep theirs, so the row ranges still add up) and its record rewritten for this store. Nothing is
+        recomputed; the files keep their mtimes, so the record's integrity data still holds. Killed midway, one
+        shard is left unreadable on one side, found as damage (or an orphan) and recomputed."""
+        final = self.path / "shards" / record["file"]
+        self.discard(record["shard"])
+        os.replace(source / "shards" / record["file"], final)
+
+        def renamed(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [{**e, "id": rename[e["key"]], "key": rename[e["key"]]} if e["key"] in rename else e for e in entries]
+
+        new = {**record, "store_key": self.attrs.get("key"), "clips": renamed(record["clips"]),
+               "failed": renamed(record["failed"])}
+        _atomic_write_text(self.path / "commits" / f"{record['shard']}.json", _record_text(new))
+        (source / "commits" / f"{record['shard']}.json").unlink(missing_ok=True)
+        return new
+
     def mark_damaged(self, shard_id: str, reason: str, checksum: str | None) -> None:
         """Record that the shard committed with `checksum` is damaged, so that `status` says so and the next
         run recomputes it (a shard recomputed meanwhile has another checksum: the mark does not apply)."""
@@ -502,20 +521,24 @@ class StoreScan:
     moved: list[str] = field(default_factory=list)  # trusted shards whose files' mtimes moved (a copy)
 
     def current(self, clip_keys: dict[str, str] | None) -> tuple[dict[str, tuple[dict, dict]], dict[str, tuple[dict, dict]]]:
-        """Clip id -> (record, entry) of its newest computed and failed entry for the current key (any key
-        without `clip_keys`); a clip is in exactly one of the two."""
+        """Clip id -> (record, entry) of the newest computed and failed entry whose key is the clip's (`clip_keys`:
+        clip id -> row key; many clips may share one row); without `clip_keys`, the newest entry per entry id. A
+        clip is in at most one of the two."""
         ok: dict[str, tuple[dict, dict]] = {}
         failed: dict[str, tuple[dict, dict]] = {}
-        for rec in self.records:
+        for rec in self.records:  # oldest first: a newer entry for the same key wins
             for c in rec["clips"]:
-                if clip_keys is None or clip_keys.get(c["id"]) == c["key"]:
-                    ok[c["id"]] = (rec, c)
-                    failed.pop(c["id"], None)
+                k = c["id"] if clip_keys is None else c["key"]
+                ok[k] = (rec, c)
+                failed.pop(k, None)
             for f in rec["failed"]:
-                if clip_keys is None or clip_keys.get(f["id"]) == f["key"]:
-                    failed[f["id"]] = (rec, f)
-                    ok.pop(f["id"], None)
-        return ok, failed
+                k = f["id"] if clip_keys is None else f["key"]
+                failed[k] = (rec, f)
+                ok.pop(k, None)
+        if clip_keys is None:
+            return ok, failed
+        return ({cid: ok[k] for cid, k in clip_keys.items() if k in ok},
+                {cid: failed[k] for cid, k in clip_keys.items() if k in failed})
 
     def describe_damage(self, limit: int = 3) -> str:
         """The damage in one line: attrs first, then up to `limit` shards."""
@@ -575,7 +598,8 @@ def scan_store(path: str | os.PathLike, clip_keys: dict[str, str] | None = None)
     records.sort(key=lambda r: (r["created"], r["shard"]))
     relevant = records
     if clip_keys is not None:
-        relevant = [r for r in records if any(clip_keys.get(c["id"]) == c["key"] for c in r["clips"] + r["failed"])]
+        keys = set(clip_keys.values())
+        relevant = [r for r in records if any(c["key"] in keys for c in r["clips"] + r["failed"])]
     shards = str(path / "shards")
     bad = set()
     for rec in relevant:
@@ -596,10 +620,13 @@ def scan_store(path: str | os.PathLike, clip_keys: dict[str, str] | None = None)
     return scan
 
 
-def repair_command(attrs: dict[str, Any] | None, path: Path) -> str:
-    """The command that recomputes a store's damaged shards (or, for a store that names no stage, what to do)."""
-    if attrs and attrs.get("stage") and attrs.get("dataset"):
-        return f"`pipeline run {attrs.get('group', 'extract')} --dataset {attrs['dataset']} --stage {attrs['stage']}`"
+def repair_command(attrs: dict[str, Any] | None, path: Path, dataset: str | None = None) -> str:
+    """The command that recomputes a store's damaged shards for `dataset` (a shared store names none itself: then
+    the command of any dataset that reads it), or, for a store that names no stage, what to do."""
+    dataset = dataset or (attrs or {}).get("dataset")
+    if attrs and attrs.get("stage"):
+        which = f"--dataset {dataset}" if dataset else "--dataset D (any dataset that reads it)"
+        return f"`pipeline run {attrs.get('group', 'extract')} {which} --stage {attrs['stage']}`"
     return f"a run of the stage that made {path}"
 
 
@@ -712,7 +739,7 @@ class FeatureStore:
     """
 
     def __init__(self, path: str | os.PathLike, clip_keys: dict[str, str] | None = None,
-                 scan: "StoreScan | None" = None) -> None:
+                 scan: "StoreScan | None" = None, dataset: str | None = None) -> None:
         self.path = Path(path)
         scan = scan if scan is not None else scan_store(self.path, clip_keys)  # `scan`: one just made
         if scan.attrs is None:
@@ -722,7 +749,7 @@ class FeatureStore:
             raise StoreError(f"store {self.path} is damaged: {scan.attrs_problem}; run `pipeline run` on its "
                              "stage to rewrite it")
         self.attrs: dict[str, Any] = scan.attrs
-        self._hint = repair_command(self.attrs, self.path)
+        self._hint = repair_command(self.attrs, self.path, dataset)
         if scan.damaged:
             raise StoreError(f"store {self.path} has {len(scan.damaged)} damaged shard(s): "
                              f"{scan.describe_damage()}; run {self._hint} to recompute them")

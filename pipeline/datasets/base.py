@@ -74,15 +74,24 @@ class Manifest:
     def __len__(self) -> int:
         return len(self.clips)
 
-    def clip_keys(self, memo: DigestMemo) -> dict[str, str]:
-        """Clip id -> key of its content (media digests and segment); ordered like `clips`."""
-        keys = {}
-        seen: dict[str, str] = {}  # feature datasets name one file for many clips
+    def media_digests(self, memo: DigestMemo) -> dict[str, dict[str, str]]:
+        """Clip id -> role -> content digest of that media file (memoized by size and mtime)."""
+        out = {}
+        seen: dict[str, str] = {}  # feature datasets name one file for many clips; pictures have many captions
         for c in self.clips:
-            media = {}
-            for role, p in sorted(c.media.items()):
-                s = str(p)
-                media[role] = seen[s] if s in seen else seen.setdefault(s, memo.digest(p))
+            out[c.clip_id] = {role: seen[str(p)] if str(p) in seen else seen.setdefault(str(p), memo.digest(p))
+                              for role, p in sorted(c.media.items())}
+        return out
+
+    def clip_keys(self, memo: DigestMemo | None = None,
+                  digests: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
+        """Clip id -> key of its content (media digests and segment); ordered like `clips`."""
+        if digests is None:
+            assert memo is not None
+            digests = self.media_digests(memo)
+        keys = {}
+        for c in self.clips:
+            media = digests[c.clip_id]
             ident: list[Any] = [c.clip_id, media, c.start, c.end]
             if c.refs:  # only then: keys of media clips stay what they were before refs existed
                 ident.append(sorted(c.refs.items()))

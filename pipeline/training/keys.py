@@ -100,7 +100,7 @@ def _foreign(ctx: "Context", name: str, spec: Any, impl: Any, params: dict[str, 
                            task, views)
     ident = {"implementation": spec.implementation, "version": impl.VERSION, "params": params,
              "models": {u: [other.dataset, theirs[u].key] for u in ups},
-             "views": {u: {v: ctx.stages[s].store_key for v, s in sorted(local[u].views.items())} for u in ups}}
+             "views": {u: {v: ctx.stages[s].view_key for v, s in sorted(local[u].views.items())} for u in ups}}
     if ctx.manifest is not None:
         t = TASKS.get(task)()
         ident[t.digest_field] = t.digest(ctx)
@@ -141,7 +141,7 @@ def resolve_runs(ctx: "Context", names: list[str], others: dict[str, "Context"] 
             views = bind_views(ctx, name, trainer)
             ident: dict[str, Any] = {"implementation": spec.implementation, "version": impl.VERSION,
                                      "params": key_params(impl.Config, params),
-                                     "views": {v: ctx.stages[s].store_key for v, s in sorted(views.items())}}
+                                     "views": {v: ctx.stages[s].view_key for v, s in sorted(views.items())}}
             if ctx.manifest is not None:
                 t = TASKS.get(task)()
                 ident[t.digest_field] = t.digest(ctx)

@@ -84,8 +84,8 @@ def read_items(ctx: "Context", rk: "RunKeys", trainer: Any, task: "Task") -> tup
     assert ctx.manifest is not None
     views: list[View] = trainer.views()
     scans = {stage: require_complete(ctx, stage) for stage in {rk.views[v.name] for v in views if v.name in rk.views}}
-    stores = {v.name: FeatureStore(ctx.stages[rk.views[v.name]].store_path, clip_keys=ctx.clip_keys,
-                                   scan=scans[rk.views[v.name]])
+    stores = {v.name: FeatureStore(ctx.stages[rk.views[v.name]].store_path, clip_keys=ctx.rows[rk.views[v.name]],
+                                   scan=scans[rk.views[v.name]], dataset=ctx.dataset)
               for v in views if v.name in rk.views}
     needs_text = any(v.form == "tokens" and not v.optional for v in views)
     optional = [v for v in views if v.optional]

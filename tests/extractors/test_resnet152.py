@@ -165,7 +165,7 @@ def test_float16_store_holds_float16_close_to_float32(tmp_path, tiny_synthetic_r
                        {"r32": base, "r16": half})
     reports = run("extract", config=cfg)
     assert all(r.computed == 6 and not r.failed for r in reports) and reports[0].store_path != reports[1].store_path
-    full, small = (pipeline.open_store(r.store_path) for r in reports)
+    full, small = (pipeline.open_store(r.store_path, dataset="tiny", config=cfg) for r in reports)
     assert full.attrs["dtype"] == "float32" and small.attrs["dtype"] == "float16"
     assert small.attrs["dims"] == [2, 2, 2048] and small.attrs["image_size"] == 64
     assert small.attrs["layer"] == "layer4" and small.attrs["random_weights"] is True

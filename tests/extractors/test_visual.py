@@ -39,7 +39,7 @@ def test_vggish_stage_and_weights_in_key(tmp_path, tiny_synthetic_root):
                          "params": {"weights": "random:0"}}}
     cfg = _project(tmp_path, tiny_synthetic_root, stages)
     first = run("extract", config=cfg)[1]
-    store = pipeline.open_store(first.store_path)
+    store = pipeline.open_store(first.store_path, dataset="tiny", config=cfg)
     assert store["class00/class00_000"].shape == (1, 128) and store.attrs["random_weights"] is True
     other = run("extract", config=cfg, overrides=["vggish.weights=random:1"])
     assert other[0].computed == 0 and other[1].computed == 6 and other[1].store_path != first.store_path
@@ -69,7 +69,7 @@ def test_mixed_sizes_rotation_short_clips_and_images(tmp_path):
                                          "params": {"weights": "random:0", "fps": 1.0}}})
     rep = run("extract", config=cfg)[0]
     assert rep.computed == 4 and not rep.failures, rep.failures
-    store = pipeline.open_store(rep.store_path)
+    store = pipeline.open_store(rep.store_path, dataset="v", config=cfg)
     assert store["c/wide"].shape == (2, 2048) and store["c/square"].shape == (2, 2048)
     assert store["c/short"].shape == (1, 2048) and store["c/tall"].shape == (2, 2048)
 

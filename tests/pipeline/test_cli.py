@@ -15,7 +15,7 @@ def test_run_twice_status_ls_gc(project, tmp_path):
                                                                       "logmel", "up", "to", "date"]
     cli("run", "extract", "--config", str(project), "--set", "logmel.preset=vgs", "--no-progress")
     ls = cli("ls", "--config", str(project)).stdout
-    assert "tiny/logmel  logmel {'pad_short': False, 'preset': 'vgs'}" in ls and "total in" in ls
+    assert "6 rows  logmel (read by tiny)  logmel {'pad_short': False, 'preset': 'vgs'}" in ls and "total in" in ls
     assert "would remove" in cli("gc", "--dry-run", "--config", str(project)).stdout
     assert "removed 1 store(s)" in cli("gc", "--config", str(project)).stdout
 

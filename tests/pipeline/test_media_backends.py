@@ -198,12 +198,12 @@ def test_a_crashing_file_fails_alone_in_a_run(tmp_path, clip_factory, monkeypatc
 
     monkeypatch.setattr("pipeline.media.isolated.PYAV_MODULE", "tests.pipeline.faulty_decoder")
     data = tmp_path / "data"
-    for name in ("a.mp4", "b.mp4", "crash.mp4"):
-        clip_factory(data / "x" / name)
+    for i, name in enumerate(("a.mp4", "b.mp4", "crash.mp4")):  # distinct files: identical ones share one row
+        clip_factory(data / "x" / name, freq=300 + 200 * i)
     cfg = _audio_project(tmp_path, data)
     [rep] = run("extract", config=cfg)
     assert (rep.computed, rep.failed) == (2, 1)
-    failures = [json.loads(x) for x in (rep.store_path / "failures.jsonl").read_text().splitlines()]
+    failures = [json.loads(x) for x in (rep.failures_log).read_text().splitlines()]
     assert [f["reason"].split(":")[0] for f in failures] == ["decoder crashed"]
 
 
@@ -263,15 +263,15 @@ def test_failures_that_may_not_recur_are_retried_and_the_others_only_when_asked(
     from pipeline.runner import status
 
     data = tmp_path / "data"
-    for name in ("a.mp4", "crash.mp4"):
-        clip_factory(data / "x" / name)
+    for i, name in enumerate(("a.mp4", "crash.mp4")):  # distinct files: identical ones share one row
+        clip_factory(data / "x" / name, freq=300 + 200 * i)
     clip_factory(data / "x" / "silent.mp4", audio=False)
     cfg = _audio_project(tmp_path, data)
     with monkeypatch.context() as m:
         m.setattr("pipeline.media.isolated.PYAV_MODULE", "tests.pipeline.faulty_decoder")
         [rep] = run("extract", config=cfg)
     assert (rep.computed, rep.failed) == (1, 2)
-    failures = {f["id"]: f for f in map(json.loads, (rep.store_path / "failures.jsonl").read_text().splitlines())}
+    failures = {f["id"]: f for f in map(json.loads, (rep.failures_log).read_text().splitlines())}
     assert failures["x/crash"]["transient"] is True and failures["x/silent"]["transient"] is False
     [row] = status(load_config(cfg), None)
     assert (row["state"], row["failed"], row["transient"]) == ("up to date", 2, 1)
@@ -282,7 +282,7 @@ def test_failures_that_may_not_recur_are_retried_and_the_others_only_when_asked(
 
     [again] = run("extract", config=cfg)  # the crash was the decoder's: this time the file decodes
     assert (again.retried, again.computed, again.failed) == (1, 1, 1)
-    assert json.loads((again.store_path / "failures.jsonl").read_text())["id"] == "x/silent"
+    assert json.loads((again.failures_log).read_text())["id"] == "x/silent"
     [noop] = run("extract", config=cfg)
     assert (noop.retried, noop.computed, noop.shards_computed) == (0, 0, 0)  # a file's own failure is not retried
     [forced] = run("extract", config=cfg, retry_failed=True)

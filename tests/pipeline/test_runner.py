@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 import pipeline
-from pipeline.runner import PipelineError, collect_garbage, run, status
+from pipeline.runner import PipelineError, collect_garbage, resolve, run, status
 
 from ..conftest import TINY, cli, write_config
 
 
 def _stores(cache, stage):
-    return sorted((cache / "stores").glob(f"*/{stage}-*"))
+    return sorted((cache / "stores").glob(f"{stage}-*"))
 
 
 def test_extract_end_to_end_then_reuse(project, tmp_path):
@@ -30,8 +30,11 @@ def test_extract_end_to_end_then_reuse(project, tmp_path):
     assert x.shape == (1, 96, 64) and x.dtype == np.float32 and np.isfinite(x).all()
     assert store.to_dask().shape == (6, 96, 64)
     assert store.attrs["frame_rate"] == pytest.approx(1 / 0.96)
-    audio = pipeline.open_store(_stores(tmp_path / "cache", "audio")[0])
+    audio = pipeline.open_store(dataset="tiny", stage="audio", config=project)
     assert audio.attrs["sample_rate"] == 16000 and abs(audio["class01/class01_002"].size - 16000) <= 1024  # AAC frames
+    by_path = pipeline.open_store(_stores(tmp_path / "cache", "audio")[0])  # a shared store: rows by their keys
+    assert len(by_path) == 6 and all(np.array_equal(by_path[k], audio[c])
+                                     for c, k in resolve(pipeline.config.load_config(project), None).rows["audio"].items())
 
     again = run("extract", config=project)
     assert all(r.computed == 0 and r.reused == 6 for r in again)
@@ -103,7 +106,7 @@ def test_bad_media_recorded_and_run_completes(tmp_path, clip_factory):
     assert reps[0].computed == 1 and reps[1].computed == 1
     assert {f["id"] for f in reps[1].failures} == set(reasons)
     assert all(f["reason"].startswith("upstream failed") for f in reps[1].failures)
-    log = [json.loads(line) for line in (reps[0].store_path / "failures.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (reps[0].failures_log).read_text().splitlines()]
     assert {x["id"] for x in log} == set(reasons)
     with pytest.raises(PipelineError, match="--strict"):
         run("extract", config=cfg, strict=True)
@@ -168,7 +171,8 @@ def test_two_runs_at_once_on_one_cache(tmp_path):
     store = pipeline.open_store(dataset="big", stage="audio", config=cfg)
     assert len(store) == 20 and not store.failures
     records = [json.loads(p.read_text()) for p in (store.path / "commits").glob("*.json")]
-    assert sorted(c["id"] for r in records for c in r["clips"]) == sorted(store.clip_ids)  # each clip once
+    rows = resolve(pipeline.config.load_config(cfg), "big").rows["audio"]
+    assert sorted(c["key"] for r in records for c in r["clips"]) == sorted(set(rows.values()))  # each row once
     assert all(abs(store[c].size - 16000) <= 1024 for c in store.clip_ids)
 
 
@@ -196,7 +200,7 @@ def test_hdf5_backend_end_to_end(project, tmp_path):
     reports = run("extract", config=cfg)
     assert all(r.computed == 6 for r in reports)
     assert list((reports[1].store_path / "shards").glob("*.h5"))
-    store = pipeline.open_store(reports[1].store_path)
+    store = pipeline.FeatureStore(reports[1].store_path, resolve(cfg, None).rows["logmel"])  # the items' rows
     assert store.attrs["backend"] == "hdf5" and store.to_dask().shape == (6, 96, 64)
     assert store["class01/class01_001"].shape == (1, 96, 64)
 
@@ -392,7 +396,7 @@ def test_disk_full_names_the_stage_and_the_path(project, monkeypatch):
         run("extract", config=project)  # workers: 1, so the shard is written in this process
     msg = str(e.value)
     assert msg.startswith("stage 'logmel': cannot write shard") and "the disk is full" in msg
-    assert "stores/tiny/logmel-" in msg and msg.endswith("then rerun to resume")
+    assert "stores/logmel-" in msg and msg.endswith("then rerun to resume")
 
 
 def test_shards_are_sized_to_the_work():
@@ -440,8 +444,8 @@ def test_the_next_shard_decodes_while_this_one_computes(tmp_path, clip_factory):
 
     events = _timed_audio()
     events.clear()
-    for i in range(3):
-        clip_factory(tmp_path / "data" / "x" / f"c{i}.mp4")
+    for i in range(3):  # distinct files: identical ones share one row
+        clip_factory(tmp_path / "data" / "x" / f"c{i}.mp4", freq=300 + 200 * i)
     cfg = tmp_path / "stages.yaml"
     cfg.write_text(yaml.safe_dump({
         "cache": str(tmp_path / "cache"), "default_dataset": "f",

@@ -200,7 +200,7 @@ def test_a_clip_too_short_for_vggish_fails_by_name_and_training_goes_on(tmp_path
 
     padded = run("extract", config=cfg, stage="vggish", overrides=["vggish.pad_short=true"])[-1]
     assert padded.failed == 0 and padded.computed == 7 and padded.store_path != by_name["vggish"].store_path
-    assert open_store(padded.store_path)["dog/blip"].shape == (1, 128)
+    assert open_store(padded.store_path, dataset="v", config=cfg)["dog/blip"].shape == (1, 128)
 
 
 def test_gc_removes_runs_no_current_key_references(features_project, tmp_path):
