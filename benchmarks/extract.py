@@ -176,10 +176,11 @@ def noop_table(tmp: Path, n: int) -> None:
         return best
 
     t_run, t_status = timed(["run", "extract"]), timed(["status"])
-    store = next((tmp / "cache-noop" / "stores" / "noop").glob("audio-*"))
+    store = next((tmp / "cache-noop" / "stores").glob("audio-*"))
     files_n = sum(len(f) for _, _, f in os.walk(store))
     print(f"\n## no-op at {n} clips (folder dataset of links; audio stage)")
-    print(f"first run (computes): {first:.1f} s ({n / first:.0f} c/s); store: {files_n} files")
+    print(f"first run (computes the {len(files)} distinct files' rows; the links read them): {first:.1f} s; "
+          f"store: {files_n} files")
     print(f"no-op `pipeline run extract`: {t_run:.2f} s; `pipeline status`: {t_status:.2f} s (best of 3, "
           "each a new process)")
 
