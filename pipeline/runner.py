@@ -469,14 +469,19 @@ def _adopt_legacy(ctx: Context, sk: StageKeys, writer: StoreWriter, notice: Call
         old = scan_store(legacy, ctx.clip_keys)
         rows = ctx.rows[sk.name]
         rename = {ctx.clip_keys[cid]: rows[cid] for cid in ctx.clip_keys}
-        for rec in old.records:
+        ok, failed = scan_store(sk.store_path, rows).current(rows)
+        have = {rows[cid] for cid in ok} | {rows[cid] for cid in failed}  # rows another dataset brought already
+        moved = [rec for rec in old.records
+                 if not {rename[e["key"]] for e in rec["clips"] + rec["failed"] if e["key"] in rename} <= have]
+        for rec in moved:
             writer.take_shard(legacy, rec, rename)
         shutil.rmtree(legacy, ignore_errors=True)
         with contextlib.suppress(OSError):
             legacy.parent.rmdir()  # the dataset's folder of old stores, once its last one moved
     if old.records:
-        notice(f"{sk.name}: moved {len(old.records)} shard(s) of dataset '{ctx.dataset}''s store {legacy.name} into "
-               f"the shared store {sk.store_path.name} (rows keyed by content); nothing recomputed")
+        notice(f"{sk.name}: moved {len(moved)} shard(s) of dataset '{ctx.dataset}''s store {legacy.name} into "
+               f"the shared store {sk.store_path.name} (rows keyed by content; {len(old.records) - len(moved)} held "
+               "only rows it had already); nothing recomputed")
     return len(old.records)
 
 

@@ -191,3 +191,29 @@ def test_gc_keeps_a_shared_store_any_dataset_reads(tmp_path, everything):
     [other] = run("extract", dataset="captions", config=stale)
     removed, _ = collect_garbage(load_config(cfg), everything=everything)  # nothing in stages.yaml reads it now
     assert [p for p, _ in removed] == [other.store_path] and rep.store_path.exists()
+
+
+def test_two_datasets_old_stores_over_the_same_files_move_in_once(tmp_path):
+    """Both datasets had their own store before: the first run moves the first's shards in, the second finds its
+    rows there already and moves nothing; both read the same arrays as before."""
+    cfg = _project(tmp_path, tmp_path / "scenes")
+    run("extract", dataset="captions", config=cfg)
+    run("extract", dataset="regions", config=cfg)
+    before = {"captions": _legacy_copy(cfg, "captions", ["vgg16"])}
+    ctx = resolve(load_config(cfg), "regions")  # the regions' old store: written from the captions' arrays
+    rows_c, rows_r = resolve(load_config(cfg), "captions").rows["vgg16"], ctx.rows["vgg16"]
+    by_row = {k: before["captions"]["vgg16"][c] for c, k in rows_c.items()}
+    sk = ctx.stages["vgg16"]
+    writer = StoreWriter(sk.legacy_path, {**sk.attrs, "key": sk.view_key, "dataset": "regions"}, "zarr")
+    writer.write_shard("oldr", [ClipResult(c, ctx.clip_keys[c], by_row[k]) for c, k in rows_r.items()])
+    notes: list[str] = []
+    [a] = run("extract", dataset="captions", config=cfg, on_notice=notes.append)
+    [b] = run("extract", dataset="regions", config=cfg, on_notice=notes.append)
+    assert a.shards_computed == b.shards_computed == 0
+    assert any(n.startswith("vgg16: moved 0 shard(s) of dataset 'regions''s") and "1 held only rows it had" in n
+               for n in notes), notes
+    keys = {c["key"] for r in scan_store(sk.store_path).records for c in r["clips"]}
+    assert keys == set(rows_c.values()) and not (sk.store_path / "commits" / "oldr.json").exists()
+    assert not sk.legacy_path.exists()
+    regions = pipeline.open_store(dataset="regions", stage="vgg16", config=cfg)
+    assert all(np.array_equal(regions[c], by_row[k]) for c, k in rows_r.items())
