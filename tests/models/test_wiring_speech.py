@@ -26,6 +26,18 @@ VGS_TINY = {"max_frames": 8, "width": 1 / 16, "batch_size": 4, "epochs": 2, "lr"
 # -- data: every row traceable to its item -----------------------------------------------------------------
 
 
+
+def _spy_validate(tap: dict, validate: Any, ids_of: Any) -> Any:
+    """`validate` recording the ids it reads in `tap["validated"]`, with `tap["val"]` set while it runs."""
+    def spied(data: Any) -> Any:
+        tap["validated"].append(list(ids_of(data)))
+        tap["val"] = True
+        try:
+            return validate(data)
+        finally:
+            tap["val"] = None
+    return spied
+
 def _items(prefix: str, n_img: int, per: int, seed: int, frames: int, n_mels: int, image_shape: tuple[int, ...],
            audio: str, image: str) -> Items:
     """`n_img` images x `per` captions; unique random log-mel per caption and features per image; unique texts."""
@@ -126,15 +138,7 @@ def _fit_vase(monkeypatch: pytest.MonkeyPatch, params: dict[str, Any]) -> dict[s
         tap["step"] = None
         return total, parts
 
-    validate = tr.validate
-
-    def spied_validate(data: Any) -> Any:
-        tap["validated"].append(list(data.clip_ids))
-        tap["val"] = True
-        try:
-            return validate(data)
-        finally:
-            tap["val"] = None
+    spied_validate = _spy_validate(tap, tr.validate, lambda data: data.clip_ids)
 
     original = losses_mod.ContrastiveLoss
 
@@ -327,15 +331,7 @@ def _fit_vgs(monkeypatch: pytest.MonkeyPatch, params: dict[str, Any], validate: 
                                 "margin": margin, "out": float(out.detach()), "want": expected_scores(step)})
         return out
 
-    validate_ = tr.validate
-
-    def spied_validate(items: Items) -> Any:
-        tap["validated"].append(list(items.ids))
-        tap["val"] = True
-        try:
-            return validate_(items)
-        finally:
-            tap["val"] = None
+    spied_validate = _spy_validate(tap, tr.validate, lambda items: items.ids)
 
     embed = tr.embed
 
