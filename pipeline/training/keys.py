@@ -189,7 +189,8 @@ def run_status(ctx: "Context", names: list[str], plan: "Plan",
             continue
         if rk is None:
             continue
-        folds = list((rk.run_dir / "folds").glob("*/embeddings.npz")) if rk.kind == "train" else []
+        folds = [p for p in (rk.run_dir / "folds").glob("*/embeddings.npz")  # (not a unit still being written)
+                 if not p.parent.name.startswith(".")] if rk.kind == "train" else []
         if (rk.run_dir / "metrics.json").exists():
             state = "up to date"
         elif folds:

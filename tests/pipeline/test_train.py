@@ -226,13 +226,17 @@ def test_ctrl_c_during_training_says_which_folds_it_kept(features_project, tmp_p
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "train", "--stage", "tnn-ccca", "--config",
                              str(features_project), "--set", "tnn-ccca.epochs=400", "--no-progress"],
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def committed() -> list:  # units renamed into place (a unit being written is a hidden .tmp- folder)
+        return [p for p in (tmp_path / "cache" / "runs").glob("feats/tnn-ccca-*/folds/*/embeddings.npz")
+                if not p.parent.name.startswith(".")]
+
     t0 = time.time()
-    while not list((tmp_path / "cache" / "runs").glob("feats/tnn-ccca-*/folds/*/embeddings.npz")):
+    while not committed():
         assert proc.poll() is None and time.time() - t0 < 120, proc.communicate()
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    folds = list((tmp_path / "cache" / "runs").glob("feats/tnn-ccca-*/folds/*/embeddings.npz"))
+    folds = committed()
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert f"and tnn-ccca partial: {len(folds)} fold(s) committed, rerun to resume" in err, err
     rep = run("train", stage="tnn-ccca", config=features_project, overrides=["tnn-ccca.epochs=400"])[-1]
