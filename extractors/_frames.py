@@ -87,18 +87,6 @@ class FrameExtractor(Extractor):
         """The weights' bound ImageClassification transform (resize, crop, mean, std, interpolation)."""
         return self.pretrained()["imagenet"].transforms()
 
-    def input_key(self, clip: Any, memo: Any) -> str | None:
-        """What this extractor's output depends on in a clip: its picture or video (content digest) and segment;
-        clips with the same key share one row (the runner computes it once)."""
-        from pipeline.cache import hash_key
-        from pipeline.datasets import DatasetError
-
-        try:
-            path = clip.source(*self.roles)
-        except DatasetError:
-            return None
-        return hash_key([memo.digest(path), clip.start, clip.end])
-
     def load(self, clip: Any, upstream: Any = None) -> np.ndarray:
         """Frames at `fps`, then the weights' resize + centre crop (or, `resize: whole`, the whole frame
         resized to crop x crop, as the VGS reference feeds VGG16): uint8 [T, crop, crop, 3]."""

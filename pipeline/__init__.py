@@ -40,19 +40,12 @@ def open_store(path: str | os.PathLike | None = None, *, dataset: str | None = N
     if stage not in ctx.stages:
         raise KeyError(f"stage '{stage}' has no feature store for dataset '{ctx.dataset}' (not an extract or "
                        "import stage, or one that reads features where the dataset holds media, or vice versa)")
-    from .context import committed
-    from .store import StoreError, scan_store
+    from .context import require_complete
+    from .store import StoreError
 
-    path = ctx.stages[stage].store_path
-    rows = ctx.rows[stage]  # the dataset's items -> the rows they read (many items may read one row)
-    scan = scan_store(path, rows)
-    store = FeatureStore(path, clip_keys=rows, scan=scan, dataset=ctx.dataset)  # damage: a StoreError naming the shard
-    done, _, _ = committed(scan, rows)
-    if ctx.manifest is not None and len(done) < len(ctx.manifest):
-        raise StoreError(f"stage '{stage}' holds {len(done)} of {len(ctx.manifest)} clips of dataset '{ctx.dataset}'; "
-                         f"run `pipeline run {cfg.stages[stage].group} --dataset {ctx.dataset} --stage {stage}` "
-                         f"first (or open it by path, {path}, to read what is there)")
-    return store
+    scan = require_complete(ctx, stage, StoreError)  # damage or a partial store: the command that completes it
+    # the dataset's items -> the rows they read (many items may read one row)
+    return FeatureStore(ctx.stages[stage].store_path, clip_keys=ctx.rows[stage], scan=scan, dataset=ctx.dataset)
 
 
 def run(group: str = "extract", **kwargs: Any) -> Any:

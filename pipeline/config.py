@@ -396,7 +396,7 @@ def load_config(path: str | os.PathLike = "stages.yaml", overrides: list[str] | 
     _check_acyclic(stages, path)
     for ds in datasets.values():
         for stage in ds.extract:
-            if stage not in stages or implementation(stages[stage].implementation).name not in EXTRACTORS:
+            if stage not in stages or stages[stage].implementation not in EXTRACTORS:
                 raise ConfigError(f"{path}: dataset '{ds.name}': extract: '{stage}' is not a feature stage; "
                                   f"feature stages: {', '.join(n for n, s in stages.items() if s.implementation in EXTRACTORS)}")
         for stage, params in ds.overrides.items():

@@ -61,18 +61,18 @@ def committed(scan: StoreScan, clip_keys: dict[str, str]) -> tuple[set[str], int
     return set(ok) | set(failed), len(shards), [{**f, "id": cid} for cid, (_, f) in failed.items()]
 
 
-def require_complete(ctx: Context, name: str) -> StoreScan:
-    """Fail, naming the command that fills it, unless stage `name` has committed every clip of the manifest
-    and none of it is damaged; the store's scan (a FeatureStore opened on it need not scan again)."""
+def require_complete(ctx: Context, name: str, error: type[Exception] = PipelineError) -> StoreScan:
+    """Fail (`error`), naming the command that fills it, unless stage `name` has committed every clip of the
+    manifest and none of it is damaged; the store's scan (a FeatureStore opened on it need not scan again)."""
     assert ctx.manifest is not None
     sk = ctx.stages[name]
     scan = scan_store(sk.store_path, ctx.rows[name])
     command = (f"`pipeline run {ctx.config.stages[name].group} --dataset {ctx.dataset} --stage {name}`")
     if scan.is_damaged:
-        raise PipelineError(f"stage '{name}' of dataset '{ctx.dataset}' is damaged ({scan.describe_damage()}); "
-                            f"run {command} to recompute it")
+        raise error(f"stage '{name}' of dataset '{ctx.dataset}' is damaged ({scan.describe_damage()}); "
+                    f"run {command} to recompute it")
     done, _, _ = committed(scan, ctx.rows[name])
     if len(done) < len(ctx.manifest):
-        raise PipelineError(f"stage '{name}' holds {len(done)} of {len(ctx.manifest)} clips of dataset "
-                            f"'{ctx.dataset}'; run {command} first")
+        raise error(f"stage '{name}' holds {len(done)} of {len(ctx.manifest)} clips of dataset "
+                    f"'{ctx.dataset}'; run {command} first")
     return scan

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .cache import DigestMemo, hash_key
-from .config import ConfigError, ExecutionParams, PipelineConfig, implementation, key_params, load_config
+from .config import ExecutionParams, PipelineConfig, implementation, key_params, load_config
 from .datasets import Clip, DatasetAdapter, DatasetError, Manifest
-from .registry import DATASETS, TRAINERS
+from .registry import DATASETS
 from .context import Context, PipelineError, StageKeys, cache_paths, committed
 from .locks import acquire, in_use, run_lock_path, store_lock, unused
-from .store import (ClipResult, FeatureStore, StoreError, StoreScan, StoreWriter, repair_command, scan_store,
-                    write_failures_log)
+from .store import (ATTRS_FILE, ClipResult, FeatureStore, StoreError, StoreScan, StoreWriter, repair_command,
+                    scan_store, write_failures_log)
 
 from .plan import Plan, make_plan, reads_from_dataset
 from .training import TrainError, is_run_stage, resolve_runs, run_status
@@ -92,8 +92,7 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
             adapter.prepare()
         manifest = adapter.manifest()
     if manifest is not None:
-        digests = manifest.media_digests(DigestMemo(cache_paths(config.cache)["digests"]))
-        clip_keys = manifest.clip_keys(digests=digests)
+        digests, clip_keys = _content_keys(config, manifest)
     stages: dict[str, StageKeys] = {}
     rows: dict[str, dict[str, str]] = {}
     from extractors.weights import WeightsError
@@ -160,13 +159,17 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
     return Context(config, adapter.dataset_name, adapter, manifest, clip_keys, stages, rows)
 
 
+def _content_keys(config: PipelineConfig, manifest: Manifest) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """The manifest's media digests (clip id -> role -> digest, memoized in the cache) and its clip keys."""
+    digests = manifest.media_digests(DigestMemo(cache_paths(config.cache)["digests"]))
+    return digests, manifest.clip_keys(digests=digests)
+
+
 def item_rows(config: PipelineConfig, dataset: str | None, stage: str) -> dict[str, str]:
     """Item id -> the row key it reads in stage `stage`'s stores, for `dataset` (its manifest's memoized digests;
     no store key is computed, no weights looked up)."""
-    adapter = make_adapter(config, dataset)
-    manifest = adapter.manifest()
-    digests = manifest.media_digests(DigestMemo(cache_paths(config.cache)["digests"]))
-    clip_keys = manifest.clip_keys(digests=digests)
+    manifest = make_adapter(config, dataset).manifest()
+    digests, clip_keys = _content_keys(config, manifest)
     rows: dict[str, dict[str, str]] = {}
     for name in config.order([stage]):
         rows[name] = _row_keys(config, name, implementation(config.stages[name].implementation), manifest, digests,
@@ -482,7 +485,7 @@ def _adopt_legacy(ctx: Context, sk: StageKeys, writer: StoreWriter, notice: Call
         notice(f"{sk.name}: moved {len(moved)} shard(s) of dataset '{ctx.dataset}''s store {legacy.name} into "
                f"the shared store {sk.store_path.name} (rows keyed by content; {len(old.records) - len(moved)} held "
                "only rows it had already); nothing recomputed")
-    return len(old.records)
+    return len(moved)
 
 
 def _retries(ctx: Context, name: str, failures: list[dict[str, Any]], retry_failed: bool) -> set[str]:
@@ -571,11 +574,11 @@ def _compute_stage(ctx: Context, sk: StageKeys, execution: ExecutionParams, on_p
             executor.run(run_shard, tasks, execution, collect)
         scan = scan_store(sk.store_path, rows)
         write_failures_log(sk.store_path, scan)
-        report.failures_log = _write_dataset_failures(ctx, name, committed(scan, rows)[2])
-        report.computed = len(todo) - len(committed(scan, {c.clip_id: rows[c.clip_id] for c in todo})[2]) \
-            if todo else 0  # items, not rows: every item whose row this run committed
         report.failures = committed(scan, rows)[2]
         report.failed = len(report.failures)
+        report.failures_log = _write_dataset_failures(ctx, name, report.failures)
+        failed_now = {f["id"] for f in report.failures}
+        report.computed = sum(c.clip_id not in failed_now for c in todo)  # items, not rows: whose row this run committed
         _write_index(ctx, sk, report)
     report.seconds = time.perf_counter() - t0
     return report
@@ -646,7 +649,7 @@ def _size(path: Path) -> int:
 
 
 def _is_store(path: Path) -> bool:
-    return (path / "commits").is_dir() or (path / "attrs.json").exists()
+    return (path / "commits").is_dir() or (path / ATTRS_FILE).exists()
 
 
 def _store_dirs(stores: Path) -> list[Path]:
@@ -696,19 +699,13 @@ def list_cache(config: PipelineConfig) -> list[dict[str, Any]]:
     return out
 
 
-def _current_runs(config: PipelineConfig, name: str, skipped: list[str]) -> set[Path] | None:
-    """Run directories of dataset `name` that a current key references (None: the dataset cannot be read,
-    so none of its runs can be judged)."""
+def _current_runs(config: PipelineConfig, ctx: Context) -> set[Path]:
+    """Run directories of the context's dataset that a current key references."""
+    name = ctx.dataset
     run_stages = [n for n in config.stages if is_run_stage(implementation(config.stages[n].implementation))]
     if not run_stages:
         return set()
-    try:
-        plan = make_plan(config, make_adapter(config, name), prepare=False)
-        ctx = resolve(config, name, errors={}, manifest=plan.manifest)
-        assert ctx.manifest is not None
-    except Exception as e:  # no data here (a corpus not downloaded): keep its runs
-        skipped.append(f"the runs of dataset '{name}': its manifest cannot be read ({e})")
-        return None
+    plan = make_plan(config, ctx.adapter, manifest=ctx.manifest, prepare=False)
     keep: set[Path] = set()
     for stage in run_stages:
         if stage in plan.why_not:
@@ -739,6 +736,7 @@ def garbage(config: PipelineConfig, everything: bool = False) -> tuple[list[Path
             skipped.append(f"{name}: {e}")
             keep.update(p for p in (stores / name).glob("*") if p.is_dir())
             keep.update(by_dataset.get(name, set()))
+            skipped.append(f"the runs of dataset '{name}': its manifest cannot be read ({e})")  # so all are kept
             ctx = None
         if ctx is not None:
             keep.update(sk.store_path for sk in ctx.stages.values())
@@ -746,10 +744,10 @@ def garbage(config: PipelineConfig, everything: bool = False) -> tuple[list[Path
             for stage in unresolved:  # unknown current key: keep every store of that stage
                 keep.update(p for p in (stores / name).glob(f"{stage}-*"))
                 keep.update(p for p in stores.glob(f"{stage}-*"))
-        current = _current_runs(config, name, skipped)
-        if current is None:
-            current = {p for p in (runs / name).glob("*") if p.is_dir()}
-        keep.update(current)
+        if ctx is None:
+            keep.update(p for p in (runs / name).glob("*") if p.is_dir())
+        else:
+            keep.update(_current_runs(config, ctx))
     store_dirs = _store_dirs(stores)
     old_datasets = {p.parent.name for p in store_dirs if p.parent != stores}
     for what, names, held in (

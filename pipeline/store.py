@@ -278,7 +278,7 @@ class StoreWriter:
     def discard(self, shard_id: str) -> None:
         """Remove a shard, its commit record and any damage mark (before recomputing it)."""
         (self.path / "commits" / f"{shard_id}.json").unlink(missing_ok=True)
-        for suffix in {b.suffix for b in map(STORE_BACKENDS.get, STORE_BACKENDS.names())}:
+        for suffix in _shard_suffixes():
             _remove(self.path / "shards" / f"{shard_id}{suffix}")  # exact names: an id is never a pattern
         (self.path / "damaged" / f"{shard_id}.json").unlink(missing_ok=True)
 
@@ -425,8 +425,7 @@ def _is_legacy(rec: dict[str, Any]) -> bool:
 
 
 def _shard_files_ok(rec: dict[str, Any]) -> bool:
-    suffixes = {STORE_BACKENDS.get(n).suffix for n in STORE_BACKENDS.names()}
-    if rec["file"] not in {f"{rec['shard']}{x}" for x in suffixes}:  # never a path out of shards/
+    if rec["file"] not in {f"{rec['shard']}{x}" for x in _shard_suffixes()}:  # never a path out of shards/
         return False
     if _is_legacy(rec):
         return True
@@ -692,10 +691,15 @@ def verify_store(path: str | os.PathLike, clip_keys: dict[str, str] | None = Non
     return result
 
 
+def _shard_suffixes() -> set[str]:
+    """The file suffixes of every store backend's shards (`.zarr`, `.h5`)."""
+    return {STORE_BACKENDS.get(n).suffix for n in STORE_BACKENDS.names()}
+
+
 def _orphans(path: Path) -> list[Path]:
     """Shard files that no commit record names (a deleted record, or a writer killed between its rename and its
     commit): their clips are not in the store."""
-    suffixes = {b.suffix for b in map(STORE_BACKENDS.get, STORE_BACKENDS.names())}
+    suffixes = _shard_suffixes()
     shards = sorted((path / "shards").glob("*")) if (path / "shards").is_dir() else []
     return [p for p in shards if not p.name.startswith(".tmp-") and p.suffix in suffixes
             and not (path / "commits" / f"{p.name[:-len(p.suffix)]}.json").exists()]

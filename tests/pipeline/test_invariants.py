@@ -18,7 +18,7 @@ from pipeline.runner import make_adapter
 from pipeline.training import TrainError
 from pipeline.training.tasks import Unit
 
-from ..conftest import TINY, make_clip, write_config
+from ..conftest import TINY, write_config
 from .test_corpora import make_ave, make_cub, make_flickr8k_audio, make_places, make_speech_coco
 from .test_dsve_corpora import make_coco, make_vg
 from .test_tnn import make_tnn_h5, make_tnn_npy
