@@ -18,6 +18,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipeline.media import MediaError
+
+# np.load parses each .npy header with ast.literal_eval, and CPython 3.11's ast.parse is not thread-safe: two decode
+# threads loading at once failed here with "SystemError: AST constructor recursion depth mismatch" (seen in CI)
+_NPY_HEADER = threading.Lock()
 from pipeline.registry import register_extractor
 
 from .base import Extractor, OutputSpec
@@ -90,7 +94,8 @@ class ImportedFeatures(Extractor):
 
     def _read(self, path: Path, ref: str | None) -> np.ndarray:
         if path.suffix.lower() == ".npy":
-            return np.load(path, allow_pickle=False)
+            with _NPY_HEADER:
+                return np.load(path, allow_pickle=False)
         m = _ROW.match(ref or "")
         if not m:
             raise ValueError(f"reference {ref!r} is not of the form 'dataset[row]'")
