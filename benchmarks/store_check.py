@@ -21,6 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._smoke import parse  # noqa: E402
 from pipeline import store as st  # noqa: E402
+from pipeline.store import verify  # noqa: E402
 
 
 def unchecked_read(path: Path) -> int:
@@ -85,7 +86,7 @@ def main() -> None:
         print(f"  after mtimes moved (a copy without -p): {moved * 1e3:.1f} ms per store (every file hashed)")
 
         store = st.FeatureStore(path, keys)
-        st._VERIFIED.clear()
+        verify._VERIFIED.clear()
         t0 = time.perf_counter()
         store.clip_means()
         first = time.perf_counter() - t0

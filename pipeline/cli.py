@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from .config import ConfigError
+from .events import RunEvents
 from .media import BACKENDS
 
 log = logging.getLogger("pipeline")
@@ -39,6 +40,58 @@ def common(fn: Any) -> Any:
     for opt in reversed(_common):
         fn = opt(fn)
     return fn
+
+
+class _Echo(RunEvents):
+    """What `pipeline run` shows of a run: each feature stage's plan and a progress bar, notices in yellow, waits and
+    epochs on stderr; the stages skipped are gathered to be said once after the work."""
+
+    def __init__(self, no_progress: bool) -> None:
+        self.no_progress = no_progress
+        self.bar: Any = None  # the current stage's progress bar
+        self.shards = 0  # committed so far, for the message after Ctrl-C
+        self.skips: dict[str, list[str]] = {}  # reason -> stages that do not apply for it
+
+    def close_bar(self) -> None:
+        """Close the current stage's progress bar, if any."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def plan(self, report: Any, n_compute: int) -> None:
+        from tqdm import tqdm
+
+        self.close_bar()
+        if n_compute == 0:
+            click.echo(f"{report.name}: up to date, {report.reused} clips reused ({report.shards_reused} shards); "
+                       "nothing to compute")
+            return
+        retried = f" ({report.retried} of them failed before and are retried)" if report.retried else ""
+        what = (f"{n_compute} rows to compute for {n_compute + report.shared} of {report.total} clips" if report.shared
+                else f"{n_compute} of {report.total} clips to compute")
+        click.echo(f"{report.name}: {what}{retried}; reusing {report.reused} clips from {report.shards_reused} "
+                   "committed shards")
+        self.bar = tqdm(total=n_compute, unit="clip", desc=report.name, disable=self.no_progress, dynamic_ncols=True)
+
+    def progress(self, n: int) -> None:
+        self.shards += 1
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def notice(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.clear()
+        click.secho(message, fg="yellow", err=True)
+
+    def wait(self, message: str) -> None:
+        click.echo(message, err=True)
+
+    def skip(self, stage: str, why: str) -> None:
+        self.skips.setdefault(why, []).append(stage)
+
+    def epoch(self, stage: str, epoch: int, total: int, what: str, score: float) -> None:
+        if not self.no_progress:
+            click.echo(f"{stage}: epoch {epoch}/{total}, validation {what} {score:.4g}", err=True)
 
 
 @click.group()
@@ -77,8 +130,6 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
     if dry_run:
         _dry_run(group, stage, dataset, overrides, media_backend, config_path, cache)
         return
-    from tqdm import tqdm
-
     from .config import load_config
     from .datasets import DatasetError
     from extractors.weights import WeightsError
@@ -88,45 +139,13 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
     from .runner import PipelineError, run
     from .store import StoreError
 
-    bar: dict[str, Any] = {}
-
-    def on_plan(report: Any, todo: int) -> None:
-        if "bar" in bar:
-            bar.pop("bar").close()
-        if todo == 0:
-            click.echo(f"{report.name}: up to date, {report.reused} clips reused ({report.shards_reused} shards); "
-                       "nothing to compute")
-            return
-        retried = f" ({report.retried} of them failed before and are retried)" if report.retried else ""
-        what = (f"{todo} rows to compute for {todo + report.shared} of {report.total} clips" if report.shared
-                else f"{todo} of {report.total} clips to compute")
-        click.echo(f"{report.name}: {what}{retried}; reusing {report.reused} clips from {report.shards_reused} "
-                   "committed shards")
-        bar["bar"] = tqdm(total=todo, unit="clip", desc=report.name, disable=no_progress, dynamic_ncols=True)
-
-    committed = [0]
-    skips: dict[str, list[str]] = {}  # reason -> stages that do not apply for it, said once after the work
-
-    def on_progress(n: int) -> None:
-        committed[0] += 1
-        if "bar" in bar:
-            bar["bar"].update(n)
-
-    def on_notice(msg: str) -> None:
-        if "bar" in bar:
-            bar["bar"].clear()
-        click.secho(msg, fg="yellow", err=True)
-
+    events = _Echo(no_progress)
     t0 = time.perf_counter()
     cfg = None
     try:
         cfg = load_config(config_path, overrides, cache)
-        reports = run(group, dataset=dataset, stage=stage, config=cfg, strict=False, on_plan=on_plan,
+        reports = run(group, dataset=dataset, stage=stage, config=cfg, strict=False, events=events,
                       retry_failed=retry_failed,
-                      on_progress=on_progress, on_wait=lambda m: click.echo(m, err=True), on_notice=on_notice,
-                      on_skip=lambda n, why: skips.setdefault(why, []).append(n),
-                      on_epoch=None if no_progress else lambda n, e, total, what, score: click.echo(
-                          f"{n}: epoch {e}/{total}, validation {what} {score:.4g}", err=True),
                       workers=workers, executor=executor, scheduler=scheduler, shard_size=shard_size,
                       device=device, batch_size=batch_size, media_backend=media_backend,
                       progress=not no_progress)
@@ -136,19 +155,17 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
     except OSError as e:
         _fail(f"{e}; check the --cache and --config paths and free disk space")
     except KeyboardInterrupt:
-        if "bar" in bar:
-            bar.pop("bar").close()
+        events.close_bar()
         try:
             kept = _kept_runs(cfg, dataset, group, stage)
         except KeyboardInterrupt:  # a second Ctrl-C: no summary of the runs
             kept = ""
-        click.secho(f"interrupted; {committed[0]} shard(s) committed{kept}, rerun to resume", fg="red", err=True)
+        click.secho(f"interrupted; {events.shards} shard(s) committed{kept}, rerun to resume", fg="red", err=True)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)  # not sys.exit: a second Ctrl-C must not wait on worker processes at interpreter exit
     finally:
-        if "bar" in bar:
-            bar["bar"].close()
+        events.close_bar()
     from .training import RunReport
 
     runs = [r for r in reports if isinstance(r, RunReport)]
@@ -177,9 +194,9 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
             click.secho(f"{r.name}: computed with RANDOM weights ({attrs['params'].get('weights')}): "
                         "not pretrained features, for smoke tests only", fg="yellow", bold=True)
     _echo_runs(runs, random)
-    if skips:
+    if events.skips:
         click.echo("skipped, they do not apply to this dataset: " + "; ".join(
-            f"{', '.join(names)} ({why})" for why, names in skips.items()))
+            f"{', '.join(names)} ({why})" for why, names in events.skips.items()))
     click.echo(f"done in {time.perf_counter() - t0:.1f} s")
     if strict and failed:
         click.secho(f"error: {len(failed)} clip(s) failed and --strict is set", fg="red", err=True)

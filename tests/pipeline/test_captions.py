@@ -11,7 +11,7 @@ import torch
 from pipeline import open_store
 from pipeline.config import load_config
 from pipeline.datasets.spoken_shapes import SpokenShapesConfig, SpokenShapesDataset
-from pipeline.runner import PipelineError, run
+from pipeline.runner import PipelineError, RunEvents, run
 
 from ..conftest import SHAPES, TINY, cli, write_config
 
@@ -155,7 +155,9 @@ def test_stages_that_do_not_apply_are_skipped_or_refused(tmp_path, shapes_root, 
     with pytest.raises(PipelineError, match="does not apply.*paired with images"):
         run("train", stage="vase-2s", dataset="tiny", config=project)
     skipped = []
-    reports = run("train", dataset="tiny", config=project, on_skip=lambda n, why: skipped.append(n))
+    events = RunEvents()
+    events.skip = lambda n, why: skipped.append(n)
+    reports = run("train", dataset="tiny", config=project, events=events)
     assert set(skipped) == {"vase-2s", "vase-3s", "vase-3s-finetune"}
     assert [r.name for r in reports if getattr(r, "kind", "") == "train"] == ["cca"]
     out = cli("run", "train", "--dataset", "tiny", "--config", str(project), "--no-progress").stdout

@@ -15,7 +15,7 @@ import pytest
 
 import pipeline
 from pipeline.config import load_config
-from pipeline.runner import resolve, run, status
+from pipeline.runner import RunEvents, resolve, run, status
 from pipeline.store import ClipResult, StoreWriter, scan_store
 
 from ..conftest import write_config
@@ -207,8 +207,10 @@ def test_two_datasets_old_stores_over_the_same_files_move_in_once(tmp_path):
     writer = StoreWriter(sk.legacy_path, {**sk.attrs, "key": sk.view_key, "dataset": "regions"}, "zarr")
     writer.write_shard("oldr", [ClipResult(c, ctx.clip_keys[c], by_row[k]) for c, k in rows_r.items()])
     notes: list[str] = []
-    [a] = run("extract", dataset="captions", config=cfg, on_notice=notes.append)
-    [b] = run("extract", dataset="regions", config=cfg, on_notice=notes.append)
+    events = RunEvents()
+    events.notice = notes.append
+    [a] = run("extract", dataset="captions", config=cfg, events=events)
+    [b] = run("extract", dataset="regions", config=cfg, events=events)
     assert a.shards_computed == b.shards_computed == 0
     assert any(n.startswith("vgg16: moved 0 shard(s) of dataset 'regions''s") and "1 held only rows it had" in n
                for n in notes), notes

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from pipeline import open_store
 from pipeline.cli import main
-from pipeline.runner import PipelineError, run
+from pipeline.runner import PipelineError, RunEvents, run
 
 from ..conftest import cli, write_config
 
@@ -44,8 +44,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
     cfg = write_config(tmp / "stages.yaml", tmp / "cache", datasets, STAGES,
                        execution={"workers": 1, "shard_size": 64, "progress": False})
     notices: list[str] = []
-    reports = run("train", config=cfg, dataset="scenes", stage="dsve", on_notice=notices.append)
-    reports += run("evaluate", config=cfg, dataset="scenes-vg", stage="dsve-pointing", on_notice=notices.append)
+    events = RunEvents()
+    events.notice = notices.append
+    reports = run("train", config=cfg, dataset="scenes", stage="dsve", events=events)
+    reports += run("evaluate", config=cfg, dataset="scenes-vg", stage="dsve-pointing", events=events)
     return cfg, reports, notices
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import pipeline
 from pipeline.config import load_config
-from pipeline.runner import run, status
+from pipeline.runner import RunEvents, run, status
 from pipeline.store import StoreError
 
 from ..conftest import TINY, cli, write_config
@@ -126,7 +126,9 @@ def test_damage_is_named_refused_and_recomputed(kind, copy_of):
     assert "pipeline run extract --dataset tiny --stage logmel" in str(refused.value) or not n_shards
 
     notes: list[str] = []
-    audio, logmel = run("extract", config=cfg, on_notice=notes.append)
+    events = RunEvents()
+    events.notice = notes.append
+    audio, logmel = run("extract", config=cfg, events=events)
     assert audio.computed == 0
     assert (logmel.computed, logmel.reused) == (2 * n_shards, 6 - 2 * n_shards)
     assert any(word in n for n in notes), notes
@@ -169,7 +171,9 @@ def test_format_1_records_get_digests_without_recomputing(copy_of):
         rec = json.loads(p.read_text())
         p.write_text(json.dumps({k: rec[k] for k in ("shard", "file", "created", "clips", "failed")}))
     notes: list[str] = []
-    assert run("extract", config=cfg, on_notice=notes.append)[1].computed == 0
+    events = RunEvents()
+    events.notice = notes.append
+    assert run("extract", config=cfg, events=events)[1].computed == 0
     assert any("recorded digests for 3 shard(s)" in n for n in notes), notes
     assert all(json.loads(p.read_text())["format"] == 2 for p in (store / "commits").glob("*.json"))
     _garble(_chunk(store, _victim(store)[1]))  # and from now on damage is seen

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import pipeline
-from pipeline.runner import PipelineError, collect_garbage, resolve, run, status
+from pipeline.runner import PipelineError, RunEvents, collect_garbage, resolve, run, status
 
 from ..conftest import TINY, cli, write_config
 
@@ -273,11 +273,12 @@ def test_gc_between_stages_of_a_run_removes_nothing_of_it(tmp_path, tiny_synthet
                        {"tiny": {"adapter": "synthetic", "root": str(tiny_synthetic_root), "params": TINY}}, stages)
     gc_out: list[str] = []
 
-    def between(report, todo):
-        if report.name == "logmel-vgs":  # logmel is done and nobody reads it now; the run is not over
-            gc_out.append(cli("gc", "--config", str(cfg)).stdout)
+    class Between(RunEvents):
+        def plan(self, report, n_compute):
+            if report.name == "logmel-vgs":  # logmel is done and nobody reads it now; the run is not over
+                gc_out.append(cli("gc", "--config", str(cfg)).stdout)
 
-    reps = run("extract", config=cfg, overrides=["audio.sample_rate=22050"], on_plan=between)
+    reps = run("extract", config=cfg, overrides=["audio.sample_rate=22050"], events=Between())
     assert len(gc_out) == 1 and "removed 0 store(s)" in gc_out[0]
     assert gc_out[0].count("in use by a running run") == 3, gc_out[0]
     assert all(r.computed == 6 for r in reps) and all(r.store_path.exists() for r in reps)
@@ -298,7 +299,9 @@ def test_gc_leaves_datasets_the_config_does_not_name(project, tmp_path):
 def test_progress_moves_per_shard(tmp_path):
     cfg = _big_config(tmp_path, tmp_path / "cache")
     seen: list[float] = []
-    rep = run("extract", config=cfg, workers=2, on_progress=lambda n: seen.append(time.time()))[0]
+    events = RunEvents()
+    events.progress = lambda n: seen.append(time.time())
+    rep = run("extract", config=cfg, workers=2, events=events)[0]
     assert len(seen) == 20
     created = sorted(json.loads(p.read_text())["created"] for p in (rep.store_path / "commits").glob("*.json"))
     assert seen[0] < created[-1]  # the first shard was counted before the last one was even committed

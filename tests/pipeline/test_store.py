@@ -154,17 +154,17 @@ def test_commit_record_says_what_the_shard_holds(tmp_path):
 def test_a_failed_commit_write_leaves_no_shard(tmp_path, monkeypatch):
     import errno
 
-    from pipeline import store as store_mod
+    from pipeline.store import writer as writer_mod
 
     w = StoreWriter(tmp_path / "s", _attrs())
-    real = store_mod._atomic_write_text
+    real = writer_mod._atomic_write_text
 
     def full(path, text):
         if path.parent.name == "commits":
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, text)
 
-    monkeypatch.setattr(store_mod, "_atomic_write_text", full)
+    monkeypatch.setattr(writer_mod, "_atomic_write_text", full)
     with pytest.raises(OSError):
         w.write_shard("s1", _clips(np.random.default_rng(0), 2))
     assert not list((tmp_path / "s" / "shards").iterdir()) and not list((tmp_path / "s" / "commits").iterdir())
