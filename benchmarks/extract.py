@@ -171,7 +171,7 @@ def noop_table(tmp: Path, n: int) -> None:
         best = float("inf")
         for _ in range(3):
             t = time.perf_counter()
-            out = subprocess.run(cli + args + ["--config", str(cfg)], check=True, capture_output=True, text=True)
+            subprocess.run(cli + args + ["--config", str(cfg)], check=True, capture_output=True, text=True)
             best = min(best, time.perf_counter() - t)
         return best
 

@@ -15,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._smoke import parse  # noqa: E402
-from models.metrics import mean_average_precision  # noqa: E402
+from models.common.metrics import mean_average_precision  # noqa: E402
 
 
 def per_query_loop(sim: np.ndarray, q: np.ndarray, g: np.ndarray) -> float:

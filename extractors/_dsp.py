@@ -5,6 +5,7 @@ from functools import lru_cache
 
 import numpy as np
 
+
 def resample(wave: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     """Band-limited resampling with resampy's kaiser_best filter, as the VGGish reference does."""
     if sr_in == sr_out:

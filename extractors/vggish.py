@@ -19,14 +19,21 @@ from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 
+from pipeline.cache import hash_key
 from pipeline.registry import register_extractor
 
 from . import _dsp, _torch, vggish_input
 from .base import Extractor, OutputSpec, split_rows
-from pipeline.cache import hash_key
-
-from .weights import (PretrainedWeights, ResolvedWeights, WeightsError, WeightsFile, announce_random,
-                      load_into, load_state_dict, resolve_weights)
+from .weights import (
+    PretrainedWeights,
+    ResolvedWeights,
+    WeightsError,
+    WeightsFile,
+    announce_random,
+    load_into,
+    load_state_dict,
+    resolve_weights,
+)
 
 QUANTIZE_MIN, QUANTIZE_MAX = -2.0, 2.0
 AUDIOSET = PretrainedWeights(

@@ -1,2 +1,4 @@
-"""Trainers (one module each, registered in `pipeline.registry.TRAINERS`), losses and retrieval metrics."""
-from . import alignment, cca, cluster_cca, dsve, metrics, shr, tnn_ccca, vase, vgs  # noqa: F401  (registers the trainers and evaluators)
+"""Methods, one folder each (`tnn_ccca`, `vase`, `vgs`, `dsve`, `shr`): its trainers, networks, scoring, its task
+when it brings one, its figures and report section; `common` holds what they share (items and views, the epoch
+loop, losses, metrics, text, SRU, pictures). Importing a method's folder registers it."""
+from . import common, dsve, shr, tnn_ccca, vase, vgs  # noqa: F401  (registers trainers, evaluators and tasks)

@@ -155,7 +155,7 @@ class PipelineConfig:
         return ExecutionParams(**coerce_params(ExecutionParams, merged, f"{self.path}: stage '{stage}': execution"))
 
 
-def implementation(name: str) -> type:
+def implementation(name: str) -> Any:
     """Look an implementation up in the extractor, trainer and evaluator registries."""
     for reg in (EXTRACTORS, TRAINERS, EVALUATORS):
         if name in reg:
@@ -234,8 +234,8 @@ def coerce_params(cls: type, params: dict[str, Any] | None, where: str) -> dict[
             out[name] = _coerce(params[name], hints[name], f"{where}.{name}")
         elif f.default is not dataclasses.MISSING:
             out[name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            out[name] = f.default_factory()  # type: ignore[misc]
+        elif f.default_factory is not dataclasses.MISSING:
+            out[name] = f.default_factory()
         else:
             raise ConfigError(f"{where}: required param '{name}' is missing")
     try:
@@ -262,7 +262,7 @@ def _fields(section: Any, where: str, allowed: set[str], required: tuple[str, ..
     return section
 
 
-_TOP = {"cache", "backend", "default_dataset", "execution", "datasets", "stages"}
+_TOP = {"cache", "backend", "default_dataset", "execution", "datasets", "stages", "plugins"}
 _STAGE_FIELDS = {"group", "implementation", "upstream", "params", "execution", "views"}
 _DATASET_FIELDS = {"adapter", "root", "params", "set", "weights", "extract"}
 
@@ -297,13 +297,27 @@ def _string(value: Any, where: str) -> str:
     return value
 
 
+def load_plugins(modules: Any, base: Path, where: str) -> None:
+    """Import the modules a stages.yaml names under `plugins:` (methods, tasks, extractors or corpora defined outside
+    this package register themselves on import); the file's own folder is searched first."""
+    if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
+        raise ConfigError(f"{where}: plugins: expected a list of module names, got {modules!r}")
+    import importlib
+    import sys
+
+    if modules and str(base) not in sys.path:
+        sys.path.insert(0, str(base))
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"{where}: plugins: cannot import '{name}' ({e}); give a module importable from "
+                              f"{base} or the Python path") from None
+
+
 def load_config(path: str | os.PathLike = "stages.yaml", overrides: list[str] | tuple[str, ...] = (),
                 cache: str | os.PathLike | None = None) -> PipelineConfig:
     """Read and validate stages.yaml; apply `--set` overrides; resolve the cache root."""
-    import extractors  # noqa: F401  (fills the registries)
-    import models  # noqa: F401
-    from . import datasets as _adapters  # noqa: F401
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} is not a file; run from the repository root or pass --config PATH")
@@ -316,6 +330,7 @@ def load_config(path: str | os.PathLike = "stages.yaml", overrides: list[str] | 
     if unknown:
         raise ConfigError(f"{path}: unknown top-level field '{unknown[0]}'; known: {', '.join(sorted(_TOP))}")
     base = path.parent.absolute()
+    load_plugins(raw.get("plugins") or [], base, str(path))
 
     datasets: dict[str, DatasetSpec] = {}
     for name, d in _expect(raw.get("datasets") or {}, f"{path}: datasets").items():
@@ -412,8 +427,8 @@ def load_config(path: str | os.PathLike = "stages.yaml", overrides: list[str] | 
     if default_dataset is not None and _string(default_dataset, f"{path}: default_dataset") not in datasets:
         raise ConfigError(f"{path}: default_dataset: no dataset named '{default_dataset}'")
     backend = _string(raw.get("backend", "zarr"), f"{path}: backend")
-    from .registry import STORE_BACKENDS
     from . import store  # noqa: F401  (registers backends)
+    from .registry import STORE_BACKENDS
 
     if backend not in STORE_BACKENDS:
         raise ConfigError(f"{path}: backend: unknown '{backend}'; known: {', '.join(STORE_BACKENDS.names())}")

@@ -34,11 +34,13 @@ def _write(path: Path, run_dir: Path, info: dict[str, Any], modality: str, ids: 
 
 def embed_texts(run_dir: Path, texts: Path, out: Path, backend: str = "zarr") -> Path:
     """Embed each line of `texts` with the run's text branch; the store's ids are line numbers (from 1)."""
+    from models.common.base import EmbedsText
+
     from .training.run import load_trainer
 
     info = yaml.safe_load((run_dir / "params.yaml").read_text())
     trainer = load_trainer(run_dir)
-    if not hasattr(trainer, "text_embeddings"):
+    if not isinstance(trainer, EmbedsText):
         raise EmbedError(f"{info['implementation']} runs embed no written text")
     lines = [x.rstrip("\n") for x in texts.read_text(encoding="utf-8").splitlines()]
     if not lines:
@@ -49,10 +51,11 @@ def embed_texts(run_dir: Path, texts: Path, out: Path, backend: str = "zarr") ->
 
 def embed_images(run_dir: Path, folder: Path, out: Path, backend: str = "zarr", device: str = "auto") -> Path:
     """Embed every image file in `folder` (sorted by name): the run's image extractor, then its image branch."""
-    from models.items import Items
+    from models.common.base import EmbedsImages
+    from models.common.items import Items
 
-    from .datasets import Clip
     from .config import ExecutionParams
+    from .datasets import Clip
     from .registry import EXTRACTORS
     from .store import clip_mean
     from .training.run import load_trainer
@@ -68,8 +71,10 @@ def embed_images(run_dir: Path, folder: Path, out: Path, backend: str = "zarr", 
     ext_cls = EXTRACTORS.get(stage["implementation"])
     extractor = ext_cls(ext_cls.Config(**(stage.get("params") or {})), ExecutionParams(device=device))
     trainer = load_trainer(run_dir)
+    if not isinstance(trainer, EmbedsImages):
+        raise EmbedError(f"{info['implementation']} runs embed no pictures on their own")
     ids = [p.name for p in files]
-    tuned = getattr(trainer, "trunk_live", False)  # a fine-tuned trunk: the run's own, not the stage's weights
+    tuned = trainer.trunk_live  # a fine-tuned trunk: the run's own, not the stage's weights
     maps, emb_parts = [], []
     for a in range(0, len(files), 16):
         loaded = [extractor.load(Clip(p.name, {"image": p.resolve()})) for p in files[a:a + 16]]

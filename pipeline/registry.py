@@ -75,7 +75,7 @@ EXTRACTORS: Registry = Registry("extractor", ("extractors",))
 TRAINERS: Registry = Registry("trainer", ("models",))
 EVALUATORS: Registry = Registry("evaluator", ("models",))
 STORE_BACKENDS: Registry = Registry("store backend", ("pipeline.store",))
-TASKS: Registry = Registry("task", ("pipeline.training",))
+TASKS: Registry = Registry("task", ("pipeline.training", "models"))
 
 register_dataset = _decorator(DATASETS)
 register_extractor = _decorator(EXTRACTORS)

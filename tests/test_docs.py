@@ -14,10 +14,9 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "training.md"
 def test_the_documented_trainer_runs(tmp_path):
     import numpy as np
 
-    code = re.search(r"```python\n# models/pls.py\n(.*?)```", DOC.read_text(), re.S).group(1)
-    code = code.replace("from .base import", "from models.base import")
+    code = re.search(r"```python\n# models/pls/trainer.py\n(.*?)```", DOC.read_text(), re.S).group(1)
     if "pls" not in TRAINERS:
-        exec(compile(code, str(DOC), "exec"), {"__name__": "models.pls"})
+        exec(compile(code, str(DOC), "exec"), {"__name__": "models.pls.trainer"})
     rng = np.random.default_rng(0)
     tr, te = planted(96, rng), planted(48, rng)
     make_tnn_h5(tmp_path / "feats" / "vegas_feature.h5", **{f"{k}_train": v for k, v in tr.items()},

@@ -65,3 +65,22 @@ def test_no_import_cycles():
         visit(m, [])
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
     assert "pipeline.training.run" in graph["pipeline.runner"] or "pipeline.training" in graph["pipeline.runner"]
+
+
+def test_no_source_file_is_over_500_lines():
+    long = {str(p.relative_to(ROOT)): n for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 500}
+    assert not long, f"split these along their seams: {long}"
+
+
+def test_the_pipeline_core_names_no_task_and_no_method():
+    """report.py, embed.py and training/ reach tasks and methods through the registries and the task contract only:
+    no string literal of theirs is a task's or a method's name (planting `if task == "pairs"` fails this)."""
+    from pipeline.registry import EVALUATORS, TASKS, TRAINERS
+
+    names = set(TASKS.names()) | set(TRAINERS.names()) | set(EVALUATORS.names())
+    names |= {a for n in TASKS.names() for a in vars(TASKS.get(n)).get("aliases", ()) if a}
+    core = [ROOT / "pipeline" / "report.py", ROOT / "pipeline" / "embed.py", *(ROOT / "pipeline" / "training").glob("*.py")]
+    found = {(p.name, node.value) for p in core for node in ast.walk(ast.parse(p.read_text()))
+             if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names}
+    assert not found, f"task or method names in the pipeline core: {sorted(found)}"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..registry import register_dataset
-from .base import DatasetAdapter, DatasetError, Clip, Manifest, class_balanced_folds, is_media
+from .base import Clip, DatasetAdapter, DatasetError, Manifest, class_balanced_folds, is_media
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-
 from dataclasses import dataclass
 from pathlib import Path
 

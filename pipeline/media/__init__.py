@@ -8,7 +8,7 @@ hangs the library fails alone (see pipeline.media.isolated).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .common import BACKENDS, DEFAULT_BACKEND, DEFAULT_TIMEOUT, MediaError, MediaInfo, backend_module
 from .isolated import decoder

@@ -14,8 +14,19 @@ from typing import Any
 
 import numpy as np
 
-from .common import (MISSING_INDEX, MediaError, MediaInfo, check_audio, check_complete, check_readable,
-                     ffmpeg_path, frame_size, has_mp4_header, readable_log, segment_seconds)
+from .common import (
+    MISSING_INDEX,
+    MediaError,
+    MediaInfo,
+    check_audio,
+    check_complete,
+    check_readable,
+    ffmpeg_path,
+    frame_size,
+    has_mp4_header,
+    readable_log,
+    segment_seconds,
+)
 
 NAME = "ffmpeg"
 

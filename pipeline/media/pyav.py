@@ -24,8 +24,18 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .common import (MISSING_INDEX, MediaError, MediaInfo, check_audio, check_complete, check_readable,
-                     frame_size, has_mp4_header, readable_log, segment_seconds)
+from .common import (
+    MISSING_INDEX,
+    MediaError,
+    MediaInfo,
+    check_audio,
+    check_complete,
+    check_readable,
+    frame_size,
+    has_mp4_header,
+    readable_log,
+    segment_seconds,
+)
 
 NAME = "pyav"
 _TIME_BASE = 1_000_000  # AV_TIME_BASE: container timestamps are in microseconds
@@ -304,7 +314,7 @@ def decode_audio(path: str | os.PathLike, sample_rate: int, start: float | None 
         for frame in _decoded(container, stream, timing.offset(stream.time_base), errors):
             if graph is None:  # from the first frame: its format and layout, as the CLI configures it
                 graph, src = _graph(nodes, lambda g: g.add_abuffer(
-                    format=frame.format.name, sample_rate=frame.sample_rate, layout=frame.layout.name,
+                    format=frame.format.name, sample_rate=frame.sample_rate, layout=frame.layout.name,  # noqa: B023 (_graph calls it at once)
                     time_base=rate))
             if frame.pts is not None:
                 frame.pts = rescale(frame.pts, frame.samples)
@@ -425,7 +435,7 @@ def decode_frames(path: str | os.PathLike, fps: float, size: int | tuple[int, in
                 first = frame
                 filters = _frame_filters(frame, size, timing)
                 graph, src = _graph(filters[:-3] + [("fps", f"fps={fps}:start_time=0")] + filters[-3:],
-                                    lambda g: _video_source(g, frame, stream))
+                                    lambda g: _video_source(g, frame, stream))  # noqa: B023 (_graph calls it at once)
             if not _push(graph, src, frame, out):
                 break
         if graph is not None:

@@ -44,5 +44,5 @@ def array_digest(arr: np.ndarray) -> str:
     """Digest of an array's dtype, shape and C-order bytes."""
     a = np.ascontiguousarray(arr)
     h = hashlib.sha256(f"{a.dtype.str}{list(a.shape)}".encode())
-    h.update(a.reshape(-1).view(np.uint8) if a.size else b"")
+    h.update(a.reshape(-1).view(np.uint8).tobytes() if a.size else b"")
     return h.hexdigest()[:32]

@@ -16,7 +16,7 @@ import numpy as np
 from ..media.common import is_transient
 from .backends import _shard_suffixes, get_backend
 from .files import StoreError, _atomic_write_text, _remove, file_digest
-from .records import ATTRS_FILE, FORMAT_VERSION, _SELF, _integrity, _record_text, read_attrs
+from .records import _SELF, ATTRS_FILE, FORMAT_VERSION, _integrity, _record_text, read_attrs
 from .scan import StoreScan, _orphans, scan_store
 
 log = logging.getLogger(__package__)  # the store's one logger: its messages keep the name they always had
@@ -90,15 +90,16 @@ class StoreWriter:
         """Write the shard's arrays, then its commit record; return the record. A write that fails leaves
         no shard and no record behind."""
         ok = [r for r in results if r.array is not None]
+        arrays = [r.array for r in ok if r.array is not None]  # the same rows, typed
         dims, dtype = self.attrs.get("dims"), self.attrs.get("dtype")
-        for r in ok:
-            why = self.mismatch(r.array)
+        for r, a in zip(ok, arrays):
+            why = self.mismatch(a)
             if why:
                 raise StoreError(f"clip {r.clip_id}: {why}")
-        lengths = np.array([r.array.shape[0] for r in ok], dtype=np.int64)
+        lengths = np.array([a.shape[0] for a in arrays], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         if ok:
-            data = np.ascontiguousarray(np.concatenate([r.array for r in ok], axis=0))
+            data = np.ascontiguousarray(np.concatenate(arrays, axis=0))
         else:
             data = np.zeros((0, *(dims or [])), dtype=dtype or "float32")
 
@@ -122,7 +123,7 @@ class StoreWriter:
                 "created": time.time(),
                 "clips": [{"id": r.clip_id, "key": r.key, "start": int(offsets[i]), "stop": int(offsets[i + 1])}
                           for i, r in enumerate(ok)],
-                "failed": [{"id": r.clip_id, "key": r.key, "reason": r.reason, "transient": is_transient(r.reason)}
+                "failed": [{"id": r.clip_id, "key": r.key, "reason": r.reason, "transient": is_transient(r.reason or "")}
                            for r in results if r.array is None],
                 **integrity,
             }

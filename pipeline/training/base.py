@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..registry import EVALUATORS, TRAINERS
+from ..registry import EVALUATORS, TASKS, TRAINERS
 from ..store import _atomic_write_text
 
 
@@ -26,7 +26,7 @@ class RunKeys:
     params: dict[str, Any]
     key: str
     run_dir: Path
-    task: str = "classes"
+    task: str  # the registered task it learns or scores
     views: dict[str, str] = field(default_factory=dict)  # view name -> upstream feature stage (train)
     upstream_runs: list[str] = field(default_factory=list)  # train stages an evaluate stage reads
     init_from: str | None = None  # a train stage whose model this one starts from (fine-tuning)
@@ -69,14 +69,27 @@ def atomic_save(obj: Any, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def save_npz(path: Path, arrays: dict[str, Any]) -> None:
+    """np.savez of named arrays (an unfinished file: the caller writes under a temporary name and renames)."""
+    import numpy as np
+
+    np.savez(path, **arrays)
+
+
 def task_name(value: Any) -> str:
-    """A run's task as metrics.json records it ('captions' is what runs before the training core wrote)."""
-    if value in ("localization", "grounding", "modalities"):
-        return value
-    return "pairs" if value in ("pairs", "captions") else "classes"
+    """A run's task as its metrics.json records it, under the name the task is registered as now (a task's
+    `aliases` hold the names older runs wrote)."""
+    value = value or ""
+    if value in TASKS:
+        return str(value)
+    found = [n for n in TASKS.names() if value in vars(TASKS.get(n)).get("aliases", ())]  # not inherited
+    if not found:
+        raise TrainError(f"runs of task '{value}' cannot be read: no registered task is called so; known: "
+                         f"{', '.join(TASKS.names())}")
+    return found[0]
 
 
 def is_run_stage(impl: Any) -> bool:
     """True for trainers and evaluators (stages that write a run directory, not a feature store)."""
     name = getattr(impl, "name", None)
-    return any(name in reg and reg.get(name) is impl for reg in (TRAINERS, EVALUATORS))
+    return isinstance(name, str) and any(name in reg and reg.get(name) is impl for reg in (TRAINERS, EVALUATORS))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from models.base import Trainer
+from models.common.base import Trainer
 
 from ..cache import hash_key
 from ..config import PipelineConfig, implementation, key_params
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def task_for(impl: Any, manifest: "Manifest | None") -> str:
     """The first of a trainer's tasks that applies to the dataset (its first task when none does)."""
-    tasks = list(getattr(impl, "tasks", ("classes",)))
+    tasks = list(impl.tasks)
     if manifest is not None:
         for t in tasks:
             if TASKS.get(t)().applies(manifest) is None:
@@ -31,7 +31,7 @@ def task_for(impl: Any, manifest: "Manifest | None") -> str:
 
 def applies(impl: Any, manifest: "Manifest") -> str | None:
     """Why a trainer cannot learn from this dataset (none of its tasks applies), or None when it can."""
-    reasons = [TASKS.get(t)().applies(manifest) for t in getattr(impl, "tasks", ("classes",))]
+    reasons = [TASKS.get(t)().applies(manifest) for t in impl.tasks]
     return None if any(r is None for r in reasons) else reasons[-1]  # the last task is the most general fallback
 
 
@@ -84,7 +84,7 @@ def _foreign(ctx: "Context", name: str, spec: Any, impl: Any, params: dict[str, 
     ups = [u for u in spec.upstream if cfg.stages[u].implementation in TRAINERS]
     if not ups:
         raise TrainError(f"stage '{name}' evaluates train stages; list them under its upstream")
-    task = getattr(impl, "task", "classes")
+    task = impl.task
     why = TASKS.get(task)().applies(ctx.manifest) if ctx.manifest is not None else None
     if why:
         raise TrainError(f"stage '{name}' scores '{task}' on dataset '{ctx.dataset}', and {why}")
@@ -162,7 +162,7 @@ def resolve_runs(ctx: "Context", names: list[str], others: dict[str, "Context"] 
             if not ups:
                 raise TrainError(f"stage '{name}' evaluates train stages; list them under its upstream "
                                  f"(its upstream: {', '.join(spec.upstream) or 'none'})")
-            task = getattr(impl, "task", "classes")
+            task = impl.task
             wrong = [u for u in ups if runs[u].task != task]
             if wrong:
                 raise TrainError(f"evaluate stage '{name}' ({spec.implementation}) scores '{task}' runs, and train "

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import yaml
 
-from models.items import Items, build_vocab
+from models.common.base import SelectsEpochs
+from models.common.items import Items, build_vocab
 
 from ..cache import hash_key
 from ..config import implementation
@@ -35,7 +36,7 @@ from ..context import PipelineError
 from ..locks import in_use, run_lock
 from ..registry import TASKS, TRAINERS
 from ..store import ClipResult, StoreError, StoreWriter
-from .base import RunKeys, RunReport, TrainError, atomic_json, atomic_save
+from .base import RunKeys, RunReport, TrainError, atomic_json, atomic_save, task_name
 from .tasks import VAL_SPLITS, Task, Unit
 from .views import read_items
 
@@ -137,7 +138,7 @@ def _fit_unit(rk: RunKeys, unit: Unit, trainer: Any, items: Items, unit_dir: Pat
     val = items.subset(unit.val) if unit.val is not None else None
     ckpt = unit_dir / "checkpoint.pt"
     resumed_at = 0
-    epochs = hasattr(trainer, "run_epochs")
+    epochs = isinstance(trainer, SelectsEpochs)
     if epochs and ckpt.exists():
         trainer.resume(torch.load(ckpt, map_location="cpu", weights_only=True))
         resumed_at = trainer.epoch + 1
@@ -230,7 +231,7 @@ def run_train(ctx: "Context", rk: RunKeys, runs: dict[str, RunKeys], device: str
                         "dataset": ctx.dataset, "key": rk.key, "left_out": len(skipped)})
         if "splits" in info:
             metrics["evaluated_on"] = info["splits"]["test"]
-        if hasattr(final, "selection"):
+        if isinstance(final, SelectsEpochs):
             metrics.update(final.selection())
             metrics["resumed_at_epoch"] = resumed_at
         task.plot({rk.name: (rk.run_dir, metrics)}, rk.run_dir, f"{rk.name} on {ctx.dataset} ({protocol})")
@@ -328,7 +329,7 @@ def load_trainer(run_dir: str | os.PathLike, unit: str | None = None, device: st
     run_dir = Path(run_dir)
     info = yaml.safe_load((run_dir / "params.yaml").read_text())
     rk = RunKeys(info["stage"], info["implementation"], "train", info["params"], info["key"], run_dir,
-                 info.get("task", "classes"))
+                 task_name(info.get("task")))
     stages = {v: {**s, "params": s.get("params", {})} for v, s in (info.get("upstream") or {}).items()}
     if "finetune_cnn" in info and info["finetune_cnn"] and "params" in info["finetune_cnn"]:  # runs before the core
         ft = info["finetune_cnn"]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.items import Items, MapData, SequenceData, TokensData, View
+from models.common.items import Items, MapData, SequenceData, TokensData, View
 
 from ..context import require_complete
 from ..store import FeatureStore, clip_mean
@@ -60,6 +60,7 @@ def _read(view: View, store: FeatureStore | None, ids: list[str], clips: list[An
     if view.form == "sequence":
         dim = int(np.prod(dims)) if dims else 1
         have = [cid for cid, p in zip(ids, present) if p] if present is not None else list(ids)
+        assert view.max_len is not None  # a sequence view has one (View checks)
         known = dict(zip(have, np.minimum(store.lengths_of(have), view.max_len))) if have else {}
         lengths = np.array([known.get(cid, 0) for cid in ids], dtype=np.int64)  # an optional view's absent: 0
         cache: dict[str, np.ndarray] = {cid: np.zeros((0, *dims), np.float32) for cid in ids if cid not in known}

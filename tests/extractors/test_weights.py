@@ -173,4 +173,4 @@ def test_a_datasets_weights_directory_is_searched_first(offline, inception_file,
     np.testing.assert_allclose(ex.compute([_frames()])[0], reference, atol=1e-5)
     assert ex.weights_digest() == InceptionV3(InceptionV3Config(weights=str(path))).weights_digest()
     with pytest.raises(WeightsError, match="inception_v3_google-0cc3c7bd.pth is not in"):  # elsewhere: not found
-        InceptionV3(InceptionV3Config(weights="imagenet"), ExecutionParams()).weights
+        _ = InceptionV3(InceptionV3Config(weights="imagenet"), ExecutionParams()).weights

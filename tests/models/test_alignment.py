@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from models import alignment as al
+import models.vgs.alignment as al
 
 
 def _brute(scores, softmax=True):
@@ -99,11 +99,12 @@ def test_words_are_matched_to_categories_by_name_plural_synonym_and_two_word_nam
 
 
 def test_word_vectors_match_what_names_do_not(tmp_path):
-    pytest.importorskip("gensim")
+    from models.common.text import load_word_vectors
+
     path = tmp_path / "vectors.txt"
     vecs = {"puppy": [1, 0, 0], "hound": [0.9, 0.1, 0], "dog": [1, 0.05, 0], "car": [0, 1, 0], "red": [0, 0, 1]}
     path.write_text(f"{len(vecs)} 3\n" + "".join(f"{w} {' '.join(map(str, v))}\n" for w, v in vecs.items()))
-    kv = al.load_word_vectors(path)
+    kv = load_word_vectors(str(path))
     spans = [(0, "hound", 0, 5), (1, "red", 5, 9)]
     assert al.match_categories(spans, ["dog", "car"]) == []
     got = al.match_categories(spans, ["dog", "car"], vectors=kv)

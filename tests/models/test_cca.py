@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.cca import CCA
-from models.cluster_cca import ClusterCCA, cluster_cross_covariance, naive_cluster_cross_covariance
+from models.tnn_ccca.cca import CCA
+from models.tnn_ccca.cluster_cca import ClusterCCA, cluster_cross_covariance, naive_cluster_cross_covariance
 
 
 def planted(n: int, rng: np.random.Generator, classes: int = 6, shared: int = 3, dx: int = 20, dy: int = 30,
@@ -91,7 +91,7 @@ def test_state_dict_round_trip_and_errors(tmp_path):
 
 
 def test_beta_weights_the_paired_cross_covariance():
-    from models.cca import covariances, solve_cca
+    from models.tnn_ccca.cca import covariances, solve_cca
 
     rng = np.random.default_rng(4)
     x, y, labels, _, _ = planted(200, rng)

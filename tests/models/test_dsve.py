@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.dsve import DSVEConfig, DSVETrainer
-from models.dsve_nets import DSVEModel, WeldonPooling
-from models.items import Items, TokensData
+from models.common.items import Items, TokensData
+from models.dsve.nets import DSVEModel, WeldonPooling
+from models.dsve.trainer import DSVEConfig, DSVETrainer
 
 
 def _weldon_loop(x: np.ndarray, n_max: int, n_min: int) -> np.ndarray:

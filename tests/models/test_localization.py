@@ -8,9 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from models import alignment as al
-from models import localization as loc
-
+import models.dsve.heatmaps as loc
+import models.vgs.alignment as al
 
 # --- brute force: the reference's formulas, one cell and one phrase at a time ---------------------------
 

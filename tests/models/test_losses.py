@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.losses import ContrastiveLoss, attention_rebuild, distillation_kl, l2norm, reconstruction_loss
+from models.common.losses import ContrastiveLoss, attention_rebuild, distillation_kl, l2norm, reconstruction_loss
 
 
 def _naive_vse(a: np.ndarray, b: np.ndarray, margin: float, hardest: bool, direction: str = "both") -> float:

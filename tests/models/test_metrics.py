@@ -2,8 +2,13 @@
 import numpy as np
 import pytest
 
-from models.metrics import (average_precisions, cosine_similarity, mean_average_precision, precision_at_k,
-                            precision_recall_curve)
+from models.common.metrics import (
+    average_precisions,
+    cosine_similarity,
+    mean_average_precision,
+    precision_at_k,
+    precision_recall_curve,
+)
 
 
 def brute_force_ap(sim, q, g):
@@ -88,7 +93,7 @@ def test_cosine_similarity_is_scale_free():
 def test_chance_map_is_the_exact_expectation_over_all_rankings():
     import itertools
 
-    from models.metrics import chance_average_precision
+    from models.common.metrics import chance_average_precision
 
     q = np.array([0, 1, 1, 2, 5])  # label 5 has no relevant item: AP 0
     g = np.array([0, 1, 1, 0, 2, 1])
@@ -116,7 +121,7 @@ def _naive_caption_ranks(s: np.ndarray, image_of: np.ndarray) -> tuple[np.ndarra
 
 
 def test_caption_ranks_match_a_loop_with_ties_and_uneven_captions():
-    from models.metrics import caption_ranks
+    from models.common.metrics import caption_ranks
 
     rng = np.random.default_rng(0)
     image_of = np.array([0, 0, 1, 2, 2, 2, 3, 1, 0])
@@ -127,7 +132,7 @@ def test_caption_ranks_match_a_loop_with_ties_and_uneven_captions():
 
 
 def test_recall_summary_medr_meanr_and_perfect_retrieval():
-    from models.metrics import rank_summary, recall_metrics
+    from models.common.metrics import rank_summary, recall_metrics
 
     r = rank_summary(np.array([0, 0, 3, 9, 20]), (1, 5, 10))
     assert r == {"r@1": 40.0, "r@5": 60.0, "r@10": 80.0, "medr": 4.0, "meanr": pytest.approx(7.4)}
@@ -140,7 +145,7 @@ def test_recall_summary_medr_meanr_and_perfect_retrieval():
 
 
 def test_chance_recall_is_what_random_rankings_get():
-    from models.metrics import caption_ranks, chance_recall
+    from models.common.metrics import caption_ranks, chance_recall
 
     rng = np.random.default_rng(3)
     image_of = np.repeat(np.arange(20), 5)
@@ -156,7 +161,7 @@ def test_chance_recall_is_what_random_rankings_get():
 
 
 def test_recall_over_folds_averages_slices_of_images():
-    from models.metrics import recall_metrics
+    from models.common.metrics import recall_metrics
 
     rng = np.random.default_rng(4)
     images = rng.normal(size=(10, 8))
@@ -173,7 +178,7 @@ def test_recall_over_folds_averages_slices_of_images():
 
 
 def test_recall_at_k_counts_ranks_below_k_not_a_rank_of_exactly_k():
-    from models.metrics import caption_recall
+    from models.common.metrics import caption_recall
 
     # 3 images, one caption each; caption 0's image comes first, caption 1's second (0-based rank 1 = K for
     # K = 1), caption 2's third: R@1 = 1/3, R@2 = 2/3

@@ -6,10 +6,10 @@ import torch
 
 from extractors.logmel import log_spectrogram
 from extractors.vgg16 import VGG16, VGG16Config
-from models.items import Items, SequenceData, TokensData
-from models.metrics import chance_medr, modality_matrix
-from models.shr import SeeHearRead, SHRConfig
-from models.shr_nets import SHRModel
+from models.common.items import Items, SequenceData, TokensData
+from models.common.metrics import chance_medr, modality_matrix
+from models.shr.nets import SHRModel
+from models.shr.trainer import SeeHearRead, SHRConfig
 
 
 def test_vgg16_logits_are_the_whole_classifier():
@@ -161,7 +161,7 @@ def test_modality_matrix_scores_each_pair_on_the_items_that_have_both():
 
 
 def test_finetune_cnn_trains_the_image_cnn_on_raw_pictures(monkeypatch):
-    from models.pictures import ImageCNN
+    from models.common.pictures import ImageCNN
 
     items = _items(n_images=8, per=2)
     rng = np.random.default_rng(6)
@@ -188,7 +188,7 @@ def test_finetune_cnn_trains_the_image_cnn_on_raw_pictures(monkeypatch):
     cfg = SHRConfig(width=0.03, epochs=2, batch_size=8, sound_frames=32, word_dim=12, finetune_cnn=True)
     trainer = SeeHearRead(cfg, "cpu", cnn=cnn)
     seen = []
-    import models.pictures as pics
+    import models.common.pictures as pics
 
     original = pics.cnn_input
     monkeypatch.setattr(pics, "cnn_input", lambda *a: (seen.append(a[3]), original(*a))[1])

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from models.sru import SRU, SRUCell, SruEncoder
+from models.common.sru import SRU, SRUCell, SruEncoder
 
 
 def _reference(sru: SRU, x: torch.Tensor, c0: torch.Tensor | None = None,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.text import UNK, WordVectors, WordVectorsError, load_word_vectors, sentence_tokens
+from models.common.text import UNK, WordVectors, WordVectorsError, load_word_vectors, sentence_tokens
 
 # expected tokens: what NLTK 3.3's punkt + word_tokenize give (the word part checked against NLTK 3.3 itself)
 CASES = {
@@ -137,7 +137,7 @@ def test_glove_words_may_hold_spaces(tmp_path):
 
 
 def test_random_vectors_are_seeded_per_word_and_cover_the_vocabulary(caplog):
-    with caplog.at_level(logging.WARNING, logger="models.text"):
+    with caplog.at_level(logging.WARNING, logger="models.common.text"):
         a = load_word_vectors("random:3", ["dog", "cat", "dog", UNK], dim=16)
     assert "NOT PRETRAINED" in caplog.text
     assert a.words == ["dog", "cat", UNK] and a.vectors.shape == (3, 16) and a.vectors.dtype == np.float32
@@ -203,7 +203,7 @@ def test_pickled_utable_is_refused_with_a_conversion_hint(tmp_path):
 
 
 def test_text_module_never_imports_torch():
-    tree = ast.parse((Path(__file__).resolve().parents[2] / "models" / "text.py").read_text())
+    tree = ast.parse((Path(__file__).resolve().parents[2] / "models" / "common" / "text.py").read_text())
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not any(n.split(".")[0] == "torch" for n in names)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.metrics import chance_average_precision, cosine_similarity, mean_average_precision
-from models.tnn_ccca import TNNCCCAConfig, TNNCCCATrainer, branch, triplet_loss
+from models.common.metrics import chance_average_precision, cosine_similarity, mean_average_precision
+from models.tnn_ccca.trainer import TNNCCCAConfig, TNNCCCATrainer, branch, triplet_loss
 
 
 def brute_triplets(a, v, labels, margin):

@@ -4,8 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from models.vase import (CaptionData, DavenetEncoder, ImageCNN, ImageEncoder, TextEncoder, VASEConfig, VASETrainer,
-                         build_vocab, encode_captions, tokenize)
+from models.vase.trainer import (
+    CaptionData,
+    DavenetEncoder,
+    ImageCNN,
+    ImageEncoder,
+    TextEncoder,
+    VASEConfig,
+    VASETrainer,
+    build_vocab,
+    encode_captions,
+    tokenize,
+)
 
 TINY = {"width": 0.125, "embed_size": 32, "max_frames": 128, "batch_size": 8, "lr": 2e-3, "min_word_count": 1}
 
@@ -203,7 +213,7 @@ def test_finetune_cnn_resumes_with_the_same_augmentation():
 
 def test_a_cnn_with_auxiliary_outputs_in_training_is_fine_tuned_on_its_main_output():
     from extractors.inception_v3 import InceptionV3, InceptionV3Config
-    from models.vase import CNNImageEncoder
+    from models.vase.trainer import CNNImageEncoder
 
     enc = CNNImageEncoder(InceptionV3(InceptionV3Config(weights="random:0")).network(), 2048, 8).train()
     out = enc(torch.randn(2, 3, 75, 75))  # torchvision's Inception-V3 returns (main, aux) in training mode

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from models import vgs_nets
-from models.items import Items, SequenceData
-from models.metrics import sampled_recall_at_10
-from models.vgs import VGSConfig, VGSTrainer, triplet_loss
+import models.vgs.nets as vgs_nets
+from models.common.items import Items, SequenceData
+from models.common.metrics import sampled_recall_at_10
+from models.vgs.trainer import VGSConfig, VGSTrainer, score_triplet_loss
 
 
 def test_branches_give_the_reference_shapes():
@@ -62,8 +62,8 @@ def test_triplet_loss_is_the_reference_formula():
     si = torch.tensor([0.45, 0.5, 0.0])  # wrong image
     sc = torch.tensor([0.1, 0.25, 0.85])  # wrong caption
     want = sum(max(0, c - p + 0.1) + max(0, i - p + 0.1) for p, i, c in zip(sp.tolist(), si.tolist(), sc.tolist()))
-    assert triplet_loss(sp, si, sc, 0.1).item() == pytest.approx(want)
-    assert triplet_loss(sp, si, sc, 0.1).item() != pytest.approx(triplet_loss(sp, si, sc, -0.1).item())
+    assert score_triplet_loss(sp, si, sc, 0.1).item() == pytest.approx(want)
+    assert score_triplet_loss(sp, si, sc, 0.1).item() != pytest.approx(score_triplet_loss(sp, si, sc, -0.1).item())
 
 
 def _items(n_items: int = 6, lengths=(3, 5, 8, 2, 8, 4), max_len: int = 8) -> Items:
@@ -134,7 +134,7 @@ def test_sampled_recall_at_10():
 
 
 def test_maps_read_on_demand_train_the_same_model():
-    from models.items import MapData
+    from models.common.items import MapData
 
     items = _items(lengths=(8,) * 6)
     cfg = VGSConfig(max_frames=8, width=1 / 16, epochs=2, batch_size=6, lr=1e-2, dropout=0.0)

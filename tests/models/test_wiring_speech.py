@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-import models.losses as losses_mod
-import models.vgs as vgs_mod
-from models.items import Items, SequenceData, TokensData, build_vocab, encode_texts
-from models.vase import VASEConfig, VASETrainer
-from models.vgs import VGSConfig, VGSTrainer
+import models.common.losses as losses_mod
+import models.vgs.trainer as vgs_mod
+from models.common.items import Items, SequenceData, TokensData, build_vocab, encode_texts
+from models.vase.trainer import VASEConfig, VASETrainer
+from models.vgs.trainer import VGSConfig, VGSTrainer
 
 VASE_TINY = {"width": 0.0625, "embed_size": 8, "max_frames": 32, "word_dim": 8, "min_word_count": 1,
              "batch_size": 4, "epochs": 1, "lr": 1e-3}
@@ -322,7 +322,7 @@ def _fit_vgs(monkeypatch: pytest.MonkeyPatch, params: dict[str, Any], validate: 
             head = tr.model.head
             return {"sp": head(a, i), "si": head(a, i_wrong), "sc": head(a_wrong, i)}
 
-    triplet = vgs_mod.triplet_loss
+    triplet = vgs_mod.score_triplet_loss
 
     def spy_triplet(sp: torch.Tensor, si: torch.Tensor, sc: torch.Tensor, margin: float) -> torch.Tensor:
         out = triplet(sp, si, sc, margin)
@@ -343,7 +343,7 @@ def _fit_vgs(monkeypatch: pytest.MonkeyPatch, params: dict[str, Any], validate: 
     monkeypatch.setattr(tr, "batch_loss", spied_batch_loss)
     monkeypatch.setattr(tr, "validate", spied_validate)
     monkeypatch.setattr(tr, "embed", spied_embed)
-    monkeypatch.setattr(vgs_mod, "triplet_loss", spy_triplet)
+    monkeypatch.setattr(vgs_mod, "score_triplet_loss", spy_triplet)
     tr.fit(train, val if validate else None)
     return {**tap, "trainer": tr, "train": train, "val": val, "tracer": tracer}
 

@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-import models.dsve as dsve_mod
-import models.shr as shr_mod
-import models.tnn_ccca as tnn_mod
-from models.cluster_cca import ClusterCCA
-from models.dsve import DSVEConfig, DSVETrainer
-from models.items import Items, SequenceData, TokensData
-from models.losses import ContrastiveLoss, distillation_kl
-from models.shr import SeeHearRead, SHRConfig
-from models.shr_nets import SHRModel
-from models.tnn_ccca import TNNCCCAConfig, TNNCCCATrainer
+import models.dsve.trainer as dsve_mod
+import models.shr.trainer as shr_mod
+import models.tnn_ccca.trainer as tnn_mod
+from models.common.items import Items, SequenceData, TokensData
+from models.common.losses import ContrastiveLoss, distillation_kl
+from models.dsve.trainer import DSVEConfig, DSVETrainer
+from models.shr.nets import SHRModel
+from models.shr.trainer import SeeHearRead, SHRConfig
+from models.tnn_ccca.cluster_cca import ClusterCCA
+from models.tnn_ccca.trainer import TNNCCCAConfig, TNNCCCATrainer
 from pipeline.training.views import _distribution
 from tests.models.test_dsve import SMALL as DSVE_SMALL
 from tests.models.test_dsve import _items as dsve_items

@@ -77,7 +77,7 @@ def test_vase_stage_writes_a_complete_run(project):
     # both captions of one image share its image embedding
     assert np.array_equal(visual["img0000_0"], visual["img0000_1"])
     with np.load(d / "test_embeddings.npz") as z:
-        from models.metrics import caption_recall
+        from models.common.metrics import caption_recall
 
         again = caption_recall({k: z[k] for k in ("image", "speech")}, z["image_of"])
     assert again["rsum"] == m["rsum"]
@@ -89,7 +89,7 @@ def test_vase_stage_writes_a_complete_run(project):
 
 
 def test_interrupted_training_resumes_after_the_last_epoch(project, monkeypatch):
-    from models.vase import VASETrainer
+    from models.vase.trainer import VASETrainer
 
     cfg = load_config(project, ["vase-2s.epochs=3"])
     real = VASETrainer.evaluate
@@ -188,7 +188,7 @@ def test_finetune_cnn_trains_vgg16_end_to_end_on_the_raw_pictures(project):
     cnn_keys = sorted(k for k in state["model"] if k.startswith("image.cnn."))
     assert cnn_keys, "the fine-tuned VGG16 is part of the saved model"
 
-    from models.vase import VASETrainer
+    from models.vase.trainer import VASETrainer
     from pipeline.registry import TASKS
     from pipeline.runner import resolve
     from pipeline.training import load_trainer, resolve_runs, trainer_for

@@ -139,7 +139,7 @@ def test_params_added_later_stay_out_of_keys_at_their_neutral_value(tmp_path, ti
                    execution=ffmpeg).stages["vgg16"].store_key == plain.store_key
     assert resolve(load_config(project, ["vgg16.crop_size=64"]), "tiny",
                    execution=ffmpeg).stages["vgg16"].store_key != plain.store_key
-    from models.vase import VASEConfig
+    from models.vase.trainer import VASEConfig
 
     assert key_params(VASEConfig, {"lr": 1.0, "finetune_cnn": False, "crop_size": None}) == {"lr": 1.0}
     assert key_params(VASEConfig, {"finetune_cnn": True, "crop_size": 64}) == {"finetune_cnn": True, "crop_size": 64}

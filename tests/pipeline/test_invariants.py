@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from models.items import Items
+from models.common.items import Items
 from pipeline.config import load_config
 from pipeline.datasets import Manifest
 from pipeline.registry import DATASETS, TASKS

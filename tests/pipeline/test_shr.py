@@ -84,7 +84,7 @@ def test_report_shows_the_query_by_target_matrix(trained, tmp_path):
 
 
 def test_a_mix_of_a_caption_corpus_and_a_video_corpus_trains_one_run(tmp_path, tiny_synthetic_root, monkeypatch):
-    from models.shr import SeeHearRead
+    from models.shr.trainer import SeeHearRead
     from tests.conftest import TINY
 
     stages = {**STAGES, "see-hear-read": {**STAGES["see-hear-read"],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from models.metrics import mean_average_precision
+from models.common.metrics import mean_average_precision
 from pipeline import open_store
 from pipeline.config import load_config
 from pipeline.runner import PipelineError, run, status
@@ -98,7 +98,7 @@ def folds_project(tmp_path: Path, n: int = 30) -> Path:
     make_tnn_npy(root, n=n, n_folds=5)
     rng = np.random.default_rng(1)
     centres = rng.integers(40, 216, (3, 128 + 1024))
-    for i, vid in enumerate(sorted(p.stem for p in (root / "vgg").glob("*.npy"))):
+    for vid in sorted(p.stem for p in (root / "vgg").glob("*.npy")):
         label = int(np.load(root / "VEGAS_classes" / f"{vid}.npy"))
         x = np.clip(centres[label] + rng.normal(0, 30, (4, 128 + 1024)), 0, 255).astype(np.uint8)
         np.save(root / "vgg" / f"{vid}.npy", x[:, :128])
@@ -108,7 +108,7 @@ def folds_project(tmp_path: Path, n: int = 30) -> Path:
 
 
 def test_cross_validation_resumes_after_an_interrupted_fold(tmp_path, monkeypatch):
-    from models.cluster_cca import ClusterCCATrainer
+    from models.tnn_ccca.cluster_cca import ClusterCCATrainer
 
     cfg = folds_project(tmp_path)
     real, calls = ClusterCCATrainer.fit, []

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from models.base import Trainer
-from models.items import Items, View
+from models.common.base import Trainer
+from models.common.items import Items, View
 from pipeline import open_store
 from pipeline.config import DatasetSpec, load_config
 from pipeline.datasets import Clip, Manifest
@@ -113,7 +113,7 @@ def test_a_new_trainer_reads_three_views_of_three_forms_with_no_pipeline_change(
     assert np.array_equal(image["img0000_0"], image["img0000_1"])  # one image, both its captions
     assert run("train", stage="three", config=cfg)[-1].reused
     # maps read on demand, as for a corpus too big for memory: the same run, the same embeddings
-    from models.items import MapData
+    from models.common.items import MapData
     from pipeline.training import views
 
     kept = {k: np.asarray(image[k]).copy() for k in ("img0000_0", "img0001_0")}

@@ -56,7 +56,7 @@ def test_generated_scenes_are_read_by_the_real_adapters(scenes_root):
     # a named shape's mask covers pixels of that shape's colour
     from PIL import Image
 
-    from models.alignment import CocoMasks
+    from models.vgs.alignment import CocoMasks
 
     coco = CocoMasks(m.annotations["train"])
     img = np.asarray(Image.open(c.media["image"]).convert("RGB")).astype(int)
@@ -102,8 +102,8 @@ def test_spokencoco_layout_and_its_errors(tmp_path):
 def test_vgs_alignment_on_generated_scenes(tmp_path, scenes_root, monkeypatch):
     """A short CPU training: it retrieves far above chance, its attention on the named shape beats the random tensor,
     and everything is written."""
-    from models import alignment
-    from pipeline.training.localization import scored_before
+    import models.vgs.alignment as alignment
+    from models.vgs.task import scored_before
 
     scorings = []
     score = alignment.score_utterances

@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from models.common.base import ClipVectorTrainer, TrainConfig, arrays, tensors
 from pipeline.registry import register_trainer
-
-from .base import ClipVectorTrainer, TrainConfig, arrays, tensors
 
 
 def _device(name: str) -> Any:

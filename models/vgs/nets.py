@@ -1,4 +1,4 @@
-"""The VGS networks (see models/vgs.py): the speech and image branches and the two heads, CNNatt and CNN0.
+"""The VGS networks (see models/vgs/trainer.py): the speech and image branches and the two heads, CNNatt and CNN0.
 Keras's defaults of the reference are kept: Glorot-uniform kernels and zero biases, batch norm with
 momentum 0.99 (torch: 0.01) and epsilon 1e-3, 'same' max pooling padded on the right."""
 from __future__ import annotations

@@ -8,7 +8,7 @@ image+sound pairs only, never text+sound:
   view: softmax(logits / `temperature`));
 - loss of a pair (image, other) = `kl_weight` x (1/2 KL(teacher(image) || student(image)) + 1/2 KL(teacher(image)
   || student(other))) + `rank_weight` x the ranking loss between the pair's aligned representations
-  (`models.losses.ContrastiveLoss`: cosine, `margin`, in-batch negatives, `rank_direction` "a2b" = image rows
+  (`models.common.losses.ContrastiveLoss`: cosine, `margin`, in-batch negatives, `rank_direction` "a2b" = image rows
   are the queries, the paper's formula, or "both");
 - batches alternate between image-text and image-sound pairs (`disjoint: true`: the training images are split in
   two halves, one gives only image-text pairs, the other only image-sound pairs, so no image links a sentence to a
@@ -31,24 +31,22 @@ in the text we could read, these are ours, scaled by `width`):
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
+import models.common.text as _text
+from models.common.items import Items, View
+from models.common.lazy import lazy
+from models.common.loop import EpochTrainer, shuffled_batches
+from models.common.metrics import modality_matrix
+from models.common.pictures import PictureFinetuning
 from pipeline.registry import register_trainer
 
-from . import text as _text
-from ._lazy import lazy
-from .items import Items, View
-from .loop import EpochTrainer, autocast, shuffled_batches
-from .metrics import modality_matrix
-from .pictures import PictureFinetuning
-
 torch = lazy("torch")
-_nets = lazy("models.shr_nets")
-_losses = lazy("models.losses")
+_nets = lazy("models.shr.nets")
+_losses = lazy("models.common.losses")
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +117,7 @@ class SeeHearRead(PictureFinetuning, EpochTrainer):
         super().__init__(config, device)
         self.vectors: Any = None
         self.dims: dict[str, int] = {}
-        self.cnn = cnn  # models.pictures.ImageCNN, with finetune_cnn
+        self.cnn = cnn  # models.common.pictures.ImageCNN, with finetune_cnn
         self._encodings: dict[str, np.ndarray] = {}  # text -> its word vectors under self.vectors
 
     def needs_media(self, clip: Any) -> str | None:
@@ -157,18 +155,13 @@ class SeeHearRead(PictureFinetuning, EpochTrainer):
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
         return self
 
-    def state_dict(self) -> dict[str, Any]:
-        assert self.model is not None and self.vectors is not None
-        return {"model": self.best_state or self.model.state_dict(), "dims": dict(self.dims),
-                **_text.vectors_state(self.vectors, self.config.word_vectors),
-                "best_epoch": int(self.best_epoch), "best_score": float(self.best_score)}
+    def build_state(self) -> dict[str, Any]:
+        assert self.vectors is not None
+        return {"dims": dict(self.dims), **_text.vectors_state(self.vectors, self.config.word_vectors)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> "SeeHearRead":
+    def rebuild(self, state: dict[str, Any]) -> None:
         cfg = self.config
         self.build(state["dims"], _text.restore_vectors(cfg.word_vectors, state, cfg.word_dim))
-        self.model.load_state_dict(state["model"])
-        self.best_epoch, self.best_score = int(state.get("best_epoch", -1)), float(state.get("best_score", -math.inf))
-        return self
 
     # -- inputs ------------------------------------------------------------------------------------
 
@@ -179,7 +172,7 @@ class SeeHearRead(PictureFinetuning, EpochTrainer):
         """The image student's input: stored features (a map averaged over its cells), or with `finetune_cnn` the
         raw pictures (augmented in training)."""
         if self.config.finetune_cnn:
-            from .pictures import cnn_input
+            from models.common.pictures import cnn_input
 
             if "pictures" not in items.data:
                 raise ValueError("finetune_cnn runs the CNN on raw pictures, and these items come without them")
@@ -275,19 +268,18 @@ class SeeHearRead(PictureFinetuning, EpochTrainer):
     def embed(self, items: Items, bs: int = 64) -> dict[str, np.ndarray]:
         """The aligned representation, l2-normalised: `image` per image, `sound` and `text` per item."""
         assert self.model is not None and items.group_of is not None
-        self.model.eval()
-        out: dict[str, list[np.ndarray]] = {"image": [], "sound": [], "text": []}
-        with torch.inference_mode(), autocast(self.torch_device):
-            for modality, n in (("image", len(items.groups)), ("sound", len(items)), ("text", len(items))):
-                for a in range(0, n, bs):
-                    idx = np.arange(a, min(a + bs, n))
-                    x = self._image(items, idx) if modality == "image" else self._input(items, modality, idx)
-                    h, _ = self.model(modality, x)
-                    out[modality].append(torch.nn.functional.normalize(h.float(), dim=1).cpu().numpy())
-        dim = self.config.size(self.config.hidden)
-        return {k: np.concatenate(v) if v else np.zeros((0, dim), np.float32) for k, v in out.items()}
+        empty = (0, self.config.size(self.config.hidden))
+
+        def branch(modality: str) -> Callable[[np.ndarray], "torch.Tensor"]:
+            def step(idx: np.ndarray) -> "torch.Tensor":
+                x = self._image(items, idx) if modality == "image" else self._input(items, modality, idx)
+                return torch.nn.functional.normalize(self.model(modality, x)[0].float(), dim=1)
+            return step
+
+        return {m: self.infer(n, bs, branch(m), empty)
+                for m, n in (("image", len(items.groups)), ("sound", len(items)), ("text", len(items)))}
 
     def evaluate(self, items: Items) -> dict[str, Any]:
-        """Retrieval between every two modalities of the items (`models.metrics.modality_matrix`)."""
+        """Retrieval between every two modalities of the items (`models.common.metrics.modality_matrix`)."""
         assert items.group_of is not None
         return modality_matrix(self.embed(items), items.group_of, present=items.present)

@@ -1,7 +1,7 @@
 """The `grounding` task: paired items (captions or phrases grouped by image, as `pairs`) whose phrases carry a box
 in their image (Visual Genome regions) or whose images carry object masks (COCO instances). It trains and selects
 like `pairs` and scores Recall@K; it also turns each phrase into a heatmap over its image with the final model
-(DSVE-loc's localization, models/localization.py) and scores
+(DSVE-loc's localization, models/dsve/heatmaps.py) and scores
 
 - the pointing game: a phrase hits when its heatmap's maximum falls inside its box, beside the "always the image
   centre" baseline; the heatmaps are kept (a store, `heatmaps/`), so an evaluate stage rescores them with its own
@@ -14,25 +14,28 @@ Pictures in the run directory: `pointing.png` (sample images with each phrase's 
 """
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..cache import hash_key
-from ..registry import register_task
-from ..store import FeatureStore
-from . import figures
-from .base import TrainError, atomic_json, atomic_save
-from .tasks import Pairs, Unit, annotations_digest
+from models.common.figures import plot_recall
+from models.common.tasks import Pairs, RecallSection
+from pipeline.cache import hash_key
+from pipeline.registry import register_task
+from pipeline.store import FeatureStore
+from pipeline.training.base import TrainError, atomic_json, atomic_save
+from pipeline.training.figures import save_figure
+from pipeline.training.sections import Row, Section, chart, details
+from pipeline.training.tasks import Unit, annotations_digest
 
 if TYPE_CHECKING:
-    from models.items import Items
-
-    from ..context import Context
-    from ..datasets import Clip, Manifest
-    from .base import RunKeys
+    from models.common.items import Items
+    from pipeline.context import Context
+    from pipeline.datasets import Clip, Manifest
+    from pipeline.training.base import RunKeys
 
 IMAGES_PER_BATCH = 32  # act maps of this many images at once: 32 x 2400 x 13 x 13 floats = 52 MB
 
@@ -47,6 +50,47 @@ def _image_size(clip: "Clip") -> tuple[int, int]:
         return im.size
 
 
+class GroundingSection(Section):
+    """Grounding runs: pointing accuracy beside the centre baseline, segmentation mAP, and the heatmap pictures."""
+
+    order, text_order = 4, 2
+
+    def accepts(self, row: Row) -> bool:
+        return bool(row["metrics"].get("pointing") or row["metrics"].get("segmentation"))
+
+    def text(self, rows: list[Row]) -> list[str]:
+        out = []
+        for r in rows:
+            pt = r["metrics"].get("pointing")
+            if pt:
+                out.append(f"{r['dataset']}: {r['stage']} ({r['features']}): pointing game {100 * pt['accuracy']:.1f}% "
+                           f"(centre {100 * pt['centre_baseline']:.1f}%) over {pt['n_phrases']} phrases, "
+                           f"point = {pt['point']}")
+        return out
+
+    def html(self, rows: list[Row]) -> str:
+        e = html.escape
+        body, pictures = [], []
+        for r in rows:
+            p, sg = r["metrics"].get("pointing") or {}, r["metrics"].get("segmentation") or {}
+            point = (f"<td class='num'>{100 * p['accuracy']:.1f}%</td><td class='num'>{100 * p['centre_baseline']:.1f}"
+                     f"%</td><td class='num'>{p['n_phrases']}</td><td>{e(p['point'])}</td>") if p else "<td></td>" * 4
+            seg = "".join(f"<td class='num'>{sg[k]:.3f}</td>" for k in ("map@0.3", "map@0.4", "map@0.5")) if sg else \
+                "<td></td>" * 3
+            body.append(f"<tr><td>{e(r['dataset'])}</td><td>{e(r['stage'])}</td><td class='wrap'>{e(r['features'])}"
+                        f"</td>{point}{seg}<td>{details(r)}</td></tr>")
+            run_dir = Path(r["run_dir"])
+            shown = [q for q in (run_dir.parent / "pointing.png", run_dir / "pointing.png") if q.exists()][:1]
+            if shown:
+                pictures.append(f"<h3>{e(r['dataset'])} / {e(r['stage'])}</h3>" + chart(shown[0]))
+        return ("<h2>Phrases on images: pointing game and segmentation</h2><p>Pointing: a phrase hits when its heatmap's "
+                "maximum lies inside its box (Visual Genome regions); centre = always pointing at the image centre. "
+                "Segmentation: each COCO category name's thresholded heatmap against its instance masks, mAP at IoU "
+                "0.3 / 0.4 / 0.5 (the reference's AP).</p><table><tr><th>dataset</th><th>stage</th><th>features</th>"
+                "<th>pointing</th><th>centre</th><th>phrases</th><th>point</th><th>mAP@0.3</th><th>@0.4</th>"
+                "<th>@0.5</th><th></th></tr>" + "".join(body) + "</table>" + "".join(pictures))
+
+
 @register_task
 class Grounding(Pairs):
     """Pairs whose phrases have boxes (or images COCO instances); Recall@K, the pointing game, segmentation mAP."""
@@ -54,6 +98,7 @@ class Grounding(Pairs):
     name = "grounding"
     digest_field = "grounding"
     plot_file, plot_label = "pointing.png", "phrase heatmaps"
+    sections = (RecallSection, GroundingSection)
 
     def __init__(self) -> None:
         self.annotations: dict[str, Path] = {}
@@ -83,7 +128,7 @@ class Grounding(Pairs):
     def write_stores(self, ctx: "Context", rk: "RunKeys", trainer: Any, items: "Items", units: list[Unit]) -> None:
         """Heatmaps of the test phrases that have boxes (a store: one `[h, w]` map per phrase), the segmentation
         IoUs of the test images that have instances, and what scoring them needs (`grounding.json`)."""
-        from .run import write_embedding_store
+        from pipeline.training.run import write_embedding_store
 
         test = items.subset(units[0].test)
         n_max = int(getattr(trainer.config, "pointing_nmax", 180))
@@ -108,7 +153,7 @@ class Grounding(Pairs):
         if spec["items"]:
             out["pointing"] = score_pointing(run_dir, spec, str(params.get("point", "corner")))
         if spec.get("segmentation"):
-            from models.localization import segmentation_map
+            from models.dsve.heatmaps import segmentation_map
 
             ious = {k: [tuple(x) for x in v] for k, v in spec["segmentation"]["ious"].items()}
             maps = segmentation_map(ious, (0.3, 0.4, 0.5))
@@ -120,7 +165,7 @@ class Grounding(Pairs):
     def plot(self, runs: dict[str, tuple[Path, dict[str, Any]]], path: Path, title: str) -> Path:
         ranked = {name: d for name, (d, m) in runs.items() if "rsum" in m}
         if ranked:
-            figures.plot_recall(ranked, path / "recall_curve.png", title)
+            plot_recall(ranked, path / "recall_curve.png", title)
         for name, (run_dir, m) in runs.items():
             if "pointing" not in m:
                 continue
@@ -165,7 +210,7 @@ def _by_image(items: "Items", idx: np.ndarray) -> dict[int, list[int]]:
 
 def phrase_heatmaps(trainer: Any, items: "Items", idx: np.ndarray, n_max: int) -> np.ndarray:
     """Each item's phrase heatmap over its own image, `[len(idx), h, w]` (in `idx` order)."""
-    from models.localization import heatmaps
+    from models.dsve.heatmaps import heatmaps
 
     texts = items.data["text"].texts
     row = {int(i): k for k, i in enumerate(idx)}
@@ -189,7 +234,7 @@ def phrase_heatmaps(trainer: Any, items: "Items", idx: np.ndarray, n_max: int) -
 
 def score_pointing(run_dir: Path, spec: dict[str, Any], point: str) -> dict[str, Any]:
     """Pointing-game accuracy of a run's stored heatmaps (`point`: corner or center), and the centre baseline."""
-    from models.localization import centre_baseline, pointing_from_heatmaps
+    from models.dsve.heatmaps import centre_baseline, pointing_from_heatmaps
 
     if point not in ("corner", "center"):
         raise TrainError(f"point must be corner or center, got {point!r}")
@@ -208,8 +253,8 @@ def segmentation_ious(trainer: Any, items: "Items", annotations: dict[str, Path]
                       out_dim: tuple[int, int] = (200, 200)) -> dict[str, Any] | None:
     """The reference's semantic segmentation: for every test image with COCO instances and every category, the
     IoU of the category name's thresholded heatmap with the category's masks ((0, 0) where it is absent)."""
-    from models.alignment import load_masks
-    from models.localization import annotated_categories, binary_heatmap, category_sentence, instance_mask, iou
+    from models.dsve.heatmaps import annotated_categories, binary_heatmap, category_sentence, instance_mask, iou
+    from models.vgs.alignment import load_masks
 
     sources = [load_masks(p) for _, p in sorted(annotations.items())]
     categories = list(dict.fromkeys(c for m in sources for c in m.categories))
@@ -247,8 +292,8 @@ def plot_pointing(run_dir: Path, m: dict[str, Any], path: Path, samples: Path, t
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from models.alignment import resize_bilinear
-    from models.localization import heatmap_points, pointing_from_heatmaps
+    from models.dsve.heatmaps import heatmap_points, pointing_from_heatmaps
+    from models.vgs.alignment import resize_bilinear
 
     spec = json.loads((run_dir / "grounding.json").read_text())
     store = FeatureStore(run_dir / "heatmaps")
@@ -288,7 +333,7 @@ def plot_pointing(run_dir: Path, m: dict[str, Any], path: Path, samples: Path, t
         for ax in row[len(its[:cols]):]:
             ax.axis("off")
     p = m["pointing"]
-    figures.save_figure(fig, path, f"{title}\npointing {100 * p['accuracy']:.1f}% (centre "
+    save_figure(fig, path, f"{title}\npointing {100 * p['accuracy']:.1f}% (centre "
                                    f"{100 * p['centre_baseline']:.1f}%), point = {point}", dpi=90)
     samples.mkdir(parents=True, exist_ok=True)
     for k, (image_id, its) in enumerate(chosen):
@@ -296,4 +341,4 @@ def plot_pointing(run_dir: Path, m: dict[str, Any], path: Path, samples: Path, t
         fig, axes = plt.subplots(1, len(its), figsize=(2.6 * len(its), 2.9), squeeze=False)
         for ax, it in zip(axes[0], its):
             draw(ax, it, pic)
-        figures.save_figure(fig, samples / f"{k:02d}.png", f"image {its[0]['image_id']}", dpi=90)
+        save_figure(fig, samples / f"{k:02d}.png", f"image {its[0]['image_id']}", dpi=90)

@@ -37,7 +37,7 @@ Reference quirks kept on purpose (they change numbers):
   above the threshold (0 when m = 0); the code still runs the reference's steps, which NaN IoUs can reorder.
 
 Deviations from the reference:
-- Polygons are rasterised by pycocotools (`COCO.annToMask`, through `models.alignment.CocoMasks`), not by
+- Polygons are rasterised by pycocotools (`COCO.annToMask`, through `models.vgs.alignment.CocoMasks`), not by
   OpenCV's `fillPoly` on vertices truncated to int32: boundary pixels can differ before the resize. Instance
   masks are summed (the reference sets polygon pixels to 1 and adds RLE masks); that can only change which
   pixels survive the byte scaling when more than 510 instances overlap.
@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from models.alignment import CocoMasks
+    from models.vgs.alignment import CocoMasks
 
 log = logging.getLogger(__name__)
 

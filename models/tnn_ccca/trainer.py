@@ -22,11 +22,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from models.common.base import ClipVectorTrainer, TrainConfig, arrays, tensors
+from models.common.loop import EpochTrainer
+from models.tnn_ccca.cluster_cca import ClusterCCA
 from pipeline.registry import register_trainer
-
-from .base import ClipVectorTrainer, TrainConfig, arrays, tensors
-from .loop import EpochTrainer
-from .cluster_cca import ClusterCCA
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ def branch(in_dim: int, cfg: TNNCCCAConfig) -> Any:
 
     mods: list[Any] = []
     dims = [in_dim] + [cfg.hidden] * cfg.layers
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+    for a, b in zip(dims[:-1], dims[1:]):
         mods += [nn.Linear(a, b), nn.Tanh(), nn.Dropout(cfg.dropout)]
     mods += [nn.Linear(dims[-1], cfg.out_dim), nn.Tanh(), nn.Dropout(cfg.dropout), nn.Sigmoid()]
     net = nn.Sequential(*mods)

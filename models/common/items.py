@@ -12,12 +12,13 @@ Forms of a view's data, per item (or per group of items, `per: group`: one image
 """
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
+
+from models.common.text import tokenize
 
 FORMS = ("vector", "sequence", "map", "tokens", "distribution")
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
@@ -46,11 +47,6 @@ class View:
             raise ValueError(f"view '{self.name}': a sequence needs max_len")
         if self.optional and (self.per == "group" or self.form not in ("sequence", "tokens")):
             raise ValueError(f"view '{self.name}': only per-item sequence and tokens views can be optional")
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-cased word and punctuation tokens."""
-    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]", text.lower())
 
 
 def build_vocab(texts: Sequence[str], min_count: int) -> list[str]:

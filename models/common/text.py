@@ -1,4 +1,4 @@
-"""Caption text for DSVE-loc (models/dsve.py): the first sentence's word tokens, and fixed word vectors to look them
+"""Caption text for DSVE-loc (models/dsve/trainer.py): the first sentence's word tokens, and fixed word vectors to look them
 up in (skip-thoughts' `utable.npy` + `dictionary.txt`, word2vec binary or text, GloVe text, or `random:SEED`).
 
 No NLTK and no download: `sentence_tokens` approximates what the reference runs, NLTK 3.3's punkt (`english.pickle`)
@@ -148,6 +148,13 @@ _CONTRACTIONS = _rules(*((p, r" \1 \2 ") for p in (
     r"(?i)\b(lem)(me)\b", r"(?i)\b(mor)('n)\b", r"(?i)\b(wan)(na)\s", r"(?i) ('t)(is)\b", r"(?i) ('t)(was)\b")))
 
 
+def tokenize(text: str) -> list[str]:
+    """Lower-cased word and punctuation tokens: the vocabulary tokenizer of `tokens` views (VASE's and See, Hear, and
+    Read's captions). `word_tokens` below is DSVE-loc's reference tokenizer, for word-vector lookups: each method
+    keeps its reference's rule, both live here."""
+    return re.findall(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]", text.lower())
+
+
 def word_tokens(sentence: str) -> list[str]:
     """Treebank word tokens of one sentence (NLTK 3.3's `word_tokenize` rules, case kept)."""
     text = sentence
@@ -227,6 +234,14 @@ class WordVectors:
 
     def __len__(self) -> int:
         return len(self.words)
+
+    def __contains__(self, word: object) -> bool:
+        return word in self.index
+
+    def similarity(self, a: str, b: str) -> float:
+        """Cosine similarity of two words' vectors (gensim's `KeyedVectors.similarity`, which the VGS reference uses)."""
+        va, vb = (self.vectors[self.index[w]].astype(np.float64) for w in (a, b))
+        return float(va @ vb / (np.linalg.norm(va) * np.linalg.norm(vb) or 1.0))
 
 
 def load_word_vectors(spec: str, vocabulary: Sequence[str] = (), dim: int = 620) -> WordVectors:

@@ -290,32 +290,6 @@ def _by_vectors(word: str, cats: list[str], vectors: Any, threshold: float) -> s
     return best
 
 
-def load_word_vectors(path: str | Path) -> Any:
-    """Word vectors in word2vec binary (`.bin`) or text format, as gensim KeyedVectors."""
-    try:
-        from gensim.models import KeyedVectors
-    except ImportError:
-        raise RuntimeError("reading word vectors needs gensim: pip install 'avpipeline[wordvec]'") from None
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"word vectors file {path} does not exist")
-    with open(path, "rb") as f:
-        head = f.readline()
-    binary = path.suffix == ".bin" or not head.strip().replace(b" ", b"").isdigit() or _binary_body(path)
-    return KeyedVectors.load_word2vec_format(str(path), binary=binary)
-
-
-def _binary_body(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.readline()
-        chunk = f.read(4096)
-    try:
-        chunk.decode("utf-8")
-        return False
-    except UnicodeDecodeError:
-        return True
-
-
 # --- object masks ---------------------------------------------------------------------------------
 
 def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:

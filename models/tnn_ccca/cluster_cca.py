@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from models.common.base import TrainConfig
+from models.tnn_ccca.cca import LinearTrainer, _device, _Projection, check_views, covariances, solve_cca
 from pipeline.registry import register_trainer
-
-from .base import TrainConfig
-from .cca import LinearTrainer, _device, _Projection, check_views, covariances, solve_cca
 
 
 def class_index(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,21 +25,19 @@ one when a permutation maps an item to one of its own group (the reference has t
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from models.common.items import Items, View
+from models.common.lazy import lazy
+from models.common.loop import EpochTrainer
+from models.common.metrics import caption_recall
 from pipeline.registry import register_trainer
 
-from ._lazy import lazy
-from .items import Items, View
-from .loop import EpochTrainer, autocast
-from .metrics import caption_recall
-
 torch = lazy("torch")
-_nets = lazy("models.vgs_nets")
+_nets = lazy("models.vgs.nets")
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +109,12 @@ class VGSTrainer(EpochTrainer):
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=1e-7)
         return self
 
-    def state_dict(self) -> dict[str, Any]:
-        assert self.model is not None and self.shape is not None
-        return {"model": self.best_state or self.model.state_dict(), "shape": list(self.shape),
-                "best_epoch": int(self.best_epoch), "best_score": float(self.best_score)}
+    def build_state(self) -> dict[str, Any]:
+        assert self.shape is not None
+        return {"shape": list(self.shape)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> "VGSTrainer":
+    def rebuild(self, state: dict[str, Any]) -> None:
         self.build(tuple(int(s) for s in state["shape"]))  # type: ignore[arg-type]
-        self.model.load_state_dict(state["model"])
-        self.best_epoch, self.best_score = int(state.get("best_epoch", -1)), float(state.get("best_score", -math.inf))
-        return self
 
     # -- inputs ------------------------------------------------------------------------------------
 
@@ -173,7 +167,7 @@ class VGSTrainer(EpochTrainer):
             sp = m.head(a.float(), i.float())
             si = m.head(a.float(), i_wrong.float())
             sc = m.head(a_wrong.float(), i.float())
-            loss = triplet_loss(sp, si, sc, self.config.margin)
+            loss = score_triplet_loss(sp, si, sc, self.config.margin)
         return loss, {"loss": float(loss.detach()), "pos": float(sp.detach().mean())}
 
     def validate(self, val: Items) -> dict[str, float]:
@@ -195,32 +189,20 @@ class VGSTrainer(EpochTrainer):
     def embed(self, items: Items, bs: int = 64) -> dict[str, np.ndarray]:
         """`speech` per caption and `image` per image: the branches' means, l2-normalised."""
         assert self.model is not None and items.group_of is not None
-        self.model.eval()
         m, norm = self.model, torch.nn.functional.normalize
-        speech, images = [], []
-        with torch.inference_mode(), autocast(self.torch_device):
-            for a in range(0, len(items), bs):
-                x = m.speech(self._speech(items, np.arange(a, min(a + bs, len(items)))))
-                speech.append(norm(m.speech_embedding(x.float()), dim=-1).cpu().numpy())
-            for a in range(0, len(items.groups), bs):
-                x = m.image(self._image(items, np.arange(a, min(a + bs, len(items.groups)))))
-                images.append(norm(m.image_embedding(x.float()), dim=-1).cpu().numpy())
-        dim = m.speech.dim
-        return {"speech": np.concatenate(speech) if speech else np.zeros((0, dim), np.float32),
-                "image": np.concatenate(images) if images else np.zeros((0, dim), np.float32)}
+        empty = (0, m.speech.dim)
+        return {"speech": self.infer(len(items), bs, lambda i: norm(
+                    m.speech_embedding(m.speech(self._speech(items, i)).float()), dim=-1), empty),
+                "image": self.infer(len(items.groups), bs, lambda i: norm(
+                    m.image_embedding(m.image(self._image(items, i)).float()), dim=-1), empty)}
 
     def av_tensors(self, items: Items, bs: int = 64) -> np.ndarray:
         """Each caption's AV tensor with its own image, `[n, T, H*W]` float32 (T = max_frames / 8)."""
         assert self.model is not None and items.group_of is not None
-        self.model.eval()
-        out = []
-        with torch.inference_mode(), autocast(self.torch_device):
-            for a in range(0, len(items), bs):
-                idx = np.arange(a, min(a + bs, len(items)))
-                s = self.model.head.av_tensor(self.model.speech(self._speech(items, idx)).float(),
-                                              self.model.image(self._image(items, items.group_of[idx])).float())
-                out.append(s.float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.config.max_frames // 8, 0), np.float32)
+        m, group_of = self.model, items.group_of
+        return self.infer(len(items), bs, lambda i: m.head.av_tensor(m.speech(self._speech(items, i)).float(),
+                                                                      m.image(self._image(items, group_of[i])).float()),
+                          (0, self.config.max_frames // 8, 0))
 
     def evaluate(self, items: Items) -> dict[str, Any]:
         """Recall@1/5/10, medr, meanr both ways on the items (full ranking of the branch embeddings)."""
@@ -228,7 +210,7 @@ class VGSTrainer(EpochTrainer):
         return caption_recall(self.embed(items), items.group_of)
 
 
-def triplet_loss(sp: "torch.Tensor", si: "torch.Tensor", sc: "torch.Tensor", margin: float) -> "torch.Tensor":
+def score_triplet_loss(sp: "torch.Tensor", si: "torch.Tensor", sc: "torch.Tensor", margin: float) -> "torch.Tensor":
     """The reference's triplet loss, summed over the batch: max(0, Sc - Sp + m) + max(0, Si - Sp + m)."""
     return (torch.clamp(sc - sp + margin, min=0) + torch.clamp(si - sp + margin, min=0)).sum()
 

@@ -2,7 +2,7 @@
 whose images carry object annotations (COCO instances). It trains and selects like `pairs` and scores
 Recall@K; it also keeps the AV tensor of every test utterance with its own image (a store,
 `av_tensors/`) and scores how the model's attention aligns each spoken word naming an object with
-that object: glancing and alignment scores (models/alignment.py) per category, beside the reference's
+that object: glancing and alignment scores (models/vgs/alignment.py) per category, beside the reference's
 random-tensor baseline, and the confusion matrix of spoken categories against annotated ones.
 
 Pictures in the run directory: `alignment.png` (scores per category against the random baseline),
@@ -11,27 +11,62 @@ and the word timeline below).
 """
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..cache import hash_key
-from ..registry import register_task
-from ..store import FeatureStore
-from . import figures
-from .base import TrainError, atomic_json
-from .tasks import Pairs, Unit, annotations_digest
+from models.common.figures import plot_recall
+from models.common.tasks import Pairs, RecallSection
+from pipeline.cache import hash_key
+from pipeline.registry import register_task
+from pipeline.store import FeatureStore
+from pipeline.training.base import TrainError, atomic_json
+from pipeline.training.figures import save_figure
+from pipeline.training.sections import Row, Section, chart, details
+from pipeline.training.tasks import Unit, annotations_digest
 
 if TYPE_CHECKING:
-    from models.items import Items
-
-    from ..context import Context
-    from ..datasets import Clip, Manifest
-    from .base import RunKeys
+    from models.common.items import Items
+    from pipeline.context import Context
+    from pipeline.datasets import Clip, Manifest
+    from pipeline.training.base import RunKeys
 
 SCORE_NAMES = ("gs_object", "gs_word", "as_object", "as_word")
+
+
+class AlignmentSection(Section):
+    """Localization runs: the four scores over all words beside the random baseline, then each run's confusion
+    heatmap and first sample picture."""
+
+    order, text_order = 3, 4
+
+    def accepts(self, row: Row) -> bool:
+        return bool(row["metrics"].get("alignment", {}).get("n_words"))
+
+    def html(self, rows: list[Row]) -> str:
+        e = html.escape
+        names = ("gs_object", "as_object", "gs_word", "as_word")
+        body, pictures = [], []
+        for r in rows:
+            al = r["metrics"]["alignment"]
+            o = al["overall"]
+            cells = "".join(f"<td class='num'>{o[k]:.3f} <span class='rand'>("
+                            f"{o.get('random_' + k, float('nan')):.3f})</span></td>" for k in names)
+            body.append(f"<tr><td>{e(r['dataset'])}</td><td>{e(r['stage'])}</td><td class='wrap'>{e(r['features'])}"
+                        f"</td><td class='num'>{al['n_words']}</td>{cells}<td>{details(r)}</td></tr>")
+            run_dir = Path(r["run_dir"])
+            shown = [p for p in (run_dir / "confusion.png", run_dir / "samples" / "00.png") if p.exists()]
+            if shown:
+                pictures.append(f"<h3>{e(r['dataset'])} / {e(r['stage'])}</h3>" + "".join(chart(p) for p in shown))
+        heads = "".join(f"<th>{k.replace('_', ' ').upper()}</th>" for k in names)
+        return ("<h2>Spoken words on objects: alignment and glancing scores</h2><p>Per spoken word that names an "
+                "annotated object: GS = share of attention mass on the object (object) or in the word's frames (word); "
+                "AS = the same share per frame or per pixel, averaged. In brackets: the same score of a uniform random "
+                "tensor (the reference's baseline).</p><table><tr><th>dataset</th><th>stage</th><th>features</th>"
+                f"<th>words</th>{heads}<th></th></tr>" + "".join(body) + "</table>" + "".join(pictures))
 
 
 @register_task
@@ -41,6 +76,7 @@ class Localization(Pairs):
     name = "localization"
     digest_field = "localization"
     plot_file, plot_label = "alignment.png", "alignment scores"
+    sections = (RecallSection, AlignmentSection)
 
     def __init__(self) -> None:
         self.annotations: dict[str, Path] = {}
@@ -64,7 +100,7 @@ class Localization(Pairs):
 
     def write_stores(self, ctx: "Context", rk: "RunKeys", trainer: Any, items: "Items", units: list[Unit]) -> None:
         """The AV tensors of the test items (a store, rows = speech frames) and what scoring them needs."""
-        from .run import write_embedding_store
+        from pipeline.training.run import write_embedding_store
 
         test = items.subset(units[0].test)
         tensors = trainer.av_tensors(test)
@@ -86,9 +122,9 @@ class Localization(Pairs):
         return out
 
     def plot(self, runs: dict[str, tuple[Path, dict[str, Any]]], path: Path, title: str) -> Path:
-        from models.alignment import SCALE_T
+        from models.vgs.alignment import SCALE_T
 
-        figures.plot_recall({name: d for name, (d, _) in runs.items()}, path / "recall_curve.png", title)
+        plot_recall({name: d for name, (d, _) in runs.items()}, path / "recall_curve.png", title)
         for name, (run_dir, m) in runs.items():
             al = m.get("alignment")
             if not al:
@@ -120,7 +156,7 @@ class Localization(Pairs):
 def scoring(params: dict[str, Any]) -> dict[str, Any]:
     """What a run's alignment scores depend on besides the run: the scoring code's version and the params
     (`pictures` only changes how many are drawn)."""
-    from models.alignment import Alignment
+    from models.vgs.alignment import Alignment
 
     return {"version": Alignment.VERSION, "softmax": bool(params.get("softmax", True)), "seed": int(params.get("seed", 0)),
             "random_baseline": bool(params.get("random_baseline", True)), "word_vectors": params.get("word_vectors")}
@@ -144,8 +180,10 @@ def scored_before(run_dir: Path, params: dict[str, Any]) -> dict[str, Any] | Non
 
 
 def score_run(run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
-    """Alignment and glancing scores of a localization run's saved AV tensors (see models/alignment.py)."""
-    from models import alignment as al
+    """Alignment and glancing scores of a localization run's saved AV tensors (see models/vgs/alignment.py)."""
+    from models.common.text import load_word_vectors
+
+    from . import alignment as al
 
     spec = json.loads((run_dir / "localization.json").read_text())
     masks = {}
@@ -154,7 +192,7 @@ def score_run(run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
             masks[split] = al.load_masks(path)
         except FileNotFoundError as e:
             raise TrainError(f"{run_dir}: {e}; the dataset's annotations moved since the run") from None
-    vectors = al.load_word_vectors(params["word_vectors"]) if params.get("word_vectors") else None
+    vectors = load_word_vectors(params["word_vectors"]) if params.get("word_vectors") else None
     store = FeatureStore(run_dir / "av_tensors")
     rng = np.random.default_rng(int(params.get("seed", 0)))
     words = al.score_utterances(
@@ -203,7 +241,7 @@ def plot_alignment(al: dict[str, Any], path: Path, title: str) -> None:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=8)
-    figures.save_figure(fig, path, title)
+    save_figure(fig, path, title)
 
 
 def plot_confusion(al: dict[str, Any], path: Path, title: str) -> None:
@@ -233,7 +271,7 @@ def plot_confusion(al: dict[str, Any], path: Path, title: str) -> None:
     ax.set_xlabel("spoken category")
     ax.set_ylabel("annotated category")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    figures.save_figure(fig, path, title)
+    save_figure(fig, path, title)
 
 
 def plot_samples(run_dir: Path, words: list[dict[str, Any]], out: Path, n: int, scale_t: int, softmax: bool) -> None:
@@ -248,7 +286,7 @@ def plot_samples(run_dir: Path, words: list[dict[str, Any]], out: Path, n: int, 
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from models import alignment as al
+    from . import alignment as al
 
     loc = json.loads((run_dir / "localization.json").read_text())
     spec = {it["clip_id"]: it for it in loc["items"]}
@@ -300,10 +338,10 @@ def plot_samples(run_dir: Path, words: list[dict[str, Any]], out: Path, n: int, 
         ax.set_xlim(0, len(ta) * scale_t)
         ax.set_yticks([])
         ax.set_xlabel("speech frames (10 ms), with each named object's temporal attention", fontsize=8, labelpad=18)
-        figures.save_figure(fig, out / f"{k:02d}.png", cid)
+        save_figure(fig, out / f"{k:02d}.png", cid)
 
 
 def _spans(item: dict[str, Any], max_frames: int) -> list[tuple[str, int, int]]:
-    from models.alignment import word_spans
+    from models.vgs.alignment import word_spans
 
     return [(w, on, off) for _, w, on, off in word_spans([tuple(x) for x in item["words"]], item["n_frames"], max_frames)]

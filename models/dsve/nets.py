@@ -1,4 +1,4 @@
-"""The networks of DSVE-loc (models/dsve.py): WELDON pooling, the image head on ResNet-152 `layer4` maps and the
+"""The networks of DSVE-loc (models/dsve/trainer.py): WELDON pooling, the image head on ResNet-152 `layer4` maps and the
 SRU caption encoder, joined in `DSVEModel`."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from .losses import l2norm
-from .sru import SruEncoder
+from models.common.losses import l2norm
+from models.common.sru import SruEncoder
 
 
 class WeldonPooling(nn.Module):

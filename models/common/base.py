@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from .items import Items, View
+from models.common.items import Items, View
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Trainer:
     reads: ClassVar[None] = None  # reads upstream feature stores, never the dataset's files
 
     def __init__(self, config: Any = None, device: str = "auto") -> None:
-        self.config = config if dataclasses.is_dataclass(config) else self.Config(**(config or {}))
+        self.config: Any = config if dataclasses.is_dataclass(config) else self.Config(**(config or {}))
         self.device = device
         self.history: dict[str, list[float]] = {}  # per-epoch curves (loss, ...) for the run directory
 
@@ -147,3 +147,65 @@ def arrays(state: dict[str, Any]) -> dict[str, Any]:
 
     return {k: arrays(v) if isinstance(v, dict) else v.cpu().numpy() if isinstance(v, torch.Tensor) else v
             for k, v in state.items()}
+
+
+# -- optional abilities: a trainer has one when it defines its methods; callers test with isinstance ----------------
+
+@runtime_checkable
+class EmbedsText(Protocol):
+    """Embeds written sentences with its text branch (`pipeline embed --texts`, a typed query)."""
+
+    def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        """`[len(texts), d]` float32 embeddings."""
+        ...
+
+
+@runtime_checkable
+class EmbedsImages(Protocol):
+    """Embeds pictures with its image branch: from the image stage's maps or, when its trunk was fine-tuned
+    (`trunk_live`), from the pictures themselves."""
+
+    trunk_live: bool
+
+    def image_embeddings(self, items: Items, groups: np.ndarray) -> np.ndarray:
+        """`[len(groups), d]` embeddings of the items' groups' image maps."""
+        ...
+
+    def picture_embeddings(self, pictures: np.ndarray) -> np.ndarray:
+        """`[B, d]` embeddings of uint8 pictures `[B, H, W, 3]` through the fine-tuned trunk."""
+        ...
+
+
+@runtime_checkable
+class ActivationMaps(Protocol):
+    """Draws where on an image a text lands: per-channel activation maps and the projection that weighs them."""
+
+    def act_maps(self, items: Items, groups: np.ndarray) -> np.ndarray:
+        """`[len(groups), C, h, w]` activation maps of the groups' images."""
+        ...
+
+    def fc_weight(self) -> np.ndarray:
+        """`[d, C]`: how each channel's map enters the embedding."""
+        ...
+
+
+@runtime_checkable
+class AttentionTensors(Protocol):
+    """Attends from each speech frame to each image cell (VGS's cross-modal attention)."""
+
+    def av_tensors(self, items: Items) -> np.ndarray:
+        """`[len(items), frames, h, w]` attention of each item's speech over its own image."""
+        ...
+
+
+@runtime_checkable
+class SelectsEpochs(Protocol):
+    """Trains epoch by epoch and keeps the best validated one (`models.common.loop.EpochTrainer`)."""
+
+    def run_epochs(self, train: Any, val: Any = None, on_epoch: Any = None) -> Any:
+        """Train the remaining epochs."""
+        ...
+
+    def selection(self) -> dict[str, Any]:
+        """How the kept model was chosen, for metrics.json."""
+        ...

@@ -4,7 +4,7 @@ captions whose image side can point at what a phrase names.
 - image: the ResNet-152 `layer4` map of the picture (a `resnet152` feature store, `[h, w, 2048]`) -> 1x1 conv
   2048 -> 2400 -> WELDON pooling (the mean of the 15 highest plus the 15 lowest values per channel) ->
   dropout 0.5 -> linear 2400 -> 2400 -> l2;
-- text: the first sentence's tokens (models/text.py) looked up in fixed word vectors (skip-thoughts' 620-d
+- text: the first sentence's tokens (models/common/text.py) looked up in fixed word vectors (skip-thoughts' 620-d
   `utable.npy`, or a word2vec / GloVe file; UNK for unknown words) -> a 4-layer SRU 620 -> 2400 (dropout 0.25,
   tanh, skip term) -> its output at the last word -> l2;
 - loss: the hard-negative contrastive loss (VSE++ max violation, margin 0.2, summed over the batch), Adam 1e-3,
@@ -13,7 +13,7 @@ captions whose image side can point at what a phrase names.
 - phases: the image head trains from the first epoch, the SRU from `text_epoch` (2: the reference frees it after
   epoch 1); model selection on the validation rsum (R@1+5+10 both ways).
 
-The localization side (models/localization.py): the 1x1 conv's output (`act_maps`) and the linear head's weight
+The localization side (models/dsve/heatmaps.py): the 1x1 conv's output (`act_maps`) and the linear head's weight
 (`fc_weight`) turn a phrase embedding into a heatmap over the image: the pointing game and the semantic
 segmentation of the `grounding` task.
 
@@ -24,7 +24,7 @@ Deviations from the reference, on purpose or by necessity:
 - images come from a feature store (the frozen trunk, one fixed square resize, `resize: whole`) instead of a random
   resized crop 256 + flip per epoch; the trunk's layer3/layer4 fine-tuning phase (the reference's `fepoch` 8) is
   not implemented;
-- the tokenizer needs no NLTK download (models/text.py says how it differs from punkt + word_tokenize);
+- the tokenizer needs no NLTK download (models/common/text.py says how it differs from punkt + word_tokenize);
 - `word_vectors: random:SEED` (tests, the offline demo) gives fixed random vectors to the training captions' words:
   the run says so, and such numbers are not the paper's.
 """
@@ -32,23 +32,21 @@ from __future__ import annotations
 
 import bisect
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 
+from models.common.items import Items, View
+from models.common.lazy import lazy
+from models.common.loop import EpochTrainer, shuffled_batches
+from models.common.metrics import caption_recall
 from pipeline.registry import register_evaluator, register_trainer
 
-from ._lazy import lazy
-from .items import Items, View
-from .loop import EpochTrainer, autocast, shuffled_batches
-from .metrics import caption_recall
-
 torch = lazy("torch")
-_nets = lazy("models.dsve_nets")
-_losses = lazy("models.losses")
-_text = lazy("models.text")
+_nets = lazy("models.dsve.nets")
+_losses = lazy("models.common.losses")
+_text = lazy("models.common.text")
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +104,7 @@ class DSVETrainer(EpochTrainer):
 
     def __init__(self, config: Any = None, device: str = "auto") -> None:
         super().__init__(config, device)
-        self.vectors: Any = None  # models.text.WordVectors
+        self.vectors: Any = None  # models.common.text.WordVectors
         self.in_channels = 0
         self.extractor: Any = None  # the image view's resnet152 extractor, when its trunk is fine-tuned
         self.trunk_live = False  # the model's trunk weights differ from the stored maps' (a fine-tuned epoch is in them)
@@ -136,7 +134,7 @@ class DSVETrainer(EpochTrainer):
         """With `finetune_epoch`: each group's raw picture (its first item's), read as the image stage reads it."""
         if self.extractor is None:
             return {}
-        return {"pictures": Pictures(self.extractor, [items.media[int(i)] for i in items.group_firsts()])}
+        return {"pictures": TrunkPictures(self.extractor, [items.media[int(i)] for i in items.group_firsts()])}
 
     def views(self) -> list[View]:
         return [View("image", "visual", "map", per="group", dtype="float32"), View("text", "text", "tokens")]
@@ -172,20 +170,16 @@ class DSVETrainer(EpochTrainer):
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         return self
 
-    def state_dict(self) -> dict[str, Any]:
-        assert self.model is not None and self.vectors is not None
+    def build_state(self) -> dict[str, Any]:
+        assert self.vectors is not None
         ft = self.config.finetune_epoch
         live = (ft is not None and self.best_epoch >= ft) if self.best_state is not None else self.trunk_live
-        return {"model": self.best_state or self.model.state_dict(), "in_channels": self.in_channels, "trunk_live": live,
-                **_text.vectors_state(self.vectors, self.config.word_vectors),
-                "best_epoch": int(self.best_epoch), "best_rsum": float(self.best_score)}
+        return {"in_channels": self.in_channels, "trunk_live": live,
+                **_text.vectors_state(self.vectors, self.config.word_vectors)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> "DSVETrainer":
+    def rebuild(self, state: dict[str, Any]) -> None:
         self.build(int(state["in_channels"]), _text.restore_vectors(self.config.word_vectors, state, self.config.word_dim))
-        self.model.load_state_dict(state["model"])
-        self.best_epoch, self.best_score = int(state.get("best_epoch", -1)), float(state.get("best_rsum", -math.inf))
         self.trunk_live = bool(state.get("trunk_live", False))
-        return self
 
     def resume(self, ckpt: dict[str, Any]) -> "DSVETrainer":
         super().resume(ckpt)
@@ -291,22 +285,15 @@ class DSVETrainer(EpochTrainer):
     def image_embeddings(self, items: Items, groups: np.ndarray, bs: int = 128) -> np.ndarray:
         """Embeddings `[n, embed]` of the images `groups` of the items."""
         assert self.model is not None
-        self.model.eval()
-        out = []
-        with torch.inference_mode(), autocast(self.torch_device):
-            for a in range(0, len(groups), bs):
-                out.append(self.model.image(self._maps(items, groups[a:a + bs])).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.config.embed_size), np.float32)
+        m = self.model
+        return self.infer(len(groups), bs, lambda i: m.image(self._maps(items, groups[i])), (0, self.config.embed_size))
 
     def text_embeddings(self, texts: Sequence[str], bs: int = 256) -> np.ndarray:
         """Embeddings `[n, embed]` of texts (captions, phrases, category names)."""
         assert self.model is not None
-        self.model.eval()
-        out = []
-        with torch.inference_mode(), autocast(self.torch_device):
-            for a in range(0, len(texts), bs):
-                out.append(self.model.caption(*self.words(texts[a:a + bs])).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.config.embed_size), np.float32)
+        m = self.model
+        return self.infer(len(texts), bs, lambda i: m.caption(*self.words([texts[int(k)] for k in i])),
+                          (0, self.config.embed_size))
 
     def act_maps(self, items: Items, groups: np.ndarray) -> np.ndarray:
         """The 1x1 conv's output `[n, map_channels, h, w]` for the images `groups` (the heatmaps' source)."""
@@ -352,15 +339,15 @@ class Pointing:
 
 
 @dataclass
-class Pictures:
+class TrunkPictures:
     """The raw pictures of some groups for the fine-tuned trunk, read by the image stage's extractor: `stored`
     decodes them exactly as the store's rows were made, `augmented` draws the reference's training crops."""
 
     extractor: Any
     clips: list[Any]
 
-    def subset(self, idx: np.ndarray) -> "Pictures":
-        return Pictures(self.extractor, [self.clips[int(i)] for i in idx])
+    def subset(self, idx: np.ndarray) -> "TrunkPictures":
+        return TrunkPictures(self.extractor, [self.clips[int(i)] for i in idx])
 
     def __len__(self) -> int:
         return len(self.clips)

@@ -15,14 +15,17 @@ import copy
 import functools
 import logging
 import math
-from typing import Any, Callable, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
 
 import numpy as np
 
-from ._lazy import lazy
-from .base import Trainer
+from models.common.base import Trainer
+from models.common.lazy import lazy
 
-torch = lazy("torch")  # imported when a trainer first computes, not when the registry loads
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy("torch")  # imported when a trainer first computes, not when the registry loads
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +148,42 @@ class EpochTrainer(Trainer):
             self.model.load_state_dict(self.best_state)
         return self
 
+    def infer(self, n: int, bs: int, step: Callable[[np.ndarray], "torch.Tensor"],
+              empty: tuple[int, ...]) -> np.ndarray:
+        """`step(indices)` over 0..n-1 in batches of `bs`, with the model in eval mode, no gradients and autocast;
+        the outputs as one float32 array (shape `empty` when n is 0). Every trainer's batched inference."""
+        assert self.model is not None
+        self.model.eval()
+        out = []
+        with torch.inference_mode(), autocast(self.torch_device):
+            for a in range(0, n, bs):
+                out.append(step(np.arange(a, min(a + bs, n))).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(empty, np.float32)
+
+    def build_state(self) -> dict[str, Any]:
+        """What rebuilds the model before its weights load (shapes, vocabulary, word vectors' record)."""
+        raise NotImplementedError
+
+    def rebuild(self, state: dict[str, Any]) -> None:
+        """Build the model (and optimizer) from `build_state()`'s entries of a saved state."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """The kept model (the best validated epoch's, else the current one), what rebuilds it, and how it was
+        selected; loadable with torch.load(weights_only=True)."""
+        assert self.model is not None
+        return {"model": self.best_state or self.model.state_dict(), **self.build_state(),
+                "best_epoch": int(self.best_epoch), "best_score": float(self.best_score)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> "EpochTrainer":
+        """Restore a trained model from `state_dict()` (or a checkpoint: its best weights so far)."""
+        self.rebuild(state)
+        assert self.model is not None
+        self.model.load_state_dict(state["model"])
+        self.best_epoch = int(state.get("best_epoch", -1))
+        self.best_score = float(state.get("best_score", state.get("best_rsum", -math.inf)))  # best_rsum: runs before #29
+        return self
+
     def selection(self) -> dict[str, Any]:
         """How the kept model was chosen, for metrics.json."""
         if not self.score_name:
@@ -172,7 +211,6 @@ class EpochTrainer(Trainer):
         self.model.load_state_dict(ckpt["current"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.epoch, self.history = int(ckpt["epoch"]), dict(ckpt["history"])
-        self.best_score = float(ckpt.get("best_score", ckpt.get("best_rsum", -math.inf)))
         torch.set_rng_state(ckpt["torch_rng"])
         if self.torch_device.type == "cuda" and "cuda_rng" in ckpt:
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"])

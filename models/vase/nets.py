@@ -1,4 +1,4 @@
-"""VASE's networks (see models/vase.py): the DAVEnet speech encoder, the image head (on stored features, or a
+"""VASE's networks (see models/vase/trainer.py): the DAVEnet speech encoder, the image head (on stored features, or a
 trainable CNN on raw pictures), the text encoder, and the model that holds the branches."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .losses import l2norm
+from models.common.losses import l2norm
 
 
 class DavenetEncoder(nn.Module):

@@ -1,4 +1,4 @@
-"""The networks of See, Hear, and Read (models/shr.py): three students and the shared upper layers."""
+"""The networks of See, Hear, and Read (models/shr/trainer.py): three students and the shared upper layers."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from .shr import SHRConfig
+    from models.shr.trainer import SHRConfig
 
 
 def _conv_stack(in_channels: int, channels: Sequence[int], kernel: int, stride: int, padding: int) -> Any:

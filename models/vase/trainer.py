@@ -15,8 +15,8 @@ Branches, each ending in an l2-normalised `embed_size` vector:
 - text (three-stream): word embedding 300 (uniform +-0.1) -> GRU -> output at the caption's last
   word -> l2norm; the vocabulary is built from the training captions.
 
-Loss: VSE hinge (`models.losses.ContrastiveLoss`) on image-speech (+ image-text + speech-text with
-three streams) plus `rec_weight` x the reconstruction loss (`models.losses.reconstruction_loss`:
+Loss: VSE hinge (`models.common.losses.ContrastiveLoss`) on image-speech (+ image-text + speech-text with
+three streams) plus `rec_weight` x the reconstruction loss (`models.common.losses.reconstruction_loss`:
 every view rebuilt from the other view(s) of the batch, twice). Adam, gradient norm clipped at
 `grad_clip`, lr x 0.1 every `lr_update` epochs; after each epoch the validation split is ranked
 and the model with the best rsum (R@1+R@5+R@10, image->speech and speech->image) is kept.
@@ -32,31 +32,30 @@ Width knobs for small machines: `width` scales the DAVEnet channels (1.0 = 128/2
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import numpy as np
 
+from models.common.items import Items, View, build_vocab, encode_texts  # noqa: F401
+from models.common.lazy import lazy
+from models.common.loop import EpochTrainer, shuffled_batches
+from models.common.metrics import caption_recall
+from models.common.pictures import ImageCNN, PictureFinetuning, cnn_input
+from models.common.text import tokenize  # noqa: F401
 from pipeline.registry import register_trainer
 
-from .items import PAD, START, END, UNK, Items, View, build_vocab, encode_texts, tokenize  # noqa: F401
-from ._lazy import lazy
-from .loop import EpochTrainer, autocast, shuffled_batches
-from .metrics import caption_recall
-from .pictures import ImageCNN, PictureFinetuning, cnn_input
-
 torch = lazy("torch")
-_nets = lazy("models.vase_nets")
-_losses = lazy("models.losses")
+_nets = lazy("models.vase.nets")
+_losses = lazy("models.common.losses")
 _NETS = ("DavenetEncoder", "ImageEncoder", "CNNImageEncoder", "TextEncoder", "VASEModel")
 
 
 def __getattr__(name: str) -> Any:
-    """The networks live in models.vase_nets (imported with torch, on first use)."""
+    """The networks live in models.vase.nets (imported with torch, on first use)."""
     if name in _NETS:
         return getattr(_nets, name)
-    raise AttributeError(f"module 'models.vase' has no attribute {name!r}")
+    raise AttributeError(f"module 'models.vase.trainer' has no attribute {name!r}")
 
 log = logging.getLogger(__name__)
 
@@ -231,20 +230,12 @@ class VASETrainer(PictureFinetuning, EpochTrainer):
             log.info("init: %d tensor(s) of the initial model unused here (e.g. %s)", len(unexpected), unexpected[0])
         return self
 
-    def state_dict(self) -> dict[str, Any]:
-        """The best model's weights, vocabulary and selection record (torch.load(weights_only=True) safe)."""
+    def build_state(self) -> dict[str, Any]:
         assert self.model is not None
-        return {"model": self.best_state or self.model.state_dict(), "vocab": list(self.vocab),
-                "image_dim": int(self.model.image.fc.in_features), "best_epoch": int(self.best_epoch),
-                "best_rsum": float(self.best_score)}
+        return {"vocab": list(self.vocab), "image_dim": int(self.model.image.fc.in_features)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> "VASETrainer":
-        """Restore a trained model from `state_dict()` (or a checkpoint)."""
+    def rebuild(self, state: dict[str, Any]) -> None:
         self.build(int(state["image_dim"]), state.get("vocab", []))
-        assert self.model is not None
-        self.model.load_state_dict(state["model"])
-        self.best_epoch, self.best_score = int(state.get("best_epoch", -1)), float(state.get("best_rsum", -math.inf))
-        return self
 
     # -- training ----------------------------------------------------------------------------------
 
@@ -258,7 +249,7 @@ class VASETrainer(PictureFinetuning, EpochTrainer):
         return isinstance(self.model.image if self.model is not None else None, _nets.CNNImageEncoder)
 
     def _pictures(self, data: CaptionData, image_idx: np.ndarray, train: bool) -> torch.Tensor:
-        """Normalised CNN input `[B, 3, crop, crop]` (`models.pictures.cnn_input`: augmented in training)."""
+        """Normalised CNN input `[B, 3, crop, crop]` (`models.common.pictures.cnn_input`: augmented in training)."""
         assert self.cnn is not None
         if data.pictures is None:
             raise ValueError("finetune_cnn runs the CNN on raw pictures, and these captions come without them "
@@ -324,22 +315,19 @@ class VASETrainer(PictureFinetuning, EpochTrainer):
     def encode(self, data: CaptionData, batch_size: int | None = None) -> dict[str, np.ndarray]:
         """Embeddings of a split: `image` per image, `speech` (and `text`) per caption."""
         assert self.model is not None
-        self.model.eval()
         bs = batch_size or max(self.config.batch_size, 64)
-        out: dict[str, list[np.ndarray]] = {"image": [], "speech": [], "text": []}
-        with torch.inference_mode(), autocast(self.torch_device):
-            for a in range(0, len(data.images), bs):
-                x = self._image_input(data, np.arange(a, min(a + bs, len(data.images))), train=False)
-                out["image"].append(self.model.image(x).float().cpu().numpy())
-            for a in range(0, len(data), bs):
-                idx = np.arange(a, min(a + bs, len(data)))
-                out["speech"].append(self.model.speech(self._frames(data, idx)).float().cpu().numpy())
-                if self.model.text is not None:
-                    ids, lengths = encode_captions([data.texts[i] for i in idx], self.vocab)
-                    out["text"].append(self.model.text(ids.to(self.torch_device), lengths).float().cpu().numpy())
-        dim = self.config.embed_size
-        return {k: np.concatenate(v) if v else np.zeros((0, dim), np.float32) for k, v in out.items()
-                if v or k != "text"}
+        m, empty = self.model, (0, self.config.embed_size)
+
+        def text(idx: np.ndarray) -> "torch.Tensor":
+            ids, lengths = encode_captions([data.texts[i] for i in idx], self.vocab)
+            return m.text(ids.to(self.torch_device), lengths)
+
+        out = {"image": self.infer(len(data.images), bs, lambda i: m.image(self._image_input(data, i, train=False)),
+                                   empty),
+               "speech": self.infer(len(data), bs, lambda i: m.speech(self._frames(data, i)), empty)}
+        if m.text is not None and len(data):
+            out["text"] = self.infer(len(data), bs, text, empty)
+        return out
 
     def evaluate(self, data: CaptionData, folds: int = 1) -> dict[str, Any]:
         """Recall@1/5/10, medr, meanr both ways (image <-> speech; and image <-> text with three streams)."""

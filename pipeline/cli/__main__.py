@@ -1,0 +1,4 @@
+"""`python -m pipeline.cli`."""
+from .main import main
+
+main()
