@@ -1,14 +1,17 @@
-"""Raw pictures for a CNN trained end to end (VASE's `finetune_cnn`): the visual stage's CNN as a trainable
-module (`ImageCNN`, with the preprocessing bound to its weights) and its pictures decoded exactly as
-that stage decoded them (shorter side resized, not cropped), several at a time, kept in memory up to a
-budget."""
+"""Picture fine-tuning, one path for every method: raw pictures for a CNN trained end to end. VASE's `finetune_cnn`:
+the visual stage's CNN as a trainable module (`ImageCNN`, with the preprocessing bound to its weights) and its
+pictures decoded exactly as that stage decoded them (shorter side resized, not cropped), several at a time, kept in
+memory up to a budget (`Pictures`); DSVE-loc's trunk: `TrunkPictures`. Both train on `random_crop_flip`."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 _PICTURE_BYTES = 2 << 30  # decoded pictures kept in memory up to this much
 
@@ -137,21 +140,54 @@ def cnn_input(cnn: ImageCNN, pictures: list[Any], crop: int, train: bool, device
     0.08-1) and a random horizontal flip in training (torch's global generator: checkpoints restore it), the
     centre crop otherwise (the stage's own preprocessing), then the weights' mean and std."""
     import torch
-    import torchvision.transforms as T
     import torchvision.transforms.functional as TF
 
-    out = []
-    for img in pictures:
-        if train:
-            i, j, h, w = T.RandomResizedCrop.get_params(img, scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3])
-            img = TF.resized_crop(img, i, j, h, w, [crop, crop], antialias=True)
-            if torch.rand(1).item() < 0.5:
-                img = img.flip(-1)
-        else:
-            img = TF.center_crop(img, [crop])
-        out.append(img)
+    out = [random_crop_flip(img, crop) if train else TF.center_crop(img, [crop]) for img in pictures]
     x = torch.stack(out).to(device, non_blocking=True).float().div_(255.0)
     mean = torch.tensor(cnn.mean, device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(cnn.std, device=x.device).view(1, -1, 1, 1)
     x = (x - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+
+def random_crop_flip(img: Any, size: int) -> Any:
+    """The training augmentation of every picture fine-tuning here (VASE's and DSVE-loc's references): a random
+    resized crop (scale 0.08-1, ratio 3/4-4/3) to `size` x `size`, then a horizontal flip with probability 1/2, both
+    drawn from torch's global generator (checkpoints restore it)."""
+    import torch
+    import torchvision.transforms as T
+    import torchvision.transforms.functional as TF
+
+    top, left, h, w = T.RandomResizedCrop.get_params(img, scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3])
+    img = TF.resized_crop(img, top, left, h, w, [size, size], antialias=True)
+    return img.flip(-1) if torch.rand(1).item() < 0.5 else img
+
+
+@dataclass
+class TrunkPictures:
+    """DSVE-loc's raw pictures of some groups for its fine-tuned trunk, read by the image stage's extractor: `stored`
+    decodes them exactly as the store's rows were made (the whole picture at the stage's size, not cropped, as the
+    reference feeds it), `augmented` draws the training crops from the native picture."""
+
+    extractor: Any
+    clips: list[Any]
+
+    def subset(self, idx: np.ndarray) -> "TrunkPictures":
+        return TrunkPictures(self.extractor, [self.clips[int(i)] for i in idx])
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def stored(self, idx: np.ndarray) -> "torch.Tensor":
+        """uint8 `[B, 3, s, s]`: the extractor's own input (the whole picture resized to s x s)."""
+        import torch
+
+        rows = [self.extractor.load(self.clips[int(i)]) for i in idx]
+        return torch.from_numpy(np.stack([r[len(r) // 2] for r in rows])).permute(0, 3, 1, 2)
+
+    def augmented(self, idx: np.ndarray, size: int) -> "torch.Tensor":
+        """uint8 `[B, 3, size, size]`: `random_crop_flip` of each native picture."""
+        import torch
+
+        frames = [self.extractor.decode(self.clips[int(i)]) for i in idx]
+        return torch.stack([random_crop_flip(f[len(f) // 2], size) for f in frames])

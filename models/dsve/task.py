@@ -131,7 +131,7 @@ class Grounding(Pairs):
         from pipeline.training.run import write_embedding_store
 
         test = items.subset(units[0].test)
-        n_max = int(getattr(trainer.config, "pointing_nmax", 180))
+        n_max = int(trainer.config.pointing_nmax)
         boxed = np.array([i for i, c in enumerate(test.media) if c.box is not None], dtype=np.int64)
         records = []
         if len(boxed):

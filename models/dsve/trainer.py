@@ -41,6 +41,7 @@ from models.common.items import Items, View
 from models.common.lazy import lazy
 from models.common.loop import EpochTrainer, shuffled_batches
 from models.common.metrics import caption_recall
+from models.common.pictures import TrunkPictures
 from pipeline.registry import register_evaluator, register_trainer
 
 torch = lazy("torch")
@@ -336,38 +337,3 @@ class Pointing:
     Config: ClassVar[type] = PointingConfig
     reads: ClassVar[None] = None
     task: ClassVar[str] = "grounding"
-
-
-@dataclass
-class TrunkPictures:
-    """The raw pictures of some groups for the fine-tuned trunk, read by the image stage's extractor: `stored`
-    decodes them exactly as the store's rows were made, `augmented` draws the reference's training crops."""
-
-    extractor: Any
-    clips: list[Any]
-
-    def subset(self, idx: np.ndarray) -> "TrunkPictures":
-        return TrunkPictures(self.extractor, [self.clips[int(i)] for i in idx])
-
-    def __len__(self) -> int:
-        return len(self.clips)
-
-    def stored(self, idx: np.ndarray) -> "torch.Tensor":
-        """uint8 `[B, 3, s, s]`: the extractor's own input (the whole picture resized to s x s)."""
-        rows = [self.extractor.load(self.clips[int(i)]) for i in idx]
-        return torch.from_numpy(np.stack([r[len(r) // 2] for r in rows])).permute(0, 3, 1, 2)
-
-    def augmented(self, idx: np.ndarray, size: int) -> "torch.Tensor":
-        """uint8 `[B, 3, size, size]`: a random resized crop (scale 0.08-1, ratio 3/4-4/3) and a random horizontal
-        flip of each native picture (torch's global generator: checkpoints restore it)."""
-        import torchvision.transforms as T
-        import torchvision.transforms.functional as TF
-
-        out = []
-        for i in idx:
-            frames = self.extractor.decode(self.clips[int(i)])
-            img = frames[len(frames) // 2]
-            top, left, h, w = T.RandomResizedCrop.get_params(img, scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3])
-            img = TF.resized_crop(img, top, left, h, w, [size, size], antialias=True)
-            out.append(img.flip(-1) if torch.rand(1).item() < 0.5 else img)
-        return torch.stack(out)

@@ -109,7 +109,7 @@ class Localization(Pairs):
         lengths = test.data["speech"].lengths
         atomic_json(rk.run_dir / "localization.json", {
             "instances": {s: str(p) for s, p in self.annotations.items()},
-            "max_frames": int(getattr(trainer.config, "max_frames", 512)),
+            "max_frames": int(trainer.config.max_frames),
             "items": [{"clip_id": c.clip_id, "image_id": int(c.group), "split": c.split, "n_frames": int(n),
                        "words": [list(w) for w in c.words], "image": str(c.media.get("image", ""))}
                       for c, n in zip(test.media, lengths)]})

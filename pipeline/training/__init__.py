@@ -2,8 +2,9 @@
 
 - `models.common.items.View` / `Items`: a trainer's named inputs (modality + form) and the items it sees;
   `views.read_items` reads them from the upstream stores and the manifest.
-- `tasks`: what the items are and how they are scored (`classes`, `pairs`; a `localization` task
-  registers the same way): which items qualify, the units (folds or split), the metrics, table and plot.
+- `tasks`: the task contract (what the items are and how they are scored: which items qualify, the units, the
+  metrics, table, plot and report sections); the tasks themselves live with the methods under models/.
+- `sections`: what `pipeline report` shows of a task's runs (rows, a terminal table, an HTML section, charts).
 - `keys`: each run stage's key, run directory, task and view bindings; what does not apply; status.
 - `run`: the one run loop (lock, resume, units, final model, embedding stores, metrics.json last).
 - `models.common.loop.EpochTrainer`: the one epoch loop of torch trainers (checkpoints, selection, autocast).
