@@ -143,3 +143,27 @@ def test_params_added_later_stay_out_of_keys_at_their_neutral_value(tmp_path, ti
 
     assert key_params(VASEConfig, {"lr": 1.0, "finetune_cnn": False, "crop_size": None}) == {"lr": 1.0}
     assert key_params(VASEConfig, {"finetune_cnn": True, "crop_size": 64}) == {"finetune_cnn": True, "crop_size": 64}
+
+
+def test_plugins_are_imported_from_the_config_folder_and_bad_ones_named(tmp_path):
+    from pipeline.registry import TRAINERS
+
+    (tmp_path / "my_method.py").write_text(
+        "from pipeline.registry import register_trainer\n"
+        "from models.common.base import ClipVectorTrainer\n\n"
+        "@register_trainer\nclass Mine(ClipVectorTrainer):\n    name = 'mine-from-a-plugin'\n    VERSION = 1\n"
+        "    from models.common.base import TrainConfig as Config\n")
+    stages = {"mine": {"group": "train", "implementation": "mine-from-a-plugin"}}
+    path = write_config(tmp_path / "stages.yaml", tmp_path / "cache", {"d": {"adapter": "folder", "root": "d"}},
+                        stages, plugins=["my_method"])
+    try:
+        assert load_config(path).stages["mine"].implementation == "mine-from-a-plugin"
+        assert "mine-from-a-plugin" in TRAINERS
+    finally:  # other tests in this process iterate the registry
+        TRAINERS._items.pop("mine-from-a-plugin", None)
+    for plugins, message in ((["no_such_module_here"], "plugins: cannot import 'no_such_module_here'"),
+                             ("my_method", "plugins: expected a list of module names")):
+        bad = write_config(tmp_path / "bad.yaml", tmp_path / "cache", {"d": {"adapter": "folder", "root": "d"}},
+                           stages, plugins=plugins)
+        with pytest.raises(ConfigError, match=message):
+            load_config(bad)
