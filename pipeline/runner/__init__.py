@@ -16,17 +16,16 @@ from ..context import PipelineError
 from ..events import RunEvents
 from ..locks import in_use
 from ..plan import make_plan, reads_from_dataset
-from ..training import TrainError, resolve_runs
-from ..training import run_stage as run_run_stage
+from ..training import TrainError, resolve_runs, run_training_stage
 from .cache_gc import collect_garbage, garbage, list_cache
-from .feature_stage import StageReport, run_stage
+from .feature_stage import StageReport, run_feature_stage
 from .shards import MAX_SHARD, MIN_SHARD, SHARD_BYTES, ShardTask, run_shard, shard_size_for
 from .stagekeys import _model_contexts, item_rows, make_adapter, resolve
 from .state import dry_run, status
 
 __all__ = ["MAX_SHARD", "MIN_SHARD", "SHARD_BYTES", "PipelineError", "RunEvents", "ShardTask", "StageReport",
            "collect_garbage", "dry_run", "garbage", "in_use", "item_rows", "list_cache", "make_adapter", "resolve",
-           "run", "run_shard", "run_stage", "shard_size_for", "status"]
+           "run", "run_feature_stage", "run_shard", "shard_size_for", "status"]
 
 
 def _check_media_backends(backends: set[str]) -> None:
@@ -121,14 +120,14 @@ def run(group: str | None = "extract", dataset: str | None = None, stage: str | 
             ex = cfg.execution_for(name, ctx.dataset, **execution)
             if name in runs:
                 try:
-                    reports.append(run_run_stage(ctx, runs[name], runs, ex.device, events.wait, events.epoch))
+                    reports.append(run_training_stage(ctx, runs[name], runs, ex.device, events.wait, events.epoch))
                 except TrainError as e:
                     raise PipelineError(str(e)) from None
                 continue
             if name not in ctx.stages:
                 raise PipelineError(f"stage '{name}' cannot run on dataset '{ctx.dataset}' (an upstream stage "
                                     "does not apply to it)")
-            rep = run_stage(ctx, name, ex, events, executor, retry_failed)
+            rep = run_feature_stage(ctx, name, ex, events, executor, retry_failed)
             reports.append(rep)
             if strict and rep.failed:
                 raise PipelineError(f"stage '{name}': {rep.failed} clip(s) failed and --strict is set; "

@@ -1,4 +1,4 @@
-"""One feature stage brought up to date for a dataset (`run_stage`): reuse what is committed, repair damage, adopt
+"""One feature stage brought up to date for a dataset (`run_feature_stage`): reuse what is committed, repair damage, adopt
 stores of older layouts, compute the rest in shards, and record the result in the dataset's index."""
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def _repair(writer: StoreWriter, scan: StoreScan, name: str, notice: Callable[[s
     return scan_store(writer.path, None) if scan.damaged or scan.legacy or scan.moved else scan
 
 
-def run_stage(ctx: Context, name: str, execution: ExecutionParams, events: RunEvents | None = None,
+def run_feature_stage(ctx: Context, name: str, execution: ExecutionParams, events: RunEvents | None = None,
               executor: Any = None, retry_failed: bool = False) -> StageReport:
     """Bring one stage's store up to date for every clip of the manifest: compute what is missing,
     recompute what is damaged, and retry the failures that may not recur (every failure with `retry_failed`).

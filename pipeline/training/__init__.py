@@ -9,11 +9,11 @@
 - `run`: the one run loop (lock, resume, units, final model, embedding stores, metrics.json last).
 - `models.common.loop.EpochTrainer`: the one epoch loop of torch trainers (checkpoints, selection, autocast).
 
-The runner knows none of this: it asks `resolve_runs` for the run stages and calls `run_stage`.
+The runner knows none of this: it asks `resolve_runs` for the run stages and calls `run_training_stage`.
 """
 from .base import RunKeys, RunReport, TrainError, is_run_stage, task_name
 from .keys import resolve_runs, run_status
-from .run import load_trainer, run_stage, trainer_for
+from .run import load_trainer, run_training_stage, trainer_for
 
 __all__ = ["RunKeys", "RunReport", "TrainError", "is_run_stage", "load_trainer", "resolve_runs",
-           "run_stage", "run_status", "task_name", "trainer_for"]
+           "run_status", "run_training_stage", "task_name", "trainer_for"]

@@ -311,7 +311,7 @@ def _evaluate_foreign(ctx: "Context", rk: RunKeys, name: str, task: Task) -> tup
     return metrics, out
 
 
-def run_stage(ctx: "Context", rk: RunKeys, runs: dict[str, RunKeys], device: str = "auto",
+def run_training_stage(ctx: "Context", rk: RunKeys, runs: dict[str, RunKeys], device: str = "auto",
               on_wait: Callable[[str], None] | None = None, on_epoch: EpochCallback | None = None) -> RunReport:
     """Run one train or evaluate stage."""
     try:
