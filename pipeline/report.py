@@ -66,7 +66,6 @@ def write_html(rows: list[Row], out: Path) -> Path:
     charts = [c for dataset in dict.fromkeys(r["dataset"] for r in rows) for section, mine in sections
               if any(r["dataset"] == dataset for r in mine)
               for c in section.charts(dataset, [r for r in mine if r["dataset"] == dataset], out.parent)]
-    body = {"sections": "".join(parts), "charts": "".join(charts)}
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>avpipeline runs</title>
 <style>
@@ -81,8 +80,8 @@ img{{max-width:100%}} p{{color:#333;font-size:14px;max-width:70em}} .rand{{color
 <p>Every completed train run in the cache, newest first per dataset. Generated
 {e(time.strftime('%Y-%m-%d %H:%M'))}. Runs whose features came from networks with random weights say so in the
 features column: their numbers show that the pipeline works, not what pretrained features achieve.</p>
-{body['sections']}
-{body['charts']}
+{''.join(parts)}
+{''.join(charts)}
 </body></html>
 """
     out.write_text(page)

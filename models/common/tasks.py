@@ -321,14 +321,21 @@ class Pairs(Task):
         parts = [u.train, u.val] if u.val is not None else [u.train]
         return parts + ([u.test] if not any(np.array_equal(u.test, p) for p in parts) else [])
 
-    def metrics(self, run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
-        from models.common.metrics import caption_recall
-
+    def scoring_inputs(self, run_dir: Path, params: dict[str, Any]) -> tuple[
+            tuple[int, ...], int, dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+        """What scoring a run reads: the K of R@K, the folds, the test split's embeddings of the task's modalities,
+        each item's group (`image_of`), and which items have each optional modality (`present_<m>`, where saved)."""
         ks = tuple(params.get("ks", (1, 5, 10)))
         folds = int(params.get("folds", params.get("eval_folds", 1)))
         with np.load(run_dir / "test_embeddings.npz") as z:
             emb = {k: z[k] for k in self.modalities if k in z}
-            image_of = z["image_of"]
+            present = {k: z[f"present_{k}"] for k in self.modalities if f"present_{k}" in z}
+            return ks, folds, emb, z["image_of"], present
+
+    def metrics(self, run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
+        from models.common.metrics import caption_recall
+
+        ks, folds, emb, image_of, _ = self.scoring_inputs(run_dir, params)
         try:
             out = caption_recall(emb, image_of, ks, folds)
             if folds > 1:  # COCO's two protocols: 1k (5 folds of 1000 images, averaged) and the whole 5k

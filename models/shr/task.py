@@ -69,12 +69,7 @@ class Modalities(Pairs):
     def metrics(self, run_dir: Path, params: dict[str, Any]) -> dict[str, Any]:
         from models.common.metrics import modality_matrix
 
-        ks = tuple(params.get("ks", (1, 5, 10)))
-        folds = int(params.get("folds", params.get("eval_folds", 1)))
-        with np.load(run_dir / "test_embeddings.npz") as z:
-            emb = {k: z[k] for k in self.modalities if k in z}
-            image_of = z["image_of"]
-            present = {k: z[f"present_{k}"] for k in self.modalities if f"present_{k}" in z}
+        ks, folds, emb, image_of, present = self.scoring_inputs(run_dir, params)
         try:
             out = modality_matrix(emb, image_of, ks, folds, present)
         except ValueError as e:
