@@ -2,11 +2,11 @@
 rows and declares the sections that show them (`pipeline.training.sections`); this module names no task."""
 from __future__ import annotations
 
-import html
 import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -56,33 +56,29 @@ def format_text(rows: list[Row]) -> str:
                         for block in section.text(mine))
 
 
-def write_html(rows: list[Row], out: Path) -> Path:
-    """A self-contained page: each task's sections (params folded, shown on demand), then per dataset the charts of
-    every run (PR curves, Recall@K curves) with the chance line, images inlined."""
-    e = html.escape
-    out.parent.mkdir(parents=True, exist_ok=True)
+def templates() -> Any:
+    """The Jinja2 templates (pipeline/templates/) of the report page and `pipeline serve`'s pages."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("pipeline", "templates"), autoescape=True,
+                              trim_blocks=True, lstrip_blocks=True)
+
+
+def page_parts(rows: list[Row], chart_dir: Path) -> dict[str, list[str]]:
+    """The HTML of the rows' sections (in page order), then per dataset their charts (pictures under chart_dir)."""
     sections = sorted(_sections(rows), key=lambda s: s[0].order)
     parts = [section.html(mine) for section, mine in sections]
     charts = [c for dataset in dict.fromkeys(r["dataset"] for r in rows) for section, mine in sections
               if any(r["dataset"] == dataset for r in mine)
-              for c in section.charts(dataset, [r for r in mine if r["dataset"] == dataset], out.parent)]
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>avpipeline runs</title>
-<style>
-body{{font-family:sans-serif;margin:1.5em;max-width:1300px}} h2{{margin-top:1.6em}}
-table{{border-collapse:collapse;width:100%;font-size:13px}} td,th{{border:1px solid #ccc;padding:3px 6px;
-vertical-align:top;white-space:nowrap}} th{{background:#eee}} td.wrap{{white-space:normal;max-width:18em}}
-td.num{{text-align:right;font-variant-numeric:tabular-nums}} details summary{{cursor:pointer;color:#036}}
-details div{{white-space:normal}} .path{{color:#666;font-size:11px;word-break:break-all;max-width:26em}}
-img{{max-width:100%}} p{{color:#333;font-size:14px;max-width:70em}} .rand{{color:#888}}
-</style></head><body>
-<h1>Cross-modal retrieval runs</h1>
-<p>Every completed train run in the cache, newest first per dataset. Generated
-{e(time.strftime('%Y-%m-%d %H:%M'))}. Runs whose features came from networks with random weights say so in the
-features column: their numbers show that the pipeline works, not what pretrained features achieve.</p>
-{''.join(parts)}
-{''.join(charts)}
-</body></html>
-"""
+              for c in section.charts(dataset, [r for r in mine if r["dataset"] == dataset], chart_dir)]
+    return {"parts": parts, "charts": charts}
+
+
+def write_html(rows: list[Row], out: Path) -> Path:
+    """A self-contained page: each task's sections (params folded, shown on demand), then per dataset the charts of
+    every run (PR curves, Recall@K curves) with the chance line, images inlined."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    page = templates().get_template("report.html").render(
+        title="avpipeline runs", generated=time.strftime("%Y-%m-%d %H:%M"), **page_parts(rows, out.parent))
     out.write_text(page)
     return out

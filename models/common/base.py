@@ -177,6 +177,17 @@ class EmbedsImages(Protocol):
 
 
 @runtime_checkable
+class EmbedsAudio(Protocol):
+    """Embeds sounds or speech with its audio branch, from the audio view's rows alone (an uploaded recording)."""
+
+    audio_view: str  # the view it reads, and the modality (embeddings store) its outputs belong to
+
+    def audio_embeddings(self, items: Items, idx: np.ndarray) -> np.ndarray:
+        """`[len(idx), d]` embeddings of the items `idx` from `items.data[audio_view]`."""
+        ...
+
+
+@runtime_checkable
 class ActivationMaps(Protocol):
     """Draws where on an image a text lands: per-channel activation maps and the projection that weighs them."""
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from models.common.items import Items
     from pipeline.context import Context
     from pipeline.datasets import Clip, Manifest
+    from pipeline.query import RunQueries
     from pipeline.training.base import RunKeys
 
 IMAGES_PER_BATCH = 32  # act maps of this many images at once: 32 x 2400 x 13 x 13 floats = 52 MB
@@ -100,8 +101,33 @@ class Grounding(Pairs):
     plot_file, plot_label = "pointing.png", "phrase heatmaps"
     sections = (RecallSection, GroundingSection)
 
+    explains = ("text",)
+
     def __init__(self) -> None:
         self.annotations: dict[str, Path] = {}
+
+    def explain(self, queries: "RunQueries", query: str, picture: Path, out: Path) -> dict[str, Any]:
+        """The phrase's heatmap over the picture, drawn as the run's pointing figures are (`draw_heatmap`), with
+        the pointing game's point: its peak."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from PIL import Image
+
+        from models.dsve.heatmaps import heatmap
+
+        trainer = queries.trainer
+        act = trainer.act_maps(queries.picture_items([picture]), np.array([0]))[0]
+        heat = heatmap(act, queries.texts([query])[0], trainer.fc_weight(), int(trainer.config.pointing_nmax))
+        with Image.open(picture) as im:
+            pic = np.asarray(im.convert("RGB"))
+        scored = json.loads((queries.run_dir / "metrics.json").read_text()).get("pointing") or {}
+        point = str(scored.get("point", "corner"))  # as the run's pointing game scored it
+        fig, ax = plt.subplots(figsize=(5, 5))
+        px, py = draw_heatmap(ax, heat, pic, query[:60], point)
+        save_figure(fig, out, "", dpi=90)
+        return {"peak": [px, py], "heatmap_shape": list(heat.shape), "n_max": int(trainer.config.pointing_nmax)}
 
     def applies(self, manifest: "Manifest") -> str | None:
         if not manifest.annotations and not any(c.box is not None for c in manifest.clips):
@@ -292,8 +318,7 @@ def plot_pointing(run_dir: Path, m: dict[str, Any], path: Path, samples: Path, t
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from models.dsve.heatmaps import heatmap_points, pointing_from_heatmaps
-    from models.vgs.alignment import resize_bilinear
+    from models.dsve.heatmaps import pointing_from_heatmaps
 
     spec = json.loads((run_dir / "grounding.json").read_text())
     store = FeatureStore(run_dir / "heatmaps")
@@ -307,17 +332,11 @@ def plot_pointing(run_dir: Path, m: dict[str, Any], path: Path, samples: Path, t
     def draw(ax: Any, it: dict[str, Any], picture: np.ndarray) -> None:
         heat = np.asarray(store[it["clip_id"]], dtype=np.float64)
         W, H = it["image_size"]
-        ax.imshow(picture)
-        ax.imshow(resize_bilinear(heat, (picture.shape[0], picture.shape[1])), cmap="jet", alpha=0.45)
-        sx, sy = picture.shape[1] / W, picture.shape[0] / H
-        x, y, w, h = it["box"]
         hit = bool(pointing_from_heatmaps(heat[None], np.asarray([it["box"]]), (W, H), point=point)[0])
-        ax.add_patch(plt.Rectangle((x * sx, y * sy), w * sx, h * sy, fill=False, lw=2,
-                                   color="lime" if hit else "red"))
-        px, py = heatmap_points(heat[None], (picture.shape[1], picture.shape[0]), point)  # the scored point
-        ax.plot(px[0], py[0], marker="x", color="white", ms=10, mew=3)
-        ax.set_title(f"{it['text'][:40]}\n{'hit' if hit else 'miss'}", fontsize=8)
-        ax.axis("off")
+        x, y, w, h = it["box"]
+        sx, sy = picture.shape[1] / W, picture.shape[0] / H
+        draw_heatmap(ax, heat, picture, f"{it['text'][:40]}\n{'hit' if hit else 'miss'}", point,
+                     box=((x * sx, y * sy, w * sx, h * sy), "lime" if hit else "red"))
 
     pictures = {}
     for image_id, its in chosen:
@@ -342,3 +361,26 @@ def plot_pointing(run_dir: Path, m: dict[str, Any], path: Path, samples: Path, t
         for ax, it in zip(axes[0], its):
             draw(ax, it, pic)
         save_figure(fig, samples / f"{k:02d}.png", f"image {its[0]['image_id']}", dpi=90)
+
+
+def draw_heatmap(ax: Any, heat: np.ndarray, picture: np.ndarray, title: str, point: str,
+                 box: tuple[tuple[float, float, float, float], str] | None = None) -> tuple[float, float]:
+    """A phrase's heatmap over a picture (bilinear, jet, 45 %), its scored point (a white cross) and, given, a box
+    `((x, y, w, h) in picture pixels, colour)`; returns the point. The run's figures and `pipeline serve` draw with
+    this."""
+    import matplotlib.pyplot as plt
+
+    from models.dsve.heatmaps import heatmap_points
+    from models.vgs.alignment import resize_bilinear
+
+    ax.imshow(picture)
+    ax.imshow(resize_bilinear(np.asarray(heat, np.float64), (picture.shape[0], picture.shape[1])), cmap="jet",
+              alpha=0.45)
+    if box is not None:
+        (x, y, w, h), colour = box
+        ax.add_patch(plt.Rectangle((x, y), w, h, fill=False, lw=2, color=colour))
+    px, py = heatmap_points(np.asarray(heat)[None], (picture.shape[1], picture.shape[0]), point)
+    ax.plot(px[0], py[0], marker="x", color="white", ms=10, mew=3)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    return float(px[0]), float(py[0])

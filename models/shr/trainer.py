@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
 import models.common.text as _text
-from models.common.items import Items, View
+from models.common.items import Items, TokensData, View
 from models.common.lazy import lazy
 from models.common.loop import EpochTrainer, shuffled_batches
 from models.common.metrics import modality_matrix
@@ -266,18 +266,56 @@ class SeeHearRead(PictureFinetuning, EpochTrainer):
     # -- embedding ---------------------------------------------------------------------------------
 
     def embed(self, items: Items, bs: int = 64) -> dict[str, np.ndarray]:
-        """The aligned representation, l2-normalised: `image` per image, `sound` and `text` per item."""
+        """The aligned representation, l2-normalised: `image` per image, `sound` and `text` per item (each branch
+        on its own, as a query of one modality is embedded)."""
         assert self.model is not None and items.group_of is not None
-        empty = (0, self.config.size(self.config.hidden))
+        return {"image": self.image_embeddings(items, np.arange(len(items.groups)), bs),
+                "sound": self.audio_embeddings(items, np.arange(len(items)), bs),
+                "text": self.text_embeddings(items.data["text"].texts, bs)}
 
-        def branch(modality: str) -> Callable[[np.ndarray], "torch.Tensor"]:
-            def step(idx: np.ndarray) -> "torch.Tensor":
-                x = self._image(items, idx) if modality == "image" else self._input(items, modality, idx)
-                return torch.nn.functional.normalize(self.model(modality, x)[0].float(), dim=1)
-            return step
+    # -- one modality at a time: the run's stores, and a query (`pipeline embed`, `pipeline serve`) --------
 
-        return {m: self.infer(n, bs, branch(m), empty)
-                for m, n in (("image", len(items.groups)), ("sound", len(items)), ("text", len(items)))}
+    audio_view = "sound"  # the view (and embeddings store) of the sound branch
+
+    @property
+    def trunk_live(self) -> bool:
+        """Whether pictures go through the run's own fine-tuned CNN rather than the image stage's maps."""
+        return bool(self.config.finetune_cnn)
+
+    def text_embeddings(self, texts: Sequence[str], bs: int = 64) -> np.ndarray:
+        """The text branch's embeddings `[n, d]` of written sentences (their first sentence, up to max_words)."""
+        assert self.model is not None and self.vectors is not None
+        items = Items([str(i) for i in range(len(texts))], {"text": TokensData(list(texts))})
+        return self.infer(len(texts), bs, lambda i: self._embed_branch("text", self._words(items, i)),
+                          self._empty)
+
+    def image_embeddings(self, items: Items, groups: np.ndarray, bs: int = 64) -> np.ndarray:
+        """The image branch's embeddings `[len(groups), d]` of the items' groups' stored image features."""
+        return self.infer(len(groups), bs, lambda i: self._embed_branch("image", self._image(items, groups[i])),
+                          self._empty)
+
+    def picture_embeddings(self, pictures: np.ndarray) -> np.ndarray:
+        """Embeddings of uint8 pictures `[B, H, W, 3]` through the fine-tuned CNN (`finetune_cnn` runs)."""
+        from models.common.pictures import cnn_input
+
+        chw = [torch.from_numpy(np.ascontiguousarray(p.transpose(2, 0, 1))) for p in pictures]
+        crop = int(self.config.crop_size or self.cnn.crop_size)
+        return self.infer(len(chw), 16, lambda i: self._embed_branch(
+            "image", cnn_input(self.cnn, [chw[int(k)] for k in i], crop, False, self.torch_device)),
+            self._empty)
+
+    def audio_embeddings(self, items: Items, idx: np.ndarray, bs: int = 64) -> np.ndarray:
+        """The sound branch's embeddings `[len(idx), d]` of the items' `sound` view."""
+        return self.infer(len(idx), bs, lambda i: self._embed_branch("sound", self._input(items, "sound", idx[i])),
+                          self._empty)
+
+    @property
+    def _empty(self) -> tuple[int, int]:
+        return (0, self.config.size(self.config.hidden))
+
+    def _embed_branch(self, modality: str, x: "torch.Tensor") -> "torch.Tensor":
+        assert self.model is not None
+        return torch.nn.functional.normalize(self.model(modality, x)[0].float(), dim=1)
 
     def evaluate(self, items: Items) -> dict[str, Any]:
         """Retrieval between every two modalities of the items (`models.common.metrics.modality_matrix`)."""

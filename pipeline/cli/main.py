@@ -206,28 +206,70 @@ def report_cmd(dataset: str | None, out: str | None, config_path: str, cache: st
               help="a completed train run's directory (its model embeds)")
 @click.option("--images", type=click.Path(exists=True, file_okay=False), default=None,
               help="a folder of images: each file's image embedding")
+@click.option("--sounds", type=click.Path(exists=True, file_okay=False), default=None,
+              help="a folder of sounds or spoken captions: each file's audio embedding")
 @click.option("--texts", type=click.Path(exists=True, dir_okay=False), default=None,
               help="a text file: each line's text embedding")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for the stores (image/, text/)")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
-def embed_cmd(run_dir: str, images: str | None, texts: str | None, out: str, device: str) -> None:
-    """Embed new images and sentences with a trained run (DSVE-loc's feature extraction) into stores."""
+def embed_cmd(run_dir: str, images: str | None, sounds: str | None, texts: str | None, out: str, device: str) -> None:
+    """Embed new images, sounds and sentences with a trained run (DSVE-loc's feature extraction) into stores."""
     from pathlib import Path
 
-    from ..embed import EmbedError, embed_images, embed_texts
+    from ..embed import EmbedError, embed_images, embed_sounds, embed_texts
+    from ..query import RunQueries
 
-    if not images and not texts:
-        _fail("give --images FOLDER and/or --texts FILE")
-    run, dest = Path(run_dir), Path(out)
-    if not (run / "metrics.json").exists() or not (run / "model.pt").exists():
-        _fail(f"{run} is not a completed train run (no metrics.json / model.pt); run its train stage first")
+    if not images and not texts and not sounds:
+        _fail("give --images FOLDER, --sounds FOLDER and/or --texts FILE")
+    dest = Path(out)
     try:
+        run = RunQueries(Path(run_dir), device=device)
         if texts:
             click.echo(f"text embeddings: {embed_texts(run, Path(texts), dest)}")
         if images:
-            click.echo(f"image embeddings: {embed_images(run, Path(images), dest, device=device)}")
+            click.echo(f"image embeddings: {embed_images(run, Path(images), dest)}")
+        if sounds:
+            click.echo(f"audio embeddings: {embed_sounds(run, Path(sounds), dest)}")
     except (EmbedError, ValueError) as e:
         _fail(str(e))
+
+
+@main.command("serve")
+@click.option("--run", "run_dir", default=None, type=click.Path(file_okay=False),
+              help="open on this run (its directory under CACHE/runs)")
+@click.option("--dataset", default=None, help="only this dataset's runs")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="the address to listen on; anything but loopback exposes your data to the network")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True, help="where queries are embedded: cpu, cuda, auto")
+@common
+def serve_cmd(run_dir: str | None, dataset: str | None, host: str, port: int, device: str, config_path: str,
+              cache: str | None) -> None:
+    """A local web app over the runs in the cache: search from any modality to any other, explain, browse."""
+    from pathlib import Path
+
+    from ..config import load_config
+
+    try:
+        cfg = load_config(config_path, cache=cache)
+    except ConfigError as e:
+        _fail(str(e))
+    try:
+        import uvicorn
+
+        from ..serve import ServeError, create_app
+    except ImportError as e:
+        _fail(f"pipeline serve needs its extra ({e.name} is missing): pip install 'avpipeline[serve]'")
+    if dataset is not None and dataset not in cfg.datasets:
+        _fail(f"unknown dataset '{dataset}'; stages.yaml has: {', '.join(cfg.datasets)}")
+    try:
+        app = create_app(cfg, dataset, Path(run_dir) if run_dir else None, device)
+    except ServeError as e:
+        _fail(f"--run {run_dir}: {e.message}")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: anyone who reaches this address can read the runs and datasets served", host)
+    click.echo(f"serving {cfg.cache / 'runs'} on http://{host}:{port}/ (Ctrl-C stops)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 @main.command("convert-vggish")

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from ..context import Context
     from ..datasets import Clip, Manifest
+    from ..query import RunQueries
 
 VAL_SPLITS = ("val", "dev", "valid", "validation")
 
@@ -70,6 +71,7 @@ class Task:
     modalities: ClassVar[tuple[str, ...]] = ()  # the embeddings it scores (arrays of a unit's saved embeddings)
     aliases: ClassVar[tuple[str, ...]] = ()  # names older runs' metrics.json recorded (a subclass does not inherit them)
     sections: ClassVar[tuple[type[Section], ...]] = ()  # what `pipeline report` shows of its runs
+    explains: ClassVar[tuple[str, ...]] = ()  # query kinds `explain` draws over a picture (`pipeline serve`)
 
     def applies(self, manifest: "Manifest") -> str | None:
         """Why this task cannot be learned from the dataset, or None when it can."""
@@ -124,6 +126,11 @@ class Task:
     def table(self, runs: dict[str, dict[str, Any]]) -> str:
         """A plain-text table of runs' metrics."""
         raise NotImplementedError
+
+    def explain(self, queries: "RunQueries", query: str, picture: Path, out: Path) -> dict[str, Any]:
+        """Draw where a query of a kind in `explains` lands on a picture, as the run's own figures draw it, into
+        the PNG `out`; returns what the picture shows in numbers (its peak, in picture pixels)."""
+        raise NotImplementedError(f"task '{self.name}' explains no query")
 
     def report_rows(self, run_dir: Path, metrics: dict[str, Any], info: dict[str, Any]) -> list[Row]:
         """The rows of `pipeline report` for one run directory: a train run's own row; for an evaluate stage's

@@ -49,7 +49,7 @@ def _has(view: View, store: FeatureStore | None, clip: Any) -> bool:
     return bool(clip.text) if view.form == "tokens" else store is not None and store.unusable(clip.clip_id) is None
 
 
-def _read(view: View, store: FeatureStore | None, ids: list[str], clips: list[Any],
+def read_view(view: View, store: FeatureStore | None, ids: list[str], clips: list[Any],
           present: np.ndarray | None = None) -> Any:
     """One view's data for the items `ids` (per group: the group's first item), in the view's form; `present`:
     which items have an optional view (the others read as empty)."""
@@ -119,10 +119,10 @@ def read_items(ctx: "Context", rk: "RunKeys", trainer: Any, task: "Task") -> tup
         if v.per == "group":
             if firsts is None:
                 raise ValueError(f"view '{v.name}' is read per group, and the task '{task.name}' has no groups")
-            items.data[v.name] = _read(v, stores.get(v.name), [ids[i] for i in firsts], [keep[i] for i in firsts],
+            items.data[v.name] = read_view(v, stores.get(v.name), [ids[i] for i in firsts], [keep[i] for i in firsts],
                                        None if mask is None else mask[firsts])
         else:
-            items.data[v.name] = _read(v, stores.get(v.name), ids, keep, mask)
+            items.data[v.name] = read_view(v, stores.get(v.name), ids, keep, mask)
     extra = trainer.media_data(items)
     items.data.update(extra)
     items.per_group = items.per_group | frozenset(extra)
