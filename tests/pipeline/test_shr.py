@@ -121,3 +121,151 @@ def test_a_mix_of_a_caption_corpus_and_a_video_corpus_trains_one_run(tmp_path, t
     text = open_store(report.run_dir / "embeddings" / "text")
     assert sound.clip_ids and all(i.startswith("videos/") for i in sound.clip_ids)
     assert text.clip_ids and all(i.startswith("captions/") for i in text.clip_ids)
+
+
+# -- `pipeline serve` on this run: search from each modality, bad input, the page in Chromium ----------------------
+
+@pytest.fixture(scope="module")
+def served_run(trained):
+    from ..serving import served
+
+    cfg, report = trained
+    with served(cfg) as base:
+        yield base, report.run_dir, cfg
+
+
+def _test_clips(cfg: Path) -> list:
+    from pipeline.config import load_config
+    from pipeline.runner.stagekeys import make_adapter
+
+    return make_adapter(load_config(cfg), "shapes").manifest().clips
+
+
+def test_typed_sentences_rank_the_test_images_as_the_stored_embeddings_do(served_run):
+    """A typed caption goes through the run's text branch (as `pipeline embed` would) and is ranked against the test
+    images: the rank of its picture on the page equals the rank computed from the run's own stores."""
+    import re
+
+    from ..serving import get
+
+    base, run_dir, cfg = served_run
+    image, text = open_store(run_dir / "embeddings" / "image"), open_store(run_dir / "embeddings" / "text")
+    clips = {c.clip_id: c for c in _test_clips(cfg)}
+    captions: dict[str, set] = {}
+    for c in clips.values():
+        captions.setdefault(c.text[0], set()).add(c.group)
+    queries = [c for c in clips.values() if c.split == "test" and len(captions[c.text[0]]) == 1]  # one right picture
+    assert len(queries) >= 10
+    gallery = {}  # group -> its first item's image row, in store order: the test pictures the page ranks
+    for cid in image.clip_ids:
+        if clips[cid].split == "test":
+            gallery.setdefault(clips[cid].group, image[cid][0])
+    groups, g_emb = list(gallery), np.stack(list(gallery.values()))
+    in_top10 = 0
+    for q in queries:
+        scores = g_emb @ text[q.clip_id][0]
+        expected = 1 + int(np.sum(scores > scores[groups.index(q.group)]))
+        status, page = get(base, f"/runs/shapes/{run_dir.name}/search", q=q.text[0], to="image", scope="test", k=15)
+        assert status == 200, page
+        m = re.search(r"The right one is at rank (\d+)", page)
+        assert m and int(m.group(1)) == expected, (q.text[0], expected, m and m.group(0))
+        in_top10 += expected <= 10
+    assert in_top10 >= 0.6 * len(queries)  # most queries: the run's text->image R@10 is far above chance
+
+
+def test_the_page_in_chromium_searches_from_text_sound_and_items(served_run, tmp_path):
+    from ..serving import chromium, fits
+
+    base, run_dir, cfg = served_run
+    clip = next(c for c in _test_clips(cfg) if c.split == "test")
+    with chromium() as page:
+        page.goto(base + "/")
+        assert fits(page)
+        page.click(f"a[href='/runs/shapes/{run_dir.name}']")
+        page.fill("#text-search input[name=q]", clip.text[0])
+        page.select_option("#text-search select[name=to]", "image")
+        page.click("#text-search button")
+        rows = page.locator("#results tr.result")
+        assert rows.count() == 10 and page.locator("#results tr.result img").count() == 10
+        assert page.locator("#results tr.right").count() <= 1 and fits(page)
+        page.screenshot(path=str(tmp_path / "results.png"))
+        assert (tmp_path / "results.png").stat().st_size > 10_000
+        # an uploaded spoken caption returns texts
+        page.goto(f"{base}/runs/shapes/{run_dir.name}")
+        page.set_input_files("#audio-search input[type=file]", str(clip.media["audio"]))
+        page.select_option("#audio-search select[name=to]", "text")
+        page.click("#audio-search button")
+        texts = page.locator("#results tr.result td.wrap").all_inner_texts()
+        assert len(texts) == 10 and all(t.strip() for t in texts)
+        corpus = {c.text[0] for c in _test_clips(cfg)}
+        assert all(any(t.startswith(c) for c in corpus) for t in texts)
+        # "more like this" from a result: an item query, with its ground truth marked
+        page.click("#results tr.result >> nth=0 >> text=more like this")
+        assert page.locator("#results tr.result").count() == 10
+        # a file that is not sound: its message on the page, and a 400
+        bad = tmp_path / "notes.wav"
+        bad.write_text("these are my notes, not a recording")
+        page.goto(f"{base}/runs/shapes/{run_dir.name}")
+        page.set_input_files("#audio-search input[type=file]", str(bad))
+        with page.expect_navigation() as nav:
+            page.click("#audio-search button")
+        assert nav.value.status == 400
+        assert "not a readable audio file" in page.inner_text("[role=alert]")
+
+
+def test_bad_requests_get_a_message_and_a_4xx(served_run):
+    from ..serving import alert, get, post_file, request
+
+    base, run_dir, cfg = served_run
+    port = int(base.rsplit(":", 1)[1])
+    url = f"/runs/shapes/{run_dir.name}"
+    for path in (f"{url}/files/../../../../etc/passwd", f"{url}/files/..%2f..%2f..%2fstages.yaml",
+                 "/runs/shapes/..%2f..%2fstores/search", f"{url}/files/%2fetc%2fpasswd"):
+        status, body = request("127.0.0.1", port, "GET", path)
+        assert 400 <= status < 500 and "root:" not in body and "datasets:" not in body, (path, status)
+    status, body = get(base, "/media/shapes", id="../../etc/passwd", role="image")
+    assert status == 404 and "no item" in alert(body)
+    assert get(base, f"{url}/search", q="   ", to="image")[0] == 400
+    status, body = get(base, f"{url}/search", q="a red circle", to="visual")
+    assert status == 400 and "has no visual embeddings" in alert(body)
+    status, body = get(base, "/runs/shapes/no-such-run")
+    assert status == 404
+    status, body = request("127.0.0.1", port, "POST", f"{url}/search", b"x",
+                           {"Content-Length": str(60 * 1024 * 1024), "Content-Type": "multipart/form-data; boundary=b"})
+    assert status == 413 and "over 50 MB" in alert(body)
+    status, body = post_file(base, f"{url}/search", {"kind": "image", "to": "text"}, ("empty.png", b""))
+    assert status == 400 and "empty" in alert(body)
+    status, body = post_file(base, f"{url}/search", {"kind": "image", "to": "text"}, ("x.png", b"\x89PNG not really"))
+    assert status == 400 and "not a readable image file" in alert(body)
+    status, body = post_file(base, f"{url}/search", {"kind": "video", "to": "text"}, ("x.mp4", b"abc"))
+    assert status == 400
+    incomplete = run_dir.parent / "see-hear-read-0000000000000000"
+    incomplete.mkdir()
+    (incomplete / "params.yaml").write_text((run_dir / "params.yaml").read_text())
+    try:
+        status, body = get(base, f"/runs/shapes/{incomplete.name}")
+        assert status == 409 and "not complete" in alert(body)
+    finally:
+        import shutil
+
+        shutil.rmtree(incomplete)
+
+
+def test_embed_sounds_and_images_equal_the_runs_own_embeddings(trained, tmp_path):
+    """`pipeline embed` (the code path serve's uploads take) on the corpus's own files gives the stored rows."""
+    from ..conftest import cli
+
+    cfg, report = trained
+    clips = [c for c in _test_clips(cfg) if c.split == "test"][:4]
+    (tmp_path / "sounds").mkdir()
+    (tmp_path / "images").mkdir()
+    for c in clips:
+        (tmp_path / "sounds" / f"{c.clip_id.replace('/', '_')}.wav").write_bytes(Path(c.media["audio"]).read_bytes())
+        (tmp_path / "images" / f"{c.clip_id.replace('/', '_')}.png").write_bytes(Path(c.media["image"]).read_bytes())
+    cli("embed", "--run", str(report.run_dir), "--sounds", str(tmp_path / "sounds"), "--images",
+        str(tmp_path / "images"), "--out", str(tmp_path / "out"), "--device", "cpu")
+    for modality, folder in (("sound", "sounds"), ("image", "images")):
+        new, own = open_store(tmp_path / "out" / modality), open_store(report.run_dir / "embeddings" / modality)
+        for c in clips:
+            name = f"{c.clip_id.replace('/', '_')}.{'wav' if folder == 'sounds' else 'png'}"
+            assert np.abs(new[name][0] - own[c.clip_id][0]).max() < 1e-4, (modality, c.clip_id)
