@@ -132,3 +132,77 @@ def test_status_does_not_take_an_evaluate_run_for_an_old_train_run(trained):
     rows = {r["stage"]: r["state"] for r in status(load_config(cfg), "scenes-vg")}
     # runs/scenes-vg holds dsve-pointing-<key>/ only: dsve itself never ran there (its name is a prefix)
     assert rows["dsve-pointing"] == "up to date" and rows["dsve"] == "missing", rows
+
+
+def test_serve_draws_a_typed_phrase_over_an_uploaded_scene(trained, tmp_path):
+    """`pipeline serve` explain: the phrase's heatmap over a picture, from the run's own extractor and model, drawn by
+    the pointing figures' code. Its peak equals the one computed from the run's stored image maps, and on fresh
+    scenes "a red circle" mostly peaks inside the circle's box."""
+    import base64
+
+    from models.common.items import Items
+    from models.dsve.heatmaps import heatmap, heatmap_points
+    from pipeline.datasets.spoken_scenes import _draw, _scene
+    from pipeline.query import RunQueries
+
+    from ..serving import alert, chromium, fits, post_file, served
+
+    cfg, reports, _ = trained
+    run_dir = next(r for r in reports if getattr(r, "name", "") == "dsve").run_dir
+    url = f"/runs/scenes/{run_dir.name}"
+    # a picture of the corpus: the uploaded file's heatmap is the one of the run's stored maps
+    picture = sorted((Path(cfg).parent / "scenes" / "images" / "val2014").glob("*.jpg"))[0]
+    import yaml
+
+    from pipeline.config import load_config
+    from pipeline.runner.stagekeys import resolve
+    from pipeline.store import FeatureStore
+
+    ctx = resolve(load_config(cfg), "scenes")
+    store = FeatureStore(yaml.safe_load((run_dir / "params.yaml").read_text())["upstream"]["image"]["store"],
+                         clip_keys=ctx.rows["resnet"])
+    clip_id = next(c.clip_id for c in ctx.manifest.clips if Path(c.media["image"]).resolve() == picture.resolve())
+    q = RunQueries(run_dir)
+    maps = store[clip_id].mean(axis=0)[None].astype(np.float32)
+    items = Items(["a"], {"image": maps}, frozenset({"image"}), groups=["a"], group_of=np.array([0]))
+    heat = heatmap(q.trainer.act_maps(items, np.array([0]))[0], q.texts(["a red circle"])[0], q.trainer.fc_weight(),
+                   int(q.trainer.config.pointing_nmax))
+    W, H = 224, 224
+    ex, ey = heatmap_points(heat[None], (W, H), "corner")
+    rng = np.random.default_rng(5)
+    scenes = []
+    while len(scenes) < 8:
+        bg, shapes = _scene(rng, W, "per_shape")
+        circle = [s for s in shapes if s["shape"] == "circle"]
+        if circle:
+            p = tmp_path / f"scene{len(scenes)}.jpg"
+            _draw(p, bg, shapes, W, len(scenes), 0)
+            scenes.append((p, circle[0]))
+    with served(cfg) as base:
+        status, page = post_file(base, f"{url}/explain", {"q": "a red circle"}, (picture.name, picture.read_bytes()))
+        assert status == 200, alert(page)
+        peak = tuple(float(v) for v in re.search(r"at \(([\d.]+), ([\d.]+)\) px", page).groups())
+        assert peak == (round(float(ex[0])), round(float(ey[0]))), (peak, ex, ey)
+        inside = 0
+        for p, s in scenes:
+            status, page = post_file(base, f"{url}/explain", {"q": "a red circle"}, (p.name, p.read_bytes()))
+            x, y = (float(v) for v in re.search(r"at \(([\d.]+), ([\d.]+)\) px", page).groups())
+            inside += s["cx"] - s["r"] < x < s["cx"] + s["r"] and s["cy"] - s["r"] < y < s["cy"] + s["r"]
+        assert inside >= 5, inside
+        status, page = post_file(base, f"{url}/explain", {"q": "a red circle"}, ("x.jpg", b"GIF89a nonsense"))
+        assert status == 400 and "not a readable image file" in alert(page)
+        with chromium() as page:
+            page.goto(f"{base}{url}")
+            page.fill("#explain input[name=q]", "a red circle")
+            page.set_input_files("#explain input[type=file]", str(scenes[0][0]))
+            page.click("#explain button")
+            img = page.locator("#explain-picture")
+            assert img.evaluate("i => i.naturalWidth") > 200 and fits(page)
+            png = base64.b64decode(img.get_attribute("src").split(",", 1)[1])
+            assert png[:4] == b"\x89PNG"
+            # a typed query's image results offer the heatmap of the phrase over each
+            page.goto(f"{base}{url}")
+            page.fill("#text-search input[name=q]", "a red circle")
+            page.click("#text-search button")
+            page.click("#results tr.result >> nth=0 >> text=heatmap")
+            assert page.locator("#explain-picture").evaluate("i => i.naturalWidth") > 200
