@@ -127,7 +127,7 @@ def backends_table(tmp: Path, n: int, duration: float, workers: int) -> None:
 
 
 def extractor_table(tmp: Path, n: int, duration: float, workers: int, names: list[str]) -> None:
-    cfg = project(tmp, "bench", "synthetic", {"n_classes": 8, "clips_per_class": max(1, n // 8),
+    cfg = project(tmp, "bench", "synthetic", {"n_classes": min(8, n), "clips_per_class": max(1, n // 8),
                                               "duration": duration, "seed": 0}, workers)
     clips = clips_of(cfg)
     print(f"\n## extractors: {len(clips)} clips x {duration:g} s (visual: 1 fps), CPU; audio/logmel: {workers} "
@@ -264,8 +264,8 @@ def main() -> None:
     ap.add_argument("--model-seconds", type=float, default=5.0, help="how long the model-only side runs")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="of the CNN and VGGish stages, end to end and model only")
-    args = parse(ap, audio_clips=8, clips=8, duration=1.0, noop_clips=40, device="cpu", batch_size=4,
-                 model_seconds=0.2)
+    args = parse(ap, audio_clips=4, clips=2, duration=1.0, noop_clips=20, device="cpu", batch_size=2,
+                 extractors="logmel,vggish", model_seconds=0.2)
     only = set(args.only.split(","))
     for name in ("vggish", "vgg16", "inception_v3"):
         STAGES[name]["params"]["precision"] = args.precision

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import yaml
@@ -153,7 +153,9 @@ class RunQueries:
 
     def embed(self, kind: str, queries: Sequence[Any]) -> np.ndarray:
         """Embeddings of queries of one kind (sentences, or files)."""
-        return {"text": self.texts, "image": self.images, "audio": self.sounds}[kind](queries)
+        embedders: dict[str, Callable[[Sequence[Any]], np.ndarray]] = {
+            "text": self.texts, "image": self.images, "audio": self.sounds}
+        return embedders[kind](queries)
 
     # -- the view's extractor chain ------------------------------------------------------------------------
 

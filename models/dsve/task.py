@@ -106,9 +106,12 @@ class Grounding(Pairs):
     def __init__(self) -> None:
         self.annotations: dict[str, Path] = {}
 
-    def explain(self, queries: "RunQueries", query: str, picture: Path, out: Path) -> dict[str, Any]:
+    def explain(self, queries: "RunQueries", query: str, out: Path, picture: Path | None = None,
+                item: str | None = None) -> dict[str, Any]:
         """The phrase's heatmap over the picture, drawn as the run's pointing figures are (`draw_heatmap`), with
         the pointing game's point: its peak."""
+        if picture is None:
+            raise ValueError("a phrase is drawn over a picture: give one")
         import matplotlib
 
         matplotlib.use("Agg")

@@ -271,7 +271,7 @@ class SeeHearRead(PictureFinetuning, EpochTrainer):
         assert self.model is not None and items.group_of is not None
         return {"image": self.image_embeddings(items, np.arange(len(items.groups)), bs),
                 "sound": self.audio_embeddings(items, np.arange(len(items)), bs),
-                "text": self.text_embeddings(items.data["text"].texts, bs)}
+                "text": self._text_branch(items, np.arange(len(items)), bs)}
 
     # -- one modality at a time: the run's stores, and a query (`pipeline embed`, `pipeline serve`) --------
 
@@ -286,7 +286,10 @@ class SeeHearRead(PictureFinetuning, EpochTrainer):
         """The text branch's embeddings `[n, d]` of written sentences (their first sentence, up to max_words)."""
         assert self.model is not None and self.vectors is not None
         items = Items([str(i) for i in range(len(texts))], {"text": TokensData(list(texts))})
-        return self.infer(len(texts), bs, lambda i: self._embed_branch("text", self._words(items, i)),
+        return self._text_branch(items, np.arange(len(texts)), bs)
+
+    def _text_branch(self, items: Items, idx: np.ndarray, bs: int) -> np.ndarray:
+        return self.infer(len(idx), bs, lambda i: self._embed_branch("text", self._input(items, "text", idx[i])),
                           self._empty)
 
     def image_embeddings(self, items: Items, groups: np.ndarray, bs: int = 64) -> np.ndarray:

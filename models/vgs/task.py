@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from models.common.items import Items
     from pipeline.context import Context
     from pipeline.datasets import Clip, Manifest
+    from pipeline.query import RunQueries
     from pipeline.training.base import RunKeys
 
 SCORE_NAMES = ("gs_object", "gs_word", "as_object", "as_word")
@@ -139,6 +140,46 @@ class Localization(Pairs):
                          bool(al.get("softmax", True)))
         first = next(iter(runs))
         return path / (self.plot_file if len(runs) == 1 else f"alignment-{first}.png")
+
+    explains = ("word",)
+
+    def explain_items(self, run_dir: Path, n: int) -> list[dict[str, Any]]:
+        from models.vgs.alignment import SCALE_T
+
+        loc = run_dir / "localization.json"
+        items = json.loads(loc.read_text())["items"][:n] if loc.is_file() else []
+        store = FeatureStore(run_dir / "av_tensors") if items else None
+        return [{"clip_id": it["clip_id"], "words": [(k, w) for k, (w, _, _) in enumerate(
+                    _spans(it, len(store[it["clip_id"]]) * SCALE_T))]} for it in items if store is not None]
+
+    def explain(self, queries: "RunQueries", query: str, out: Path, picture: Path | None = None,
+                item: str | None = None) -> dict[str, Any]:
+        """The spatial attention of word number `query` of the scored item `item` over its image, from the run's
+        AV tensor and the word's time span, drawn as the run's `samples/` figures are (`draw_word_attention`)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from pipeline.query import QueryError
+
+        from . import alignment as al
+
+        run_dir = queries.run_dir
+        spec = {it["clip_id"]: it for it in json.loads((run_dir / "localization.json").read_text())["items"]}
+        if item not in spec:
+            raise QueryError(f"item '{item}' is not among the {len(spec)} items this run scored (its test split)")
+        softmax = bool((json.loads((run_dir / "metrics.json").read_text()).get("alignment") or {}).get("softmax", True))
+        sa, _ = al.source_maps(FeatureStore(run_dir / "av_tensors")[item], None, softmax)
+        spans = _spans(spec[item], len(sa) * al.SCALE_T)
+        if not query.isdigit() or int(query) >= len(spans):
+            raise QueryError(f"item '{item}' has words 0 to {len(spans) - 1} within the frames the model heard")
+        word, on, off = spans[int(query)]
+        img = _picture(picture if picture is not None else spec[item]["image"], sa.shape[2] * al.SCALE_HW)
+        fig, ax = plt.subplots(figsize=(5, 5))
+        x, y = draw_word_attention(ax, img, sa, on, off, al.SCALE_T, f"'{word}' ({on / 100:.2f}-{off / 100:.2f} s)")
+        save_figure(fig, out, item, dpi=90)
+        return {"peak": [x, y], "word": word, "onset": on, "offset": off}
 
     def line(self, metrics: dict[str, Any]) -> str:
         al = metrics.get("alignment", {})
@@ -284,7 +325,6 @@ def plot_samples(run_dir: Path, words: list[dict[str, Any]], out: Path, n: int, 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     from . import alignment as al
 
@@ -302,10 +342,7 @@ def plot_samples(run_dir: Path, words: list[dict[str, Any]], out: Path, n: int, 
         it = spec[cid]
         s = store[cid]
         sa, ta = al.source_maps(s, None, softmax)
-        try:
-            img = np.asarray(Image.open(it["image"]).convert("RGB").resize((sa.shape[2] * al.SCALE_HW,) * 2))
-        except OSError:
-            img = np.full((sa.shape[1] * al.SCALE_HW, sa.shape[2] * al.SCALE_HW, 3), 200, np.uint8)
+        img = _picture(it["image"], sa.shape[2] * al.SCALE_HW)
         cols = len(mentions) + 1
         fig = plt.figure(figsize=(2.6 * cols, 4.6))
         grid = fig.add_gridspec(2, cols, height_ratios=[2.6, 1.2])
@@ -315,15 +352,9 @@ def plot_samples(run_dir: Path, words: list[dict[str, Any]], out: Path, n: int, 
         ax.axis("off")
         colours = plt.cm.tab10(np.arange(len(mentions)) % 10)
         for j, m in enumerate(mentions):
-            w = al.frame_weights(len(sa), scale_t, m["onset"], m["offset"])
-            heat = np.tensordot(w, sa, axes=1)
-            heat = al.upsample(heat[None] / max(heat.max(), 1e-12), 1, al.SCALE_HW)[0]
-            ax = fig.add_subplot(grid[0, j + 1])
-            ax.imshow(img)
-            ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
-            ax.set_title(f"'{m['word']}' -> {m['category']}\nGS {m['gs_object']:.2f}  AS {m['as_object']:.2f}",
-                         fontsize=8, color=colours[j])
-            ax.axis("off")
+            draw_word_attention(fig.add_subplot(grid[0, j + 1]), img, sa, m["onset"], m["offset"], scale_t,
+                                f"'{m['word']}' -> {m['category']}\nGS {m['gs_object']:.2f}  AS {m['as_object']:.2f}",
+                                colours[j])
         ax = fig.add_subplot(grid[1, :])
         t = np.arange(len(ta) * scale_t)
         for j, m in enumerate(mentions):
@@ -345,3 +376,30 @@ def _spans(item: dict[str, Any], max_frames: int) -> list[tuple[str, int, int]]:
     from models.vgs.alignment import word_spans
 
     return [(w, on, off) for _, w, on, off in word_spans([tuple(x) for x in item["words"]], item["n_frames"], max_frames)]
+
+
+def draw_word_attention(ax: Any, img: np.ndarray, sa: np.ndarray, onset: int, offset: int, scale_t: int, title: str,
+                        colour: Any = None) -> tuple[float, float]:
+    """A spoken word's spatial attention (SA summed over the word's frames, normalised, nearest-upsampled) over the
+    image; returns its peak in image pixels. The run's `samples/` figures and `pipeline serve` draw with this."""
+    from . import alignment as al
+
+    w = al.frame_weights(len(sa), scale_t, onset, offset)
+    heat = np.tensordot(w, sa, axes=1)
+    heat = al.upsample(heat[None] / max(heat.max(), 1e-12), 1, al.SCALE_HW)[0]
+    ax.imshow(img)
+    ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    ax.set_title(title, fontsize=8, color=colour)
+    ax.axis("off")
+    y, x = np.unravel_index(int(heat.argmax()), heat.shape)
+    return float(x) + 0.5, float(y) + 0.5
+
+
+def _picture(path: Any, side: int) -> np.ndarray:
+    """The item's image resized to the attention grid's pixels (grey when it cannot be read), as the figures show it."""
+    from PIL import Image
+
+    try:
+        return np.asarray(Image.open(path).convert("RGB").resize((side, side)))
+    except OSError:
+        return np.full((side, side, 3), 200, np.uint8)

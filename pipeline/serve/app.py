@@ -91,7 +91,8 @@ def create_app(config: PipelineConfig, dataset: str | None = None, run: Path | N
             parts_memo.clear()
             parts_memo[memo] = page_parts(rows, charts)
         runs = [{**r, "url": _run_url(server, Path(r["run_dir"]))} for r in rows]
-        return page("serve_runs.html", title="avpipeline runs", rows=runs, **parts_memo[memo])
+        parts = parts_memo[memo]
+        return page("serve_runs.html", title="avpipeline runs", rows=runs, parts=parts["parts"], charts=parts["charts"])
 
     @app.get("/runs/{dataset}/{name}", response_class=HTMLResponse)
     def run_page(dataset: str, name: str) -> HTMLResponse:
@@ -112,6 +113,7 @@ def create_app(config: PipelineConfig, dataset: str | None = None, run: Path | N
                                                                                     sort_keys=False),
                     url=_run_url(server, d), kinds=kinds, modalities=mods, samples=samples, figures=figures,
                     explains=task.explains if task else (), note=note,
+                    words=task.explain_items(d, 6) if task and "word" in task.explains else [],
                     scopes=list(server.gallery(d, mods[0]).scopes) if mods else ["all"],
                     random=any(v.get("random_weights") for v in (info.get("upstream") or {}).values()))
 
@@ -180,11 +182,15 @@ def create_app(config: PipelineConfig, dataset: str | None = None, run: Path | N
                     truth=truth is not None, first_right=first_right, explain=explain, roles=_roles)
 
     @app.get("/runs/{dataset}/{name}/explain", response_class=HTMLResponse)
-    def explain_item(dataset: str, name: str, q: str, item: str) -> HTMLResponse:
+    def explain_item(dataset: str, name: str, item: str, q: str | None = None, word: str | None = None) -> HTMLResponse:
         d = server.run_dir(dataset, name)
         info, _ = server.info(d)
         picture = server.media_path(info["dataset"], item, "image")
-        return explain(d, info, q, picture, f"item {item}")
+        if word is not None:
+            return explain(d, info, "word", word, picture, f"item {item}", item)
+        if q is None:
+            raise ServeError(400, "explain what: a phrase (q=...) or a spoken word's number (word=...)")
+        return explain(d, info, "text", q, picture, f"item {item}")
 
     @app.post("/runs/{dataset}/{name}/explain", response_class=HTMLResponse)
     def explain_upload(dataset: str, name: str, q: Annotated[str, Form()],
@@ -192,27 +198,29 @@ def create_app(config: PipelineConfig, dataset: str | None = None, run: Path | N
         d = server.run_dir(dataset, name)
         info, _ = server.info(d)
         with _saved(file, "image", max_upload) as path:
-            return explain(d, info, q, path, file.filename or "upload")
+            return explain(d, info, "text", q, path, file.filename or "upload")
 
-    def explain(d: Path, info: dict[str, Any], q: str, picture: Path, source: str) -> HTMLResponse:
+    def explain(d: Path, info: dict[str, Any], kind: str, q: str, picture: Path, source: str,
+                item: str | None = None) -> HTMLResponse:
         _, metrics = server.info(d)
         task = _task(metrics)
-        if task is None or "text" not in task.explains:
-            raise ServeError(400, f"{info['implementation']} runs draw no explain picture for a typed phrase")
+        if task is None or kind not in task.explains:
+            what = "a typed phrase" if kind == "text" else "a spoken word"
+            raise ServeError(400, f"{info['implementation']} runs draw no explain picture for {what}")
         if not q.strip():
             raise ServeError(400, "the phrase is empty: type some words")
         model = server.model(d)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "explain.png"
             try:
-                facts = task.explain(model, q, picture, out)
+                facts = task.explain(model, q, out, picture=picture, item=item)
             except QueryError:
                 raise
             except (OSError, ValueError) as e:
                 raise ServeError(400, f"{source}: cannot draw on it ({e})") from None
             png = base64.b64encode(out.read_bytes()).decode()
-        return page("serve_explain.html", title=f"explain: {q}", info=info, q=q, source=source, png=png,
-                    facts=facts, url=_run_url(server, d))
+        return page("serve_explain.html", title=f"explain: {q}", info=info, q=facts.get("word", q), kind=kind,
+                    source=source, png=png, facts=facts, url=_run_url(server, d))
 
     return app
 

@@ -112,21 +112,23 @@ class VectorIndex:
     def _search_ann(self, q: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         import faiss
 
-        params = None
+        params: Any = None
         if allowed is not None:
-            params = faiss.SearchParametersIVF(sel=faiss.IDSelectorBatch(np.flatnonzero(allowed).astype(np.int64)),
-                                               nprobe=self.ann.nprobe)
+            selector = faiss.IDSelectorBatch(np.flatnonzero(allowed).astype(np.int64))  # referenced until searched
+            params = faiss.SearchParametersIVF()
+            params.sel, params.nprobe = selector, self.ann.nprobe
         s, i = self.ann.search(np.ascontiguousarray(q), k, params=params)
         keep = (i >= 0).all(axis=0)
         return i[:, keep].astype(np.int64), s[:, keep]
 
 
 def _ivf(path: Path, vectors: np.ndarray) -> Any:
-    """An IVF-Flat inner-product index of the vectors (4 sqrt(n) lists, 16 probed), trained on a sample and
+    """An IVF-Flat inner-product index of the vectors (4 sqrt(n) lists, 64 probed), trained on a sample and
     saved beside them; loaded when it is there."""
     import faiss
 
     saved = path.with_suffix(".ivf")
+    index: Any
     if saved.is_file():
         index = faiss.read_index(str(saved))
     else:
@@ -140,5 +142,5 @@ def _ivf(path: Path, vectors: np.ndarray) -> Any:
         tmp = saved.with_suffix(f".{uuid.uuid4().hex}.partial")
         faiss.write_index(index, str(tmp))
         os.replace(tmp, saved)
-    index.nprobe = 16
+    index.nprobe = 64
     return index

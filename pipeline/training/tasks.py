@@ -71,7 +71,9 @@ class Task:
     modalities: ClassVar[tuple[str, ...]] = ()  # the embeddings it scores (arrays of a unit's saved embeddings)
     aliases: ClassVar[tuple[str, ...]] = ()  # names older runs' metrics.json recorded (a subclass does not inherit them)
     sections: ClassVar[tuple[type[Section], ...]] = ()  # what `pipeline report` shows of its runs
-    explains: ClassVar[tuple[str, ...]] = ()  # query kinds `explain` draws over a picture (`pipeline serve`)
+    # what `explain` draws (`pipeline serve`): "text", a typed phrase over a picture; "word", a spoken word of an item
+    # the run scored over its image
+    explains: ClassVar[tuple[str, ...]] = ()
 
     def applies(self, manifest: "Manifest") -> str | None:
         """Why this task cannot be learned from the dataset, or None when it can."""
@@ -127,10 +129,16 @@ class Task:
         """A plain-text table of runs' metrics."""
         raise NotImplementedError
 
-    def explain(self, queries: "RunQueries", query: str, picture: Path, out: Path) -> dict[str, Any]:
-        """Draw where a query of a kind in `explains` lands on a picture, as the run's own figures draw it, into
-        the PNG `out`; returns what the picture shows in numbers (its peak, in picture pixels)."""
+    def explain(self, queries: "RunQueries", query: str, out: Path, picture: Path | None = None,
+                item: str | None = None) -> dict[str, Any]:
+        """Draw where a query lands on a picture, as the run's own figures draw it, into the PNG `out`: a typed
+        phrase over `picture` ("text"), or the word number `query` of the scored item `item` over its image
+        `picture` ("word"); returns what the picture shows in numbers (its peak, in picture pixels)."""
         raise NotImplementedError(f"task '{self.name}' explains no query")
+
+    def explain_items(self, run_dir: Path, n: int) -> list[dict[str, Any]]:
+        """Up to n items whose words `explain` draws ("word"): {"clip_id", "words": [(number, word), ...]}."""
+        return []
 
     def report_rows(self, run_dir: Path, metrics: dict[str, Any], info: dict[str, Any]) -> list[Row]:
         """The rows of `pipeline report` for one run directory: a train run's own row; for an evaluate stage's

@@ -4,7 +4,7 @@ their reason."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
@@ -49,7 +49,21 @@ def _has(view: View, store: FeatureStore | None, clip: Any) -> bool:
     return bool(clip.text) if view.form == "tokens" else store is not None and store.unusable(clip.clip_id) is None
 
 
-def read_view(view: View, store: FeatureStore | None, ids: list[str], clips: list[Any],
+class Rows(Protocol):
+    """What `read_view` reads of a store: a `FeatureStore`, or rows computed in memory (`pipeline.query`)."""
+
+    attrs: dict[str, Any]
+
+    def lengths_of(self, clip_ids: Sequence[str]) -> np.ndarray: ...
+
+    def __getitem__(self, clip_id: str) -> np.ndarray: ...
+
+    def clip_means(self, clip_ids: Sequence[str]) -> np.ndarray: ...
+
+    def unusable(self, clip_id: str) -> str | None: ...
+
+
+def read_view(view: View, store: Rows | None, ids: list[str], clips: list[Any],
           present: np.ndarray | None = None) -> Any:
     """One view's data for the items `ids` (per group: the group's first item), in the view's form; `present`:
     which items have an optional view (the others read as empty)."""

@@ -119,9 +119,9 @@ def test_a_new_trainer_reads_three_views_of_three_forms_with_no_pipeline_change(
     kept = {k: np.asarray(image[k]).copy() for k in ("img0000_0", "img0001_0")}
     shutil.rmtree(rep.run_dir)
     lazy: list[str] = []
-    read = views._read
+    read = views.read_view
     monkeypatch.setattr(views, "_PRELOAD_BYTES", 0)
-    monkeypatch.setattr(views, "_read", lambda v, *a: (lambda d: lazy.append(type(d).__name__) or d)(read(v, *a)))
+    monkeypatch.setattr(views, "read_view", lambda v, *a: (lambda d: lazy.append(type(d).__name__) or d)(read(v, *a)))
     again = run("train", stage="three", config=cfg)[-1]
     assert not again.reused and MapData.__name__ in lazy
     image = open_store(again.run_dir / "embeddings" / "image")

@@ -151,6 +151,40 @@ def test_vgs_alignment_on_generated_scenes(tmp_path, scenes_root, monkeypatch):
     assert scored_before(d, {}) is not None
     monkeypatch.setattr(alignment.Alignment, "VERSION", alignment.Alignment.VERSION + 1)
     assert scored_before(d, {}) is None  # scored by older code
+    _serve_explains_a_spoken_word(cfg, d)
+
+
+def _serve_explains_a_spoken_word(cfg: Path, d: Path) -> None:
+    """`pipeline serve` draws a word's attention over its image from the run's AV tensor and the word's span: the
+    peak on the page is the peak of SA summed over the word's frames, computed here from the store."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    import models.vgs.alignment as al
+    from pipeline.config import load_config
+    from pipeline.serve import create_app
+
+    client = TestClient(create_app(load_config(cfg)))
+    url = f"/runs/scenes/{d.name}"
+    page = client.get(url).text
+    assert "Explain a spoken word" in page
+    it = json.loads((d / "localization.json").read_text())["items"][0]
+    sa, _ = al.source_maps(open_store(d / "av_tensors")[it["clip_id"]], None, True)
+    spans = al.word_spans([tuple(w) for w in it["words"]], it["n_frames"], len(sa) * al.SCALE_T)
+    assert f"word={len(spans) - 1}" in page
+    for k in (0, len(spans) - 1):
+        _, word, on, off = spans[k]
+        heat = np.tensordot(al.frame_weights(len(sa), al.SCALE_T, on, off), sa, axes=1)
+        y, x = np.unravel_index(int(heat.argmax()), heat.shape)
+        r = client.get(f"{url}/explain", params={"item": it["clip_id"], "word": str(k)})
+        assert r.status_code == 200 and f'The spoken word "{word}"' in r.text
+        px, py = (float(v) for v in re.search(r"peak at \(([\d.]+), ([\d.]+)\) px", r.text).groups())
+        assert (int(px // al.SCALE_HW), int(py // al.SCALE_HW)) == (int(x), int(y)), (k, word, px, py, x, y)
+    r = client.get(f"{url}/explain", params={"item": it["clip_id"], "word": "999"})
+    assert r.status_code == 400 and "has words 0 to" in r.text
+    r = client.get(f"{url}/explain", params={"item": it["clip_id"], "q": "a red circle"})
+    assert r.status_code == 400 and "no explain picture for a typed phrase" in r.text
 
 
 def test_alignment_stage_does_not_apply_without_timed_words(tmp_path, scenes_root):
