@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -107,19 +108,17 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
     events = _Echo(no_progress)
     t0 = time.perf_counter()
     cfg = None
-    try:
-        cfg = load_config(config_path, overrides, cache)
-        reports = run(group, dataset=dataset, stage=stage, config=cfg, strict=False, events=events,
-                      retry_failed=retry_failed,
-                      workers=workers, executor=executor, scheduler=scheduler, shard_size=shard_size,
-                      device=device, batch_size=batch_size, media_backend=media_backend,
-                      progress=not no_progress)
-    except (ConfigError, DatasetError, PipelineError, StoreError, MediaError, ExecutorError, WeightsError,
-            KeyError) as e:
-        _fail(str(e))
-    except OSError as e:
-        _fail(f"{e}; check the --cache and --config paths and free disk space")
-    except KeyboardInterrupt:
+    signals: list[int] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        signals.append(signum)
+        raise KeyboardInterrupt
+
+    # a Ctrl-C can surface as another error (a library's cleanup of a write it interrupted failing, say): every error
+    # after one is reported as the interruption it is, since what was committed is whole either way
+    signal.signal(signal.SIGINT, on_sigint)
+
+    def stop() -> None:
         events.close_bar()
         try:
             kept = _kept_runs(cfg, dataset, group, stage)
@@ -129,6 +128,25 @@ def run_cmd(group: str, stage: str | None, dataset: str | None, overrides: tuple
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(130)  # not sys.exit: a second Ctrl-C must not wait on worker processes at interpreter exit
+
+    try:
+        cfg = load_config(config_path, overrides, cache)
+        reports = run(group, dataset=dataset, stage=stage, config=cfg, strict=False, events=events,
+                      retry_failed=retry_failed,
+                      workers=workers, executor=executor, scheduler=scheduler, shard_size=shard_size,
+                      device=device, batch_size=batch_size, media_backend=media_backend,
+                      progress=not no_progress)
+    except KeyboardInterrupt:
+        stop()
+    except (ConfigError, DatasetError, PipelineError, StoreError, MediaError, ExecutorError, WeightsError,
+            KeyError) as e:
+        if signals:
+            stop()
+        _fail(str(e))
+    except OSError as e:
+        if signals:
+            stop()
+        _fail(f"{e}; check the --cache and --config paths and free disk space")
     finally:
         events.close_bar()
     from ..training import RunReport
