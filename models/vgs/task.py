@@ -389,7 +389,7 @@ def draw_word_attention(ax: Any, img: np.ndarray, sa: np.ndarray, onset: int, of
     heat = al.upsample(heat[None] / max(heat.max(), 1e-12), 1, al.SCALE_HW)[0]
     ax.imshow(img)
     ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    ax.set_title(title, fontsize=8, color=colour)
+    ax.set_title(title, fontsize=8, **({"color": colour} if colour is not None else {}))
     ax.axis("off")
     y, x = np.unravel_index(int(heat.argmax()), heat.shape)
     return float(x) + 0.5, float(y) + 0.5
