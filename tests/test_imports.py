@@ -74,13 +74,14 @@ def test_no_source_file_is_over_500_lines():
 
 
 def test_the_pipeline_core_names_no_task_and_no_method():
-    """report.py, embed.py and training/ reach tasks and methods through the registries and the task contract only:
+    """report.py, embed.py, query.py, serve/ and training/ reach tasks and methods through the registries and the task contract only:
     no string literal of theirs is a task's or a method's name (planting `if task == "pairs"` fails this)."""
     from pipeline.registry import EVALUATORS, TASKS, TRAINERS
 
     names = set(TASKS.names()) | set(TRAINERS.names()) | set(EVALUATORS.names())
     names |= {a for n in TASKS.names() for a in vars(TASKS.get(n)).get("aliases", ()) if a}
-    core = [ROOT / "pipeline" / "report.py", ROOT / "pipeline" / "embed.py", *(ROOT / "pipeline" / "training").glob("*.py")]
+    core = [ROOT / "pipeline" / "report.py", ROOT / "pipeline" / "embed.py", ROOT / "pipeline" / "query.py",
+            *(ROOT / "pipeline" / "training").glob("*.py"), *(ROOT / "pipeline" / "serve").glob("*.py")]
     found = {(p.name, node.value) for p in core for node in ast.walk(ast.parse(p.read_text()))
              if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names}
     assert not found, f"task or method names in the pipeline core: {sorted(found)}"

@@ -199,6 +199,12 @@ def test_the_page_in_chromium_searches_from_text_sound_and_items(served_run, tmp
         assert len(texts) == 10 and all(t.strip() for t in texts)
         corpus = {c.text[0] for c in _test_clips(cfg)}
         assert all(any(t.startswith(c) for c in corpus) for t in texts)
+        # an uploaded picture returns texts too
+        page.goto(f"{base}/runs/shapes/{run_dir.name}")
+        page.set_input_files("#image-search input[type=file]", str(clip.media["image"]))
+        page.select_option("#image-search select[name=to]", "text")
+        page.click("#image-search button")
+        assert page.locator("#results tr.result").count() == 10
         # "more like this" from a result: an item query, with its ground truth marked
         page.click("#results tr.result >> nth=0 >> text=more like this")
         assert page.locator("#results tr.result").count() == 10
@@ -269,3 +275,21 @@ def test_embed_sounds_and_images_equal_the_runs_own_embeddings(trained, tmp_path
         for c in clips:
             name = f"{c.clip_id.replace('/', '_')}.{'wav' if folder == 'sounds' else 'png'}"
             assert np.abs(new[name][0] - own[c.clip_id][0]).max() < 1e-4, (modality, c.clip_id)
+
+
+def test_serve_opens_on_one_run_and_refuses_one_outside_the_cache(trained, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from pipeline.config import load_config
+    from pipeline.serve import ServeError, create_app
+
+    from ..conftest import cli
+
+    cfg, report = trained
+    client = TestClient(create_app(load_config(cfg), run=report.run_dir))
+    r = client.get("/", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == f"/runs/shapes/{report.run_dir.name}"
+    with pytest.raises(ServeError, match="leaves its folder"):
+        create_app(load_config(cfg), run=tmp_path)
+    res = cli("serve", "--config", str(cfg), "--run", str(tmp_path), check=False)
+    assert res.returncode == 2 and "leaves its folder" in res.stderr and "Traceback" not in res.stderr
