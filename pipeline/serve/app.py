@@ -63,6 +63,12 @@ def create_app(config: PipelineConfig, dataset: str | None = None, run: Path | N
         what = "; ".join(f"{'.'.join(str(x) for x in err.get('loc', ())[1:])}: {err.get('msg')}" for err in e.errors())
         return error_page(422, f"the request is missing something or has a wrong value ({what})")
 
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception) -> HTMLResponse:  # a bug of ours: logged whole, said briefly
+        log.exception("%s %s failed", request.method, request.url.path)
+        return error_page(500, f"this request hit a bug in pipeline serve ({type(e).__name__}: {e}); the server log "
+                               "has the traceback: please report it")
+
     @app.middleware("http")
     async def _limit(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length")
@@ -90,7 +96,10 @@ def create_app(config: PipelineConfig, dataset: str | None = None, run: Path | N
             charts.mkdir(parents=True, exist_ok=True)
             parts_memo.clear()
             parts_memo[memo] = page_parts(rows, charts)
-        runs = [{**r, "url": _run_url(server, Path(r["run_dir"]))} for r in rows]
+        # an evaluate stage's row of a model trained elsewhere is no run directory of its own: no link
+        home = {r["dataset"]: (server.runs_root / r["dataset"]).resolve() for r in rows}
+        runs = [{**r, "url": _run_url(server, Path(r["run_dir"]))
+                 if Path(r["run_dir"]).parent.resolve() == home[r["dataset"]] else None} for r in rows]
         parts = parts_memo[memo]
         return page("serve_runs.html", title="avpipeline runs", rows=runs, parts=parts["parts"], charts=parts["charts"])
 

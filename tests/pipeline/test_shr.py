@@ -236,6 +236,9 @@ def test_bad_requests_get_a_message_and_a_4xx(served_run):
     assert status == 400 and "has no visual embeddings" in alert(body)
     status, body = get(base, "/runs/shapes/no-such-run")
     assert status == 404
+    clip = next(c for c in _test_clips(cfg) if c.split == "test")
+    status, body = get(base, f"{url}/search", item=clip.clip_id, source="image", to="text", scope="test")
+    assert status == 200 and '<p id="query">Query: <img' in body  # the query item's own picture
     status, body = request("127.0.0.1", port, "POST", f"{url}/search", b"x",
                            {"Content-Length": str(60 * 1024 * 1024), "Content-Type": "multipart/form-data; boundary=b"})
     assert status == 413 and "over 50 MB" in alert(body)

@@ -170,6 +170,29 @@ def test_report_lists_runs_in_a_table_and_a_page(features_project, tmp_path):
     page = (tmp_path / "r.html").read_text()
     assert page.count("<tr><td>feats</td>") == 2 and page.count("<details><summary>params</summary>") == 2
     assert page.count("data:image/png;base64,") == 1  # one chart per dataset, every run overlaid
+    _serve_searches_labelled_clips_by_item(features_project)
+
+
+def _serve_searches_labelled_clips_by_item(config: Path) -> None:
+    """`pipeline serve` on runs of labelled clips: the run list shows the report's section, each run is searchable
+    from an item of one view to the other, and the results of its class are marked right."""
+    import re
+    import urllib.parse
+
+    from fastapi.testclient import TestClient
+
+    from pipeline.config import load_config
+    from pipeline.serve import create_app
+
+    client = TestClient(create_app(load_config(config)))
+    page = client.get("/runs").text
+    runs = re.findall(r'href="(/runs/feats/cca-[0-9a-f]+)"', page)
+    assert len(runs) == 2 and "Labelled clips: cross-modal MAP" in page
+    run_page = client.get(runs[0]).text
+    item = urllib.parse.unquote(re.search(r'search\?item=([^&]+)&amp;source=audio', run_page).group(1))
+    r = client.get(f"{runs[0]}/search", params={"item": item, "source": "audio", "to": "visual", "scope": "test", "k": 5})
+    assert r.status_code == 200 and r.text.count('<tr class="result') == 5
+    assert re.search(r"The right one is at rank \d+", r.text) and "&#10003; right" in r.text
 
 
 def test_a_clip_too_short_for_vggish_fails_by_name_and_training_goes_on(tmp_path, clip_factory):
