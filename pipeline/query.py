@@ -39,12 +39,16 @@ class ChainStep:
 def extractor_chain(store_path: Path) -> list[ChainStep]:
     """The extractors that made a store, root first, read from the stores' attrs (each names its upstream's key;
     an upstream store sits beside it as `<stage>-<key>`)."""
-    from .store import FeatureStore
+    from .store import read_attrs
 
     steps: list[ChainStep] = []
     path: Path | None = Path(store_path)
     while path is not None:
-        attrs = dict(FeatureStore(path).attrs)
+        read, problem = read_attrs(path)
+        if read is None:
+            raise QueryError(f"store {path} cannot be read ({problem}); run `pipeline run extract` on the run's "
+                             "dataset to recompute it")
+        attrs = dict(read)
         steps.append(ChainStep(attrs["extractor"], dict(attrs.get("params") or {}), attrs))
         ups = list((attrs.get("upstream") or {}).values())
         if len(ups) > 1:
@@ -127,18 +131,17 @@ class RunQueries:
     def images(self, files: Sequence[Path]) -> np.ndarray:
         """`[len(files), d]` embeddings of picture files (the run's image stage, then its image branch)."""
         self.check("image")
-        ids = [f"q{i}" for i in range(len(files))]
         if self.trainer.trunk_live:  # a fine-tuned trunk: the run's own, not the stage's weights
             root = self._extractors("image")[0][0]
             frames = [self._load(root, "image", f) for f in files]
             return self.trainer.picture_embeddings(np.stack([x[len(x) // 2] for x in frames]))
-        return self.trainer.image_embeddings(self.picture_items(files), np.arange(len(ids)))
+        return self.trainer.image_embeddings(self.picture_items(files), np.arange(len(files)))
 
     def picture_items(self, files: Sequence[Path]) -> Any:
         """Items of picture files, one group each, with the image view read as the run's stage made it."""
         from models.common.items import Items
 
-        ids = [f"q{i}" for i in range(len(files))]
+        ids = _ids(len(files))
         return Items(ids, {"image": self._view_data("image", files)}, frozenset({"image"}), groups=ids,
                      group_of=np.arange(len(ids)))
 
@@ -147,9 +150,8 @@ class RunQueries:
         from models.common.items import Items
 
         view = self.check("audio")
-        ids = [f"q{i}" for i in range(len(files))]
-        items = Items(ids, {view: self._view_data(view, files)})
-        return self.trainer.audio_embeddings(items, np.arange(len(ids)))
+        items = Items(_ids(len(files)), {view: self._view_data(view, files)})
+        return self.trainer.audio_embeddings(items, np.arange(len(files)))
 
     def embed(self, kind: str, queries: Sequence[Any]) -> np.ndarray:
         """Embeddings of queries of one kind (sentences, or files)."""
@@ -186,28 +188,29 @@ class RunQueries:
         except Exception as e:  # whatever a decoder raises on a file that is not media: the query's fault
             raise QueryError(f"{Path(file).name}: not a readable {role} file ({e})") from None
 
-    def _rows(self, view: str, file: Path) -> np.ndarray:
-        """One file's rows through the view's whole chain."""
-        chain = self._extractors(view)
-        role = "image" if self.views[view].modality == "visual" else "audio"
-        x: Any = self._load(chain[0][0], role, file)
-        upstream: dict[str, Any] | None = None
-        for ex, attrs in chain:
-            out = ex.compute([x], upstream)[0]
-            if len(out) == 0:
-                raise QueryError(f"{Path(file).name}: {ex.no_rows_reason(x, upstream)}")
-            x, upstream = out, attrs
-        return np.asarray(x)
-
     def _view_data(self, view: str, files: Sequence[Path]) -> Any:
-        """The files' rows in the view's form, read by the training layer's reader."""
+        """The files' rows through the view's whole chain (each extractor on all of them at once, as a shard), in
+        the view's form, read by the training layer's reader."""
         from .training.views import read_view
 
         if not files:
             raise QueryError("no files to embed")
         chain = self._extractors(view)
-        ids = [f"q{i}" for i in range(len(files))]
-        rows = {cid: self._rows(view, f) for cid, f in zip(ids, files)}
+        role = "image" if self.views[view].modality == "visual" else "audio"
+        xs: list[Any] = [self._load(chain[0][0], role, f) for f in files]
+        upstream: dict[str, Any] | None = None
+        for ex, attrs in chain:
+            outs = ex.compute(xs, upstream)
+            for f, x, out in zip(files, xs, outs):
+                if len(out) == 0:
+                    raise QueryError(f"{Path(f).name}: {ex.no_rows_reason(x, upstream)}")
+            xs, upstream = [np.asarray(o) for o in outs], attrs
         for ex, _ in chain:
             ex.release()
-        return read_view(self.views[view], MemoryRows(rows, chain[-1][1]), ids, [None] * len(ids))
+        ids = _ids(len(files))
+        return read_view(self.views[view], MemoryRows(dict(zip(ids, xs)), chain[-1][1]), ids, [None] * len(ids))
+
+
+def _ids(n: int) -> list[str]:
+    """Item ids of n queries."""
+    return [f"q{i}" for i in range(n)]

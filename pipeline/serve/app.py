@@ -193,25 +193,24 @@ def create_app(config: PipelineConfig, dataset: str | None = None, run: Path | N
     @app.get("/runs/{dataset}/{name}/explain", response_class=HTMLResponse)
     def explain_item(dataset: str, name: str, item: str, q: str | None = None, word: str | None = None) -> HTMLResponse:
         d = server.run_dir(dataset, name)
-        info, _ = server.info(d)
+        info, metrics = server.info(d)
         picture = server.media_path(info["dataset"], item, "image")
         if word is not None:
-            return explain(d, info, "word", word, picture, f"item {item}", item)
+            return explain(d, info, metrics, "word", word, picture, f"item {item}", item)
         if q is None:
             raise ServeError(400, "explain what: a phrase (q=...) or a spoken word's number (word=...)")
-        return explain(d, info, "text", q, picture, f"item {item}")
+        return explain(d, info, metrics, "text", q, picture, f"item {item}")
 
     @app.post("/runs/{dataset}/{name}/explain", response_class=HTMLResponse)
     def explain_upload(dataset: str, name: str, q: Annotated[str, Form()],
                        file: Annotated[UploadFile, File()]) -> HTMLResponse:
         d = server.run_dir(dataset, name)
-        info, _ = server.info(d)
+        info, metrics = server.info(d)
         with _saved(file, "image", max_upload) as path:
-            return explain(d, info, "text", q, path, file.filename or "upload")
+            return explain(d, info, metrics, "text", q, path, file.filename or "upload")
 
-    def explain(d: Path, info: dict[str, Any], kind: str, q: str, picture: Path, source: str,
-                item: str | None = None) -> HTMLResponse:
-        _, metrics = server.info(d)
+    def explain(d: Path, info: dict[str, Any], metrics: dict[str, Any], kind: str, q: str, picture: Path,
+                source: str, item: str | None = None) -> HTMLResponse:
         task = _task(metrics)
         if task is None or kind not in task.explains:
             what = "a typed phrase" if kind == "text" else "a spoken word"
@@ -223,7 +222,7 @@ def create_app(config: PipelineConfig, dataset: str | None = None, run: Path | N
             out = Path(tmp) / "explain.png"
             try:
                 facts = task.explain(model, q, out, picture=picture, item=item)
-            except QueryError:
+            except QueryError:  # a ValueError with its own message and handler
                 raise
             except (OSError, ValueError) as e:
                 raise ServeError(400, f"{source}: cannot draw on it ({e})") from None

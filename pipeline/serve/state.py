@@ -75,6 +75,7 @@ class Server:
         self.start = inside(run, self.runs_root) if run is not None else None
         self._models: OrderedDict[Path, Any] = OrderedDict()
         self._manifests: dict[str, dict[str, Any]] = {}
+        self._captions: dict[str, dict[str, set[str]]] = {}
         self._galleries: dict[tuple[Path, str], Gallery] = {}
         self._lock = threading.RLock()  # one model load, one index build at a time (a gallery loads its model)
 
@@ -223,7 +224,15 @@ class Server:
 
     def truth_of_text(self, dataset: str, text: str) -> tuple[str, set[str]] | None:
         """A typed sentence that is one of the dataset's captions: right are the groups it describes."""
-        want = " ".join(text.lower().split())
-        groups = {c.group for c in self.manifest(dataset).values()
-                  if c.group is not None and any(" ".join(t.lower().split()) == want for t in c.text)}
-        return ("group", groups) if groups else None
+        if dataset not in self._captions:  # caption (case and spacing folded) -> groups, made once per dataset
+            index: dict[str, set[str]] = {}
+            for c in self.manifest(dataset).values():
+                for t in c.text if c.group is not None else ():
+                    index.setdefault(_folded(t), set()).add(c.group)
+            self._captions[dataset] = index
+        groups = self._captions[dataset].get(_folded(text))
+        return ("group", set(groups)) if groups else None
+
+
+def _folded(text: str) -> str:
+    return " ".join(text.lower().split())
