@@ -37,6 +37,12 @@ class FrameConfig:
             raise ValueError(f"crop_size must be >= 32 (or null: the weights' own), got {self.crop_size}")
 
 
+def decode_frames(ex: Extractor, clip: Any, fps: float) -> np.ndarray:
+    """A clip's frames (or its picture) at `fps`, native size, with the extractor's media decoder: uint8 [T, H, W, 3]."""
+    duration = clip.end - clip.start if clip.start is not None and clip.end is not None else None
+    return ex.media.decode_frames(clip.source(*ex.roles), fps, None, start=clip.start, duration=duration)
+
+
 def torchvision_imagenet(enum_name: str) -> dict[str, PretrainedWeights]:
     """The `imagenet` entry for a torchvision weights enum (file URL, metadata, bound preprocessing)."""
     import torchvision.models as tvm
@@ -113,10 +119,7 @@ class FrameExtractor(Extractor):
         """A clip's frames at `fps`, native size: a uint8 tensor [T, 3, H, W]."""
         import torch
 
-        duration = clip.end - clip.start if clip.start is not None and clip.end is not None else None
-        frames = self.media.decode_frames(clip.source(*self.roles), self.config.fps, None, start=clip.start,
-                                          duration=duration)
-        return torch.from_numpy(frames).permute(0, 3, 1, 2)
+        return torch.from_numpy(decode_frames(self, clip, self.config.fps)).permute(0, 3, 1, 2)
 
     def decode_resized(self, clip: Any, resize_size: int | None = None) -> Any:
         """A clip's frames at `fps`, shorter side resized to `resize_size` (default: `input_size()`'s) with

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 
 def reads_from_dataset(impl: Any) -> str | None:
-    """What a root stage reads from its dataset ('media' or 'features'); None when it reads upstream stores
-    (and for train and evaluate stages)."""
+    """What a root stage reads from its dataset ('media', 'features', or 'text': the items' captions and
+    transcripts); None when it reads upstream stores (and for train and evaluate stages)."""
     from .training import is_run_stage
 
     if is_run_stage(impl) or getattr(impl, "consumes", None) is not None:
@@ -164,6 +164,13 @@ def make_plan(cfg: PipelineConfig, adapter: "DatasetAdapter", group: str | None 
         source = reads_from_dataset(impl)
         bad = [u for u in spec.upstream if u in why_not]
         roles = getattr(impl, "roles", ())
+        if source == "text":
+            if manifest is not None and not any(c.text for c in manifest.clips):
+                why_not[n] = f"it reads the items' text, and no item of dataset '{dataset}' has a caption or transcript"
+            else:
+                reads[n] = list(spec.upstream)
+                available[n] = impl(impl.Config(**cfg.params_for(n, dataset))).modality
+            continue
         if source is not None and source != adapter.kind:
             why_not[n] = f"it reads {source}, and dataset '{dataset}' holds {adapter.kind}"
         elif source == "media" and roles and manifest is not None and \

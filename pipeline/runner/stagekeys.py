@@ -58,7 +58,7 @@ def resolve(config: PipelineConfig, dataset: str | None, prepare: bool = False,
         if errors is not None and any(u in errors for u in spec.upstream):
             errors[name] = "an upstream stage cannot be resolved"
             continue
-        if reads_from_dataset(impl) not in (None, adapter.kind):
+        if reads_from_dataset(impl) not in (None, adapter.kind, "text"):
             continue  # e.g. an import stage on a media dataset: it does not apply (run() says so if asked)
         if any(u not in stages for u in spec.upstream):
             continue
@@ -131,11 +131,13 @@ def item_rows(config: PipelineConfig, dataset: str | None, stage: str) -> dict[s
 def _row_keys(config: PipelineConfig, name: str, impl: Any, manifest: Manifest, digests: dict[str, dict[str, str]],
               clip_keys: dict[str, str], rows: dict[str, dict[str, str]]) -> dict[str, str]:
     """Clip id -> the key of the row it reads in stage `name`: the content the extractor reads (the digest of the
-    media file of the first role it decodes, and the segment), its producer's row key for a stage that reads
-    another, else (a features dataset's rows, a clip without that media) the clip's own key."""
+    media file of the first role it decodes, and the segment; the text a text stage reads), its producer's row key
+    for a stage that reads another, else (a features dataset's rows, a clip without that media) the clip's own key."""
     producer = _producer(config, name)
     if producer is not None and producer in rows:
         return rows[producer]
+    if reads_from_dataset(impl) == "text":  # a caption's row is its text: one row for a sentence however often it recurs
+        return {c.clip_id: hash_key(["text", c.text[0]]) if c.text else clip_keys[c.clip_id] for c in manifest.clips}
     roles = getattr(impl, "roles", ())
     if reads_from_dataset(impl) != "media" or not roles:
         return clip_keys

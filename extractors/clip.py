@@ -1,0 +1,123 @@
+"""`clip` and `clip_text`: CLIP's image and text towers (Radford et al. 2021) through transformers' `CLIPModel`,
+each giving the projected features of the shared image-text space (`get_image_features` /
+`get_text_features`, before the L2 normalisation the contrastive logits apply).
+
+`clip` embeds frames sampled at `fps` from a video (or the picture of an image item), preprocessed by the
+checkpoint's own image processor (resize the shorter side, centre crop, its mean and std); `pool` as the other
+frame extractors. `clip_text` embeds each item's caption or transcript (docs/extractors.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from pipeline.registry import register_extractor
+
+from ._frames import decode_frames
+from .base import OutputSpec, split_rows
+from .hf import DEFAULTS, EncoderConfig, TextTower, TransformersEncoder, byte_vocab, write_tokenizer_files
+
+TINY = {"image_size": 64, "patch_size": 16, "width": 64, "layers": 2, "heads": 2, "projection_dim": 64}
+
+
+@dataclass
+class ClipImageConfig(EncoderConfig):
+    """Identity params of `clip`: the checkpoint, frames per second, pooling over a clip's frames, precision."""
+
+    weights: str = DEFAULTS["clip"]
+    fps: float = 1.0
+    pool: Literal["none", "mean", "max"] = "none"
+
+    def __post_init__(self) -> None:
+        if self.fps <= 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}")
+
+
+@dataclass
+class ClipTextConfig(EncoderConfig):
+    """Identity params of `clip_text`: the checkpoint and the precision."""
+
+    weights: str = DEFAULTS["clip"]
+
+
+class _Clip:
+    """What both CLIP towers share: the family, and the small random model of `random:SEED`."""
+
+    arch = "clip"
+    model_class = "CLIPModel"
+
+    def tiny_config(self) -> Any:
+        from transformers import CLIPConfig
+
+        vocab = len(byte_vocab(["<|startoftext|>", "<|endoftext|>"], "</w>"))
+        t = TINY
+        return CLIPConfig(
+            text_config=dict(vocab_size=vocab, hidden_size=t["width"], intermediate_size=2 * t["width"],
+                             num_hidden_layers=t["layers"], num_attention_heads=t["heads"],
+                             max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+            vision_config=dict(image_size=t["image_size"], patch_size=t["patch_size"], hidden_size=t["width"],
+                               intermediate_size=2 * t["width"], num_hidden_layers=t["layers"],
+                               num_attention_heads=t["heads"]),
+            projection_dim=t["projection_dim"])
+
+    def tiny_processor(self, directory: Path) -> Any:
+        from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
+
+        files = write_tokenizer_files(byte_vocab(["<|startoftext|>", "<|endoftext|>"], "</w>"), directory)
+        side = TINY["image_size"]
+        return CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
+                             CLIPTokenizer(*map(str, files)))
+
+
+@register_extractor
+class ClipImage(_Clip, TransformersEncoder):
+    """CLIP image-tower features `[projection_dim]` of frames sampled at `fps` (one row per frame, or pooled)."""
+
+    name = "clip"
+    VERSION = 1
+    Config = ClipImageConfig
+    produces = "visual"
+    modality = "visual"
+    roles = ("video", "image")
+
+    def output_spec(self, upstream: dict[str, Any] | None = None) -> OutputSpec:
+        pooled = self.config.pool != "none"
+        return OutputSpec("visual", (self.projection_dim(),), "float32", None if pooled else float(self.config.fps),
+                          {"fps": self.config.fps, "pool": self.config.pool, "weights": self.config.weights,
+                           "random_weights": self.weights.is_random, "arch": "clip", "tower": "image",
+                           "precision": self.config.precision})
+
+    def load(self, clip: Any, upstream: Any = None) -> np.ndarray:
+        """The clip's frames at `fps`, native size: uint8 [T, H, W, 3] (the processor resizes them in `compute`)."""
+        return decode_frames(self, clip, self.config.fps)
+
+    def compute(self, inputs: Sequence[np.ndarray], upstream: dict[str, Any] | None = None) -> list[np.ndarray]:
+        import torch
+
+        model, processor, device = self._runtime
+        frames = [torch.from_numpy(f).permute(2, 0, 1) for x in inputs for f in x]  # [3, H, W] views, any size
+        outs = [np.zeros((0, self.projection_dim()), np.float32)]
+        for start in range(0, len(frames), self.batch_size):
+            pixels = processor.image_processor(images=frames[start:start + self.batch_size], return_tensors="pt",
+                                               device=device)["pixel_values"]
+            outs.append(self.forward(model.get_image_features, pixel_values=pixels))
+        per_clip = split_rows(np.concatenate(outs), [len(x) for x in inputs])
+        if self.config.pool == "mean":
+            return [x.mean(axis=0, keepdims=True) for x in per_clip]
+        if self.config.pool == "max":
+            return [x.max(axis=0, keepdims=True) for x in per_clip]
+        return per_clip
+
+
+@register_extractor
+class ClipText(_Clip, TextTower):
+    """CLIP text-tower features `[projection_dim]` of each item's caption or transcript."""
+
+    name = "clip_text"
+    VERSION = 1
+    Config = ClipTextConfig
+
+    def max_tokens(self) -> int:
+        return int(self.model_config.get("text_config", {}).get("max_position_embeddings", 77))

@@ -1,0 +1,253 @@
+"""Shared machinery of the extractors that run a Hugging Face `transformers` model (`clip`, `clap` and their text
+towers): the checkpoint, its processor, the device, the precision.
+
+Weights are a checkpoint directory in the library's own format (`save_pretrained`: config.json, the model's
+safetensors, the tokenizer's and the processor's files). `weights:` names one of:
+- a local directory (or a path with a '/' that exists): loaded as it is;
+- a hub id such as `openai/clip-vit-base-patch32`: looked for in the dataset's weights directory (`DIR/<id>`), then
+  in the Hugging Face cache (`$HF_HOME/hub`, as `huggingface_hub` keeps it), then downloaded into that cache;
+  offline and absent, the error says what to download and where to put it;
+- `random:SEED`: a small model of the same architecture (`TINY` sizes), randomly initialised, with a byte-level
+  tokenizer; said loudly, for tests and the offline demo only.
+
+The store key holds the digest of every file of the checkpoint directory (`weights.ResolvedWeights`).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Sequence
+
+from . import _torch
+from .base import Extractor
+from .weights import ResolvedWeights, WeightsError, _digest, _memo, announce_random, resolve_weights
+
+log = logging.getLogger(__name__)
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+DOWNLOAD_PATTERNS = ["*.json", "*.txt", "*.safetensors"]  # config, tokenizer, processor, weights: no TF / Flax files
+
+
+@dataclass
+class EncoderConfig:
+    """Identity params of every transformers encoder: the checkpoint and the precision it runs at."""
+
+    weights: str = ""
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast (CPUs with AVX512-BF16/AMX, CUDA)
+
+
+def hf_cache_dir() -> Path:
+    """Where `huggingface_hub` keeps downloaded repos: `$HF_HUB_CACHE`, else `$HF_HOME/hub` (~/.cache/huggingface/hub)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+    return Path(home) / "hub"
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A directory saved by `save_pretrained`: it has a config.json."""
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def resolve_checkpoint(spec: str, arch: str, download: bool = True, dirs: Sequence[Path] = ()) -> ResolvedWeights:
+    """`random:SEED`, a local checkpoint directory, or a hub id (the dataset's weights directory, the Hugging Face
+    cache, then a download): local paths and a digest of every file, for the store key."""
+    what = f"{arch} weights '{spec}'"
+    if spec.startswith("random:"):
+        return resolve_weights(spec, arch, {})
+    path = Path(os.path.expanduser(spec))
+    if path.exists() or not HUB_ID.fullmatch(spec):
+        if not is_checkpoint(path):
+            why = "does not exist" if not path.exists() else "has no config.json (not a save_pretrained directory)"
+            raise WeightsError(f"{what}: {path} {why}; set `weights:` to a checkpoint directory, a hub id such as "
+                               f"{DEFAULTS.get(arch, 'org/name')}, or random:SEED for a smoke run (not pretrained)")
+        return _resolved(spec, "file", path.absolute())
+    found = [Path(d) / spec for d in dirs if is_checkpoint(Path(d) / spec)]
+    if found:
+        return _resolved(spec, "pretrained", found[0])
+    return _resolved(spec, "pretrained", _from_hub(spec, what, download, dirs))
+
+
+def _resolved(spec: str, kind: str, path: Path) -> ResolvedWeights:
+    from pipeline.cache import hash_key
+
+    return ResolvedWeights(spec, kind, hash_key({"model": _digest(_memo(), path)}), {"model": path})
+
+
+def _from_hub(repo: str, what: str, download: bool, dirs: Sequence[Path]) -> Path:
+    """The repo's snapshot in the Hugging Face cache, downloaded there when allowed and absent."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise WeightsError(f"{what}: reading a hub id needs huggingface_hub: pip install -e '.[encoders]'") from None
+    where = " or ".join([f"{Path(d) / repo}" for d in dirs] + [f"the Hugging Face cache ({hf_cache_dir()})"])
+    advice = (f"download it (e.g. `hf download {repo} --local-dir DIR`) and set `weights: DIR`, or put it in {where}; "
+              "or use `weights: random:0` for a smoke run (not pretrained)")
+    try:
+        return Path(snapshot_download(repo, allow_patterns=DOWNLOAD_PATTERNS, local_files_only=True))
+    except Exception:  # not in the cache (LocalEntryNotFoundError and kin)
+        if not download:
+            raise WeightsError(f"{what}: {repo} is not in {where}; {advice}") from None
+    log.info("downloading %s into %s", repo, hf_cache_dir())
+    try:
+        snap = Path(snapshot_download(repo, allow_patterns=DOWNLOAD_PATTERNS))
+        if not any(snap.glob("*.safetensors")):  # an older repo: PyTorch pickles only (loaded weights_only)
+            snap = Path(snapshot_download(repo, allow_patterns=[*DOWNLOAD_PATTERNS, "pytorch_model*.bin"]))
+    except Exception as e:  # any network, HTTP or missing-repo failure ends in the same advice
+        raise WeightsError(f"{what}: {repo} is not in {where} and could not be downloaded "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {advice}") from None
+    return snap
+
+
+DEFAULTS = {"clip": "openai/clip-vit-base-patch32", "clap": "laion/clap-htsat-unfused"}
+
+
+def byte_vocab(special: Sequence[str], word_end: str | None = None) -> dict[str, int]:
+    """A byte-level BPE vocabulary without merges: the special tokens, the 256 byte symbols (and each with
+    `word_end` appended, CLIP's end-of-word mark): any text encodes, one token per byte."""
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    symbols = sorted(ByteLevel.alphabet())
+    tokens = [*special, *symbols, *([s + word_end for s in symbols] if word_end else [])]
+    return {t: i for i, t in enumerate(tokens)}
+
+
+def write_tokenizer_files(vocab: dict[str, int], directory: Path) -> tuple[Path, Path]:
+    """vocab.json and an empty merges.txt (what GPT-2-style BPE tokenizers read) in `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    return directory / "vocab.json", directory / "merges.txt"
+
+
+class TransformersEncoder(Extractor):
+    """One tower of a transformers model: subclasses say which family (`arch`), how to build its small random
+    model (`tiny`), which output dims it has, and what `compute` feeds it."""
+
+    arch: ClassVar[str]  # "clip" or "clap": the model family, and its config's model_type
+    model_class: ClassVar[str]  # the transformers class of the whole model (CLIPModel, ClapModel)
+
+    @functools.cached_property
+    def weights(self) -> ResolvedWeights:
+        return resolve_checkpoint(self.config.weights, self.arch, download=self.allow_download, dirs=self.weights_dirs)
+
+    def weights_digest(self) -> str | None:
+        return self.weights.digest
+
+    @functools.cached_property
+    def model_config(self) -> dict[str, Any]:
+        """The checkpoint's config.json as a dict (the tiny config for random:SEED), read without loading the model."""
+        if self.weights.is_random:
+            return self.tiny_config().to_dict()
+        path = self.weights.paths["model"] / "config.json"
+        try:
+            cfg = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise WeightsError(f"{self.arch} weights '{self.weights.spec}': cannot read {path} ({e})") from None
+        if cfg.get("model_type") != self.arch:
+            raise WeightsError(f"{self.arch} weights '{self.weights.spec}': {path} is a '{cfg.get('model_type')}' "
+                               f"checkpoint, not a '{self.arch}' one")
+        return cfg
+
+    def projection_dim(self) -> int:
+        """The width of the shared space: the rows' dims."""
+        return int(self.model_config.get("projection_dim", 512))
+
+    def tiny_config(self) -> Any:
+        """The small config `random:SEED` builds (a transformers config object)."""
+        raise NotImplementedError
+
+    def tiny_processor(self, directory: Path) -> Any:
+        """The processor of the small random model (tokenizer files written to `directory`)."""
+        raise NotImplementedError
+
+    @functools.cached_property
+    def _runtime(self) -> tuple[Any, Any, Any]:
+        """(model on the device in eval mode, processor, device): one per worker process."""
+        import torch
+        import transformers
+
+        announce_random(self.arch, self.weights)
+        device = _torch.pick_device(self.execution.device if self.execution else "auto")
+        cls = getattr(transformers, self.model_class)
+        what = f"{self.arch} weights '{self.weights.spec}'"
+        if self.weights.is_random:
+            torch.manual_seed(self.weights.seed)
+            model = cls(self.tiny_config())
+            with tempfile.TemporaryDirectory(prefix="avpipeline-tok-") as tmp:
+                processor = self.tiny_processor(Path(tmp))
+        else:
+            path = self.weights.paths["model"]
+            try:
+                model = cls.from_pretrained(path)
+                processor = transformers.AutoProcessor.from_pretrained(path)
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise WeightsError(f"{what}: cannot load {path} with transformers' {self.model_class} ({first}); "
+                                   "is it a complete save_pretrained directory of that model?") from None
+        return _torch.prepare_model(model, device, image=False), processor, device
+
+    def forward(self, fn: Any, **inputs: Any) -> Any:
+        """`fn(**inputs).pooler_output` (the projected features) as float32 numpy, inputs moved to the device,
+        under the stage's precision."""
+        import torch
+
+        _, _, device = self._runtime
+        with torch.inference_mode(), _torch.autocast(device, self.config.precision):
+            out = fn(**{k: v.to(device, non_blocking=True) for k, v in inputs.items()})
+        return out.pooler_output.float().cpu().numpy()
+
+    @property
+    def batch_size(self) -> int:
+        return max(1, self.execution.batch_size if self.execution else 32)
+
+
+class TextTower(TransformersEncoder):
+    """A model's text tower over the items' captions or transcripts (the first text of each item): one row per
+    item, `[1, projection_dim]`. Rows are keyed by the text itself, so a sentence is embedded once."""
+
+    reads = "text"
+    produces = "text_embedding"
+    modality = "text"
+
+    def output_spec(self, upstream: dict[str, Any] | None = None) -> Any:
+        from .base import OutputSpec
+
+        return OutputSpec("text_embedding", (self.projection_dim(),), "float32", None,
+                          {"weights": self.config.weights, "random_weights": self.weights.is_random, "arch": self.arch,
+                           "tower": "text", "precision": self.config.precision, "max_tokens": self.max_tokens()})
+
+    def max_tokens(self) -> int:
+        """Tokens a text keeps (the rest is cut, as the model was trained): its position table's length."""
+        raise NotImplementedError
+
+    def load(self, clip: Any, upstream: Any = None) -> str:
+        from pipeline.datasets import DatasetError
+
+        if not clip.text or not clip.text[0].strip():
+            raise DatasetError(f"item '{clip.clip_id}' has no caption or transcript")
+        return clip.text[0]
+
+    def compute(self, inputs: Sequence[Any], upstream: dict[str, Any] | None = None) -> list[Any]:
+        return [row[None] for row in self.embed_texts(list(inputs))]
+
+    def embed_texts(self, texts: list[str]) -> Any:
+        """`[len(texts), projection_dim]` float32: tokenized in batches (padded to the longest, cut at
+        `max_tokens`), through the text tower and its projection."""
+        import numpy as np
+
+        model, processor, _ = self._runtime
+        outs = []
+        for start in range(0, len(texts), self.batch_size):
+            enc = processor.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
+                                      max_length=self.max_tokens(), return_tensors="pt")
+            outs.append(self.forward(model.get_text_features, input_ids=enc["input_ids"],
+                                     attention_mask=enc["attention_mask"]))
+        return np.concatenate(outs) if outs else np.zeros((0, self.projection_dim()), np.float32)
