@@ -88,18 +88,20 @@ def _from_hub(repo: str, what: str, download: bool, dirs: Sequence[Path]) -> Pat
     except ImportError:
         raise WeightsError(f"{what}: reading a hub id needs huggingface_hub: pip install -e '.[encoders]'") from None
     where = " or ".join([f"{Path(d) / repo}" for d in dirs] + [f"the Hugging Face cache ({hf_cache_dir()})"])
-    advice = (f"download it (e.g. `hf download {repo} --local-dir DIR`) and set `weights: DIR`, or put it in {where}; "
-              "or use `weights: random:0` for a smoke run (not pretrained)")
+    advice = (f"download it where this machine reaches the hub (`hf download {repo} --local-dir DIR`) and set "
+              f"`weights: DIR` or copy DIR to {Path(dirs[0]) / repo if dirs else 'the dataset weights directory/' + repo}"
+              "; or use `weights: random:0` for a smoke run (not pretrained)")
+    cache = str(hf_cache_dir())
     try:
-        return Path(snapshot_download(repo, allow_patterns=DOWNLOAD_PATTERNS, local_files_only=True))
+        return Path(snapshot_download(repo, allow_patterns=DOWNLOAD_PATTERNS, local_files_only=True, cache_dir=cache))
     except Exception:  # not in the cache (LocalEntryNotFoundError and kin)
         if not download:
             raise WeightsError(f"{what}: {repo} is not in {where}; {advice}") from None
     log.info("downloading %s into %s", repo, hf_cache_dir())
     try:
-        snap = Path(snapshot_download(repo, allow_patterns=DOWNLOAD_PATTERNS))
+        snap = Path(snapshot_download(repo, allow_patterns=DOWNLOAD_PATTERNS, cache_dir=cache))
         if not any(snap.glob("*.safetensors")):  # an older repo: PyTorch pickles only (loaded weights_only)
-            snap = Path(snapshot_download(repo, allow_patterns=[*DOWNLOAD_PATTERNS, "pytorch_model*.bin"]))
+            snap = Path(snapshot_download(repo, allow_patterns=[*DOWNLOAD_PATTERNS, "pytorch_model*.bin"], cache_dir=cache))
     except Exception as e:  # any network, HTTP or missing-repo failure ends in the same advice
         raise WeightsError(f"{what}: {repo} is not in {where} and could not be downloaded "
                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {advice}") from None

@@ -1,0 +1,300 @@
+"""CLIP and CLAP (transformers) end to end: tiny random checkpoints saved here in the library's own format and
+loaded by path; each stage's rows against the library's own forward pass on the same input; the zero-shot runs;
+TNN-C-CCA on CLIP + CLAP features; where weights are looked for, and what a user is told when they are not."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import open_store
+from pipeline.runner import run
+
+from ..conftest import SHAPES, TINY, cli, write_config
+
+log = logging.getLogger(__name__)
+
+WINDOW_S = 0.5  # CLAP windows of the test checkpoint: a spoken caption (~1-2 s) makes 2-4 rows
+
+
+def _tokenizer_files(directory: Path, clip: bool) -> list[str]:
+    from extractors.hf import byte_vocab, write_tokenizer_files
+
+    vocab = byte_vocab(["<|startoftext|>", "<|endoftext|>"], "</w>") if clip else \
+        {**byte_vocab(["<s>", "<pad>", "</s>", "<unk>"])}
+    if not clip:
+        vocab["<mask>"] = len(vocab)
+    return [str(p) for p in write_tokenizer_files(vocab, directory / "tok")]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny CLIP and a tiny CLAP, random, each saved with its processor by `save_pretrained` (sizes unlike
+    the pipeline's own random:SEED model, so the checkpoint's own config and processor must be the ones read)."""
+    from transformers import (
+        ClapConfig,
+        ClapFeatureExtractor,
+        ClapModel,
+        ClapProcessor,
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+        RobertaTokenizer,
+    )
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(1)
+    clip = CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=514, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=130, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1),
+        vision_config=dict(image_size=48, patch_size=16, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                           num_attention_heads=2),
+        projection_dim=24))
+    clip.save_pretrained(root / "clip")
+    CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48}),
+                  CLIPTokenizer(*_tokenizer_files(root / "clip-src", True))).save_pretrained(root / "clip")
+    clap = ClapModel(ClapConfig(
+        text_config=dict(vocab_size=261, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+                         max_position_embeddings=130, projection_dim=24, bos_token_id=0, pad_token_id=1,
+                         eos_token_id=2),
+        audio_config=dict(depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1], patch_embeds_hidden_size=8,
+                          hidden_size=64, projection_dim=24),
+        projection_dim=24))
+    clap.save_pretrained(root / "clap")
+    ClapProcessor(ClapFeatureExtractor(truncation="rand_trunc", max_length_s=1),
+                  RobertaTokenizer(*_tokenizer_files(root / "clap-src", False))).save_pretrained(root / "clap")
+    return {"clip": root / "clip", "clap": root / "clap"}
+
+
+def encoder_stages(clip: str, clap: str, window_s: float | None = WINDOW_S) -> dict:
+    """The encoder stages of stages.yaml, pointed at the given weights (tiny test settings)."""
+    return {
+        "audio-48k": {"group": "extract-encoders", "implementation": "audio", "params": {"sample_rate": 48000}},
+        "clip-frames": {"group": "extract-encoders", "implementation": "clip", "params": {"weights": clip, "fps": 1.0}},
+        "clip-text": {"group": "extract-encoders", "implementation": "clip_text", "params": {"weights": clip}},
+        "clap-audio": {"group": "extract-encoders", "implementation": "clap", "upstream": ["audio-48k"],
+                       "params": {"weights": clap, "window_s": window_s}},
+        "clap-text": {"group": "extract-encoders", "implementation": "clap_text", "params": {"weights": clap}},
+        "clip-zero-shot": {"group": "train", "implementation": "zero-shot-image-text",
+                           "upstream": ["clip-frames", "clip-text"]},
+        "clap-zero-shot": {"group": "train", "implementation": "zero-shot-sound-text",
+                           "upstream": ["clap-audio", "clap-text"]},
+        "tnn-ccca-clip-clap": {"group": "train", "implementation": "tnn_ccca", "upstream": ["clap-audio", "clip-frames"],
+                               "params": {"epochs": 2, "hidden": 8, "out_dim": 4, "n_components": 2}},
+    }
+
+
+def max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+def test_each_stage_equals_the_library_forward_on_the_same_input(tmp_path, shapes_root, checkpoints):
+    from PIL import Image
+    from transformers import AutoProcessor, ClapModel, CLIPModel
+
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                       {"shapes": {"adapter": "spoken_shapes", "root": str(shapes_root), "params": SHAPES}},
+                       encoder_stages(str(checkpoints["clip"]), str(checkpoints["clap"])))
+    run("extract-encoders", config=cfg)
+    items = {s: open_store(dataset="shapes", stage=s, config=cfg) for s in
+             ("clip-frames", "clip-text", "audio-48k", "clap-audio", "clap-text")}
+    clips = SHAPES_MANIFEST(shapes_root)
+
+    clip, clip_proc = CLIPModel.from_pretrained(checkpoints["clip"]).eval(), AutoProcessor.from_pretrained(checkpoints["clip"])
+    clap, clap_proc = ClapModel.from_pretrained(checkpoints["clap"]).eval(), AutoProcessor.from_pretrained(checkpoints["clap"])
+    diffs: dict[str, float] = {}
+    with torch.inference_mode():
+        for c in clips:
+            picture = np.asarray(Image.open(c.media["image"]).convert("RGB"))
+            ref = clip.get_image_features(**clip_proc(images=picture, return_tensors="pt")).pooler_output.numpy()
+            diffs["clip-frames"] = max(diffs.get("clip-frames", 0), max_diff(items["clip-frames"][c.clip_id], ref))
+            for stage, model, proc in (("clip-text", clip, clip_proc), ("clap-text", clap, clap_proc)):
+                enc = proc.tokenizer([c.text[0]], return_tensors="pt")  # alone: no padding, unlike the stage's batches
+                ref = model.get_text_features(**enc).pooler_output.numpy()
+                diffs[stage] = max(diffs.get(stage, 0), max_diff(items[stage][c.clip_id], ref))
+            wave = items["audio-48k"][c.clip_id]
+            size = int(WINDOW_S * 48000)
+            windows = [wave[i:i + size] for i in range(0, len(wave) - size // 2, size)] or [wave]
+            feats = clap_proc.feature_extractor(windows, sampling_rate=48000, return_tensors="pt")
+            ref = clap.get_audio_features(**feats).pooler_output.numpy()
+            diffs["clap-audio"] = max(diffs.get("clap-audio", 0), max_diff(items["clap-audio"][c.clip_id], ref))
+    log.warning("max abs difference to the library's forward, fp32: %s", diffs)
+    print("max abs difference to the library's forward, fp32:", diffs)
+    assert set(diffs) == {"clip-frames", "clip-text", "clap-text", "clap-audio"}
+    assert all(d < 1e-5 for d in diffs.values()), diffs
+    # the same input: the stage decoded the very pixels PIL reads (PNG), and cut speech into several windows
+    from extractors.clip import ClipImage
+
+    ex = ClipImage(ClipImage.Config(weights=str(checkpoints["clip"])))
+    assert np.array_equal(ex.load(clips[0])[0], np.asarray(Image.open(clips[0].media["image"]).convert("RGB")))
+    assert max(len(items["clap-audio"][c.clip_id]) for c in clips) >= 2
+    attrs = items["clap-audio"].attrs
+    assert attrs["frame_rate"] == 1 / WINDOW_S and attrs["random_weights"] is False and attrs["dims"] == [24]
+
+
+def SHAPES_MANIFEST(root: Path) -> list:
+    from pipeline.datasets.spoken_shapes import SpokenShapesConfig, SpokenShapesDataset
+
+    return SpokenShapesDataset("shapes", root, SpokenShapesConfig(**SHAPES)).manifest().clips
+
+
+def test_zero_shot_runs_and_tnn_ccca_on_clip_and_clap_from_the_cli(tmp_path, shapes_root, tiny_synthetic_root):
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                       {"shapes": {"adapter": "spoken_shapes", "root": str(shapes_root), "params": SHAPES,
+                                   "weights": "random:0"},
+                        "tiny": {"adapter": "synthetic", "root": str(tiny_synthetic_root), "params": TINY,
+                                 "weights": "random:0"}},
+                       encoder_stages("openai/clip-vit-base-patch32", "laion/clap-htsat-unfused", None))
+    out = cli("run", "train", "--dataset", "shapes", "--config", str(cfg), "--no-progress")
+    text = out.stdout + out.stderr
+    assert "clip-zero-shot: trained" in text and "clap-zero-shot: trained" in text
+    assert "image->text R@1/5/10" in text and "sound->text medr" in text
+    assert "RANDOM" in text and "random weights" in text.lower()
+    assert "tnn-ccca-clip-clap (it trains on class-labelled clips" in text  # skipped here, said why
+    runs = {p.name.rsplit("-", 1)[0]: p for p in (tmp_path / "cache" / "runs" / "shapes").iterdir()}
+    m = json.loads((runs["clip-zero-shot"] / "metrics.json").read_text())
+    assert {"image2text", "text2image"} <= set(m) and m["n_images"] == 2
+    with np.load(runs["clip-zero-shot"] / "test_embeddings.npz") as z:
+        assert z["image"].shape[0] == 2 and z["text"].shape[0] == 4  # one row per test picture, per caption
+        assert np.allclose(np.linalg.norm(z["text"], axis=1), 1, atol=1e-5)
+    m = json.loads((runs["clap-zero-shot"] / "metrics.json").read_text())
+    assert set(m["matrix"]) == {"sound2text", "text2sound"}
+
+    out = cli("run", "train", "--stage", "tnn-ccca-clip-clap", "--dataset", "tiny", "--config", str(cfg), "--no-progress")
+    assert "MAP audio->visual" in out.stdout
+    run_dir = next((tmp_path / "cache" / "runs" / "tiny").glob("tnn-ccca-clip-clap-*"))
+    import yaml
+
+    params = yaml.safe_load((run_dir / "params.yaml").read_text())
+    assert "clap-audio" in json.dumps(params) and "clip-frames" in json.dumps(params)
+
+    report = cli("report", "--config", str(cfg), "--out", str(tmp_path / "report.html"))
+    page = (tmp_path / "report.html").read_text()
+    assert report.returncode == 0 and "clip-zero-shot" in page and "clap-zero-shot" in page
+
+
+def test_the_encoders_run_only_where_a_stage_reads_them(tmp_path, tiny_synthetic_root):
+    from pipeline.config import load_config
+    from pipeline.plan import make_plan
+    from pipeline.runner.stagekeys import make_adapter
+
+    stages = {"audio": {"group": "extract", "implementation": "audio", "params": {"sample_rate": 16000}},
+              **encoder_stages("random:0", "random:0")}
+    cfg = load_config(write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                                   {"tiny": {"adapter": "synthetic", "root": str(tiny_synthetic_root), "params": TINY}},
+                                   stages))
+    plan = make_plan(cfg, make_adapter(cfg, "tiny"), "extract")
+    assert plan.selected == []  # `pipeline run extract` computes no encoder, though a method here reads two
+    assert plan.stages["clip-frames"].reason == "group 'extract-encoders' (`pipeline run extract-encoders`)"
+    assert "no item of dataset 'tiny' has a caption" in plan.why_not["clip-text"]
+    assert "does not apply" in plan.stages["clip-zero-shot"].reason
+    plan = make_plan(cfg, make_adapter(cfg, "tiny"), "train", "tnn-ccca-clip-clap")
+    assert plan.selected == ["audio-48k", "clip-frames", "clap-audio", "tnn-ccca-clip-clap"]
+
+
+def test_a_caption_is_embedded_once_however_many_items_share_it(tmp_path, shapes_root):
+    from pipeline.config import load_config
+    from pipeline.runner.stagekeys import item_rows
+
+    cfg = load_config(write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                                   {"shapes": {"adapter": "spoken_shapes", "root": str(shapes_root), "params": SHAPES}},
+                                   encoder_stages("random:0", "random:0")))
+    rows = item_rows(cfg, "shapes", "clip-text")
+    clips = SHAPES_MANIFEST(shapes_root)
+    by_text: dict[str, set] = {}
+    for c in clips:
+        by_text.setdefault(c.text[0], set()).add(rows[c.clip_id])
+    assert all(len(keys) == 1 for keys in by_text.values())  # same sentence, same row
+    assert len(set(rows.values())) == len(by_text)  # different sentences, different rows
+
+
+def test_clap_windows_cover_a_long_clip_and_drop_a_short_tail():
+    from extractors.clap import ClapAudio
+
+    ex = ClapAudio(ClapAudio.Config(weights="random:0", window_s=1.0))
+    rate = 48000
+    lengths = {s: [len(w) / rate for w in ex.windows(np.zeros(int(s * rate), np.float32))] for s in (0.3, 2.4, 2.5, 3.0)}
+    assert lengths == {0.3: [0.3], 2.4: [1.0, 1.0], 2.5: [1.0, 1.0, 0.5], 3.0: [1.0, 1.0, 1.0]}
+    wave = np.arange(int(2.5 * rate), dtype=np.float32)
+    assert np.array_equal(np.concatenate(ex.windows(wave)), wave)  # in order, nothing repeated or skipped
+
+
+def test_clap_refuses_audio_at_another_rate(tmp_path, shapes_root):
+    from pipeline.config import ConfigError
+
+    stages = encoder_stages("random:0", "random:0")
+    stages["audio-48k"]["params"]["sample_rate"] = 16000
+    cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
+                       {"shapes": {"adapter": "spoken_shapes", "root": str(shapes_root), "params": SHAPES}}, stages)
+    with pytest.raises(ConfigError, match="48000 Hz.*16000 Hz"):
+        run("extract-encoders", config=cfg, stage="clap-audio")
+
+
+def _hub_cache(root: Path, repo: str, source: Path) -> Path:
+    """`source` laid out as huggingface_hub keeps a downloaded repo: refs/main -> snapshots/<commit>/ -> blobs."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snap = folder / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for f in source.iterdir():
+        blob = folder / "blobs" / f"blob-{f.name}"
+        blob.parent.mkdir(exist_ok=True)
+        shutil.copy(f, blob)
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    return snap
+
+
+def test_weights_are_found_locally_in_the_hub_cache_or_named_with_what_to_do(tmp_path, checkpoints, monkeypatch):
+    from extractors.hf import resolve_checkpoint
+    from extractors.weights import WeightsError
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    by_path = resolve_checkpoint(str(checkpoints["clip"]), "clip")
+    assert by_path.kind == "file" and by_path.paths["model"] == checkpoints["clip"]
+
+    with pytest.raises(WeightsError) as e:  # offline, nowhere: the repo, the places looked in, what to run
+        resolve_checkpoint("openai/clip-vit-base-patch32", "clip", download=False, dirs=[tmp_path / "w"])
+    msg = str(e.value)
+    assert "openai/clip-vit-base-patch32" in msg and str(tmp_path / "hub") in msg and "hf download" in msg
+    assert str(tmp_path / "w" / "openai" / "clip-vit-base-patch32") in msg and "random:0" in msg
+    with pytest.raises(WeightsError, match="could not be downloaded"):
+        resolve_checkpoint("openai/clip-vit-base-patch32", "clip", download=True)
+
+    snap = _hub_cache(tmp_path / "hub", "openai/clip-vit-base-patch32", checkpoints["clip"])
+    cached = resolve_checkpoint("openai/clip-vit-base-patch32", "clip", download=False)
+    assert cached.kind == "pretrained" and cached.paths["model"] == snap
+    assert cached.digest == by_path.digest  # the same files, the same key, wherever they are
+
+    shutil.copytree(checkpoints["clip"], tmp_path / "w" / "openai" / "clip-vit-base-patch32")
+    local = resolve_checkpoint("openai/clip-vit-base-patch32", "clip", download=False, dirs=[tmp_path / "w"])
+    assert local.paths["model"] == tmp_path / "w" / "openai" / "clip-vit-base-patch32"  # the dataset's directory first
+
+    with pytest.raises(WeightsError, match="no config.json"):
+        resolve_checkpoint(str(tmp_path / "w"), "clip")
+    from extractors.clip import ClipText
+
+    with pytest.raises(WeightsError, match="'clap' checkpoint, not a 'clip' one"):
+        ClipText(ClipText.Config(weights=str(checkpoints["clap"]))).output_spec()
+
+
+def test_bf16_runs_the_same_towers_close_to_fp32(checkpoints):
+    from extractors.clip import ClipText
+
+    texts = ["a red circle on a blue background", "two green squares"]
+    fp32 = ClipText(ClipText.Config(weights=str(checkpoints["clip"]))).embed_texts(texts)
+    bf16 = ClipText(ClipText.Config(weights=str(checkpoints["clip"]), precision="bf16")).embed_texts(texts)
+    assert fp32.dtype == bf16.dtype == np.float32 and fp32.shape == bf16.shape == (2, 24)
+    assert 0 < max_diff(fp32, bf16) < 0.1 * float(np.abs(fp32).max())  # bf16 ran (it differs), and is close
