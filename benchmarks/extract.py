@@ -5,7 +5,9 @@
    (sharded, threaded decode, worker processes, batched model, stores written) with each backend;
 3. a no-op `pipeline run` and `pipeline status` (the CLI, as a user types them) on a 10,000-clip folder
    dataset, with the file count of its store;
-4. end-to-end frames/s against model-only frames/s for the CNN extractors on --device.
+4. end-to-end frames/s against model-only frames/s for the CNN extractors, VGGish, and CLIP (frames) and CLAP (10 s
+   windows of 48 kHz audio) on --device; CLIP and CLAP as full-size random models of the published architectures
+   (ViT-B/32, HTSAT + RoBERTa: transformers' default configs), saved with save_pretrained and read by path.
 
     .venv/bin/python benchmarks/extract.py                        # everything, CPU (~10 min on 2 cores)
     .venv/bin/python benchmarks/extract.py --only backends --audio-clips 400
@@ -37,7 +39,14 @@ STAGES = {
               "execution": {"workers": 1}},
     "inception_v3": {"group": "extract", "implementation": "inception_v3",
                      "params": {"weights": "random:0", "fps": 1.0}, "execution": {"workers": 1}},
+    "audio-48k": {"group": "extract", "implementation": "audio", "params": {"sample_rate": 48000},
+                  "execution": {"workers": 1, "decode_threads": 4}},
+    "clip": {"group": "extract", "implementation": "clip", "params": {"weights": "random:0", "fps": 1.0},
+             "execution": {"workers": 1}},
+    "clap": {"group": "extract", "implementation": "clap", "upstream": ["audio-48k"], "params": {"weights": "random:0"},
+             "execution": {"workers": 1}},
 }
+DEVICE_ROWS = ("vggish", "vgg16", "inception_v3", "clip", "clap")
 BACKENDS = ("ffmpeg", "pyav")
 
 
@@ -186,7 +195,8 @@ def noop_table(tmp: Path, n: int) -> None:
 
 
 def model_only(name: str, device: str, batch: int, seconds: float = 5.0) -> float:
-    """Frames (or examples) per second of the model alone on `device`, inputs already there."""
+    """Frames (or examples, or windows) per second of the model alone on `device`, inputs already there."""
+    import numpy as np
     import torch
 
     import extractors  # noqa: F401
@@ -197,7 +207,23 @@ def model_only(name: str, device: str, batch: int, seconds: float = 5.0) -> floa
     spec = STAGES[name]
     cls = EXTRACTORS.get(spec["implementation"])
     ex = cls(cls.Config(**spec["params"]), ExecutionParams(device=device, batch_size=batch))
-    if name == "vggish":
+    if name in ("clip", "clap"):
+        net, proc, dev = ex._runtime
+        if name == "clip":
+            side = proc.image_processor.crop_size["height"]
+            inputs = {"pixel_values": torch.randn(batch, 3, side, side, device=dev)}
+            fn = net.get_image_features
+        else:
+            rate, seconds = ex.audio_input
+            feats = proc.feature_extractor([np.zeros(int(rate * seconds), np.float32)] * batch, sampling_rate=rate,
+                                           return_tensors="pt")
+            inputs = {k: v.to(dev) for k, v in feats.items()}
+            fn = net.get_audio_features
+
+        def model(_: object) -> object:
+            return fn(**inputs)
+        x = None
+    elif name == "vggish":
         model, dev = ex._torch_model
         x = torch.randn(batch, 1, 96, 64, device=dev)
     else:
@@ -228,10 +254,10 @@ def device_table(tmp: Path, n: int, duration: float, device_name: str, batch: in
     cfg = project(tmp, "dev", "synthetic", {"n_classes": 8, "clips_per_class": max(1, n // 8),
                                             "duration": duration, "seed": 0}, 2)
     device = pick_device(device_name)
-    print(f"\n## end-to-end vs model-only on {torch_device_name(device)} (frames for CNNs, 0.96 s examples "
-          "for vggish)")
+    print(f"\n## end-to-end vs model-only on {torch_device_name(device)} (frames for CNNs and clip, 0.96 s examples "
+          "for vggish, windows for clap)")
     print(f"{'extractor':<14}{'end-to-end':>14}{'model-only':>14}{'share':>8}")
-    for name in [x for x in names if x in ("vggish", "vgg16", "inception_v3")]:
+    for name in [x for x in names if x in DEVICE_ROWS]:
         shutil.rmtree(load_config(cfg).cache, ignore_errors=True)
         t0 = time.perf_counter()
         reports = run("extract", stage=name, config=cfg, device=str(device), batch_size=batch)
@@ -239,6 +265,36 @@ def device_table(tmp: Path, n: int, duration: float, device_name: str, batch: in
         rows_out = len(pipeline.open_store(reports[-1].store_path).to_dask())
         e2e, alone = rows_out / elapsed, model_only(name, str(device), batch, model_seconds)
         print(f"{name:<14}{e2e:>10.1f} f/s{alone:>10.1f} f/s{e2e / alone:>7.0%}")
+
+
+def full_size_checkpoints(tmp: Path, names: list[str]) -> dict[str, Path]:
+    """CLIP ViT-B/32 and CLAP (HTSAT, RoBERTa) at their published sizes, randomly initialised, saved with
+    save_pretrained beside the pipeline's own small random model's processor (throughput only, not pretrained)."""
+    import tempfile as tf
+
+    import torch
+    import transformers
+
+    import extractors  # noqa: F401
+    from pipeline.registry import EXTRACTORS
+
+    out = {}
+    for name, cls_name, cfg_name in (("clip", "CLIPModel", "CLIPConfig"), ("clap", "ClapModel", "ClapConfig")):
+        if name not in names:
+            continue
+        torch.manual_seed(0)
+        path = tmp / f"{name}-full"
+        getattr(transformers, cls_name)(getattr(transformers, cfg_name)()).save_pretrained(path)
+        ex = EXTRACTORS.get(STAGES[name]["implementation"])(EXTRACTORS.get(STAGES[name]["implementation"]).Config(
+            weights="random:0"))
+        with tf.TemporaryDirectory() as d:
+            proc = ex.tiny_processor(Path(d))
+            if name == "clip":  # the published input: 224 x 224
+                proc.image_processor.size, proc.image_processor.crop_size = {"shortest_edge": 224}, \
+                    {"height": 224, "width": 224}
+            proc.save_pretrained(path)
+        out[name] = path
+    return out
 
 
 def torch_device_name(device: object) -> str:
@@ -263,15 +319,20 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--model-seconds", type=float, default=5.0, help="how long the model-only side runs")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                    help="of the CNN and VGGish stages, end to end and model only")
+                    help="of the CNN, VGGish, CLIP and CLAP stages, end to end and model only")
+    ap.add_argument("--device-extractors", default=",".join(DEVICE_ROWS), help="rows of the device table")
     args = parse(ap, audio_clips=4, clips=2, duration=1.0, noop_clips=20, device="cpu", batch_size=2,
-                 extractors="logmel,vggish", model_seconds=0.2)
+                 extractors="logmel,vggish", model_seconds=0.2, device_extractors="vggish,clip,clap")
     only = set(args.only.split(","))
-    for name in ("vggish", "vgg16", "inception_v3"):
+    for name in ("vggish", "vgg16", "inception_v3", "clip", "clap"):
         STAGES[name]["params"]["precision"] = args.precision
     names = args.extractors.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="bench-extract-"))
+    smoke = args.smoke
     try:
+        if "device" in only and not smoke:  # the smoke run keeps the pipeline's own small random:0 models
+            for name, path in full_size_checkpoints(tmp, args.device_extractors.split(",")).items():
+                STAGES[name]["params"]["weights"] = str(path)
         if "backends" in only:
             backends_table(tmp, args.audio_clips, args.duration, args.workers)
         if "extractors" in only:
@@ -279,7 +340,8 @@ def main() -> None:
         if "noop" in only:
             noop_table(tmp, args.noop_clips)
         if "device" in only:
-            device_table(tmp, args.clips, args.duration, args.device, args.batch_size, names, args.model_seconds)
+            device_table(tmp, args.clips, args.duration, args.device, args.batch_size, args.device_extractors.split(","),
+                         args.model_seconds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -88,9 +88,10 @@ def _from_hub(repo: str, what: str, download: bool, dirs: Sequence[Path]) -> Pat
     except ImportError:
         raise WeightsError(f"{what}: reading a hub id needs huggingface_hub: pip install -e '.[encoders]'") from None
     where = " or ".join([f"{Path(d) / repo}" for d in dirs] + [f"the Hugging Face cache ({hf_cache_dir()})"])
-    advice = (f"download it where this machine reaches the hub (`hf download {repo} --local-dir DIR`) and set "
-              f"`weights: DIR` or copy DIR to {Path(dirs[0]) / repo if dirs else 'the dataset weights directory/' + repo}"
-              "; or use `weights: random:0` for a smoke run (not pretrained)")
+    home = f"copy DIR to {Path(dirs[0]) / repo}" if dirs else \
+        f"give the dataset `weights: ./W` and copy DIR to W/{repo}"
+    advice = (f"download it where the hub is reachable (`hf download {repo} --local-dir DIR`), then set the stage's "
+              f"`weights: DIR` or {home}; or use `weights: random:0` for a smoke run (not pretrained)")
     cache = str(hf_cache_dir())
     try:
         return Path(snapshot_download(repo, allow_patterns=DOWNLOAD_PATTERNS, local_files_only=True, cache_dir=cache))

@@ -24,6 +24,7 @@ from tests.conftest import cli
 
 REPO = Path(__file__).resolve().parents[2]
 CCA_FAMILY = ["audio", "vggish", "inception_v3"]
+ENCODERS_ON_VIDEO = ["audio-48k", "clip-frames", "clap-audio", "tnn-ccca-clip-clap"]  # a method that applies: listed
 
 
 def _repo_config(tmp_path: Path, extra_stages: dict | None = None, **datasets: dict) -> Path:
@@ -94,7 +95,7 @@ def test_pictures_without_sound_leave_every_audio_stage_out(tmp_path):
     clips = [Clip(f"c{i}", {"image": Path(f"img{i // 3}.png")}, group=f"img{i // 3}", text=("a blue square",),
                   split=["train", "val", "test"][i % 3]) for i in range(9)]
     _, plan = _plan(tmp_path, clips, "train")
-    assert plan.selected == ["resnet152-256", "dsve"]
+    assert plan.selected == ["clip-frames", "clip-text", "clip-zero-shot", "resnet152-256", "dsve"]  # pictures + text
     assert plan.stages["audio"].reason.endswith("no item of dataset 'probe' has any")
     assert "does not apply" in plan.stages["vase-2s"].reason
 
@@ -194,7 +195,7 @@ def test_dataset_weights_must_be_random_seed_and_extract_must_name_feature_stage
 def test_extract_on_synthetic_computes_exactly_what_its_methods_read(tmp_path):
     """`pipeline run extract --dataset synthetic` from an empty cache with no weights anywhere: audio, vggish and
     inception_v3, nothing else; then status has no "cannot resolve" line; a folder dataset over the same files,
-    with per-stage bindings for its two networks only, runs too (the stages it leaves out are never resolved)."""
+    with per-stage bindings for its four networks only (two for TNN-C-CCA on CLIP + CLAP), runs too (the stages it leaves out are never resolved)."""
     path = _repo_config(tmp_path, synthetic={"params": {"n_classes": 2, "clips_per_class": 3, "duration": 1.0}})
     dry = cli("run", "extract", "--dataset", "synthetic", "--dry-run", "--config", str(path), env=_no_weights())
     assert "compute 6 of 6 clips" in dry.stdout and "dry run: nothing computed" in dry.stdout
@@ -204,14 +205,16 @@ def test_extract_on_synthetic_computes_exactly_what_its_methods_read(tmp_path):
     assert stores == sorted(CCA_FAMILY), out
     status = cli("status", "--dataset", "synthetic", "--config", str(path), env=_no_weights()).stdout
     assert "cannot resolve" not in status
-    assert [line.split()[0] for line in status.splitlines()] == CCA_FAMILY + ["cca", "cluster-cca", "tnn-ccca", "evaluate"]
+    assert [line.split()[0] for line in status.splitlines()] == CCA_FAMILY + ["cca", "cluster-cca", "tnn-ccca", "evaluate",
+                                                                              *ENCODERS_ON_VIDEO]
     assert all("up to date" in line for line in status.splitlines()[:3]) and "missing" in status.splitlines()[3]
     everything = cli("status", "--all", "--dataset", "synthetic", "--config", str(path), env=_no_weights()).stdout
     assert "vgg16-maps" in everything and "left out: no method that applies" in everything
 
     doc = yaml.safe_load(path.read_text())
     doc["datasets"]["plain"] = {"adapter": "folder", "root": str(tmp_path / "data" / "synthetic"),
-                                "set": {"vggish.weights": "random:0", "inception_v3.weights": "random:0"}}
+                                "set": {"vggish.weights": "random:0", "inception_v3.weights": "random:0",
+                                        "clip-frames.weights": "random:0", "clap-audio.weights": "random:0"}}
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     plain = cli("run", "extract", "--dataset", "plain", "--config", str(path), env=_no_weights()).stdout
     assert "inception_v3: up to date, 6 clips reused" in plain  # the same files: the rows synthetic computed

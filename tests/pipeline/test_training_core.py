@@ -159,7 +159,8 @@ def _pinned_context(tmp_path: Path, media_backend: str = "ffmpeg"):
                           group=f"g{i // 2}", text=(f"a caption number {i}",)))
     cfg.datasets["pin"] = DatasetSpec("pin", "folder", tmp_path / "media", {"n_folds": 2, "seed": 0},
                                       {s: {"weights": "random:0"} for s in ("vggish", "vgg16", "inception_v3", "vgg16-maps", "vgg16-logits",
-                                                                     "resnet152-256", "resnet152-400", "resnet152-416")})
+                                                                     "resnet152-256", "resnet152-400", "resnet152-416",
+                                                                     "clip-frames", "clip-text", "clap-audio", "clap-text")})
     return resolve(cfg, "pin", manifest=Manifest("pin", tmp_path / "media", clips, ["class0", "class1"]),
                    execution={"media_backend": media_backend})
 
