@@ -5,7 +5,8 @@ for `pipeline embed` and `pipeline serve`.
 
 Query kinds: `text` (written sentences), `image` (picture files), `audio` (sound or speech files). A kind is
 available when the trainer has the ability (models/common/base.py: EmbedsText, EmbedsImages, EmbedsAudio) and,
-for files, a view bound to an extract stage."""
+for files, a view bound to an extract stage; or when the trainer embeds views on their own (EmbedsViews: a zero-shot
+space) and a view of that modality is bound to a stage, whose chain then embeds the query (a sentence too)."""
 from __future__ import annotations
 
 import logging
@@ -104,7 +105,7 @@ class RunQueries:
         from models.common.base import EmbedsAudio, EmbedsImages, EmbedsText
 
         t, ups = self.trainer, self.info.get("upstream") or {}
-        out = {}
+        out = dict(self._view_kinds())
         if isinstance(t, EmbedsText):
             out["text"] = "text"
         if isinstance(t, EmbedsImages) and "store" in (ups.get("image") or {}):
@@ -112,6 +113,25 @@ class RunQueries:
         if isinstance(t, EmbedsAudio) and "store" in (ups.get(t.audio_view) or {}):
             out["audio"] = t.audio_view
         return out
+
+    def _view_kinds(self) -> dict[str, str]:
+        """Query kind -> the view that embeds it, for a trainer that embeds views on their own (EmbedsViews)."""
+        from models.common.base import EmbedsViews
+
+        if not isinstance(self.trainer, EmbedsViews):
+            return {}
+        ups = self.info.get("upstream") or {}
+        kinds = {"text": "text", "visual": "image", "audio": "audio"}
+        return {kinds[v.modality]: v.name for v in self.views.values()
+                if v.modality in kinds and "store" in (ups.get(v.name) or {})}
+
+    def _by_view(self, kind: str, queries: Sequence[Any]) -> np.ndarray | None:
+        """A query's embeddings through its view's chain and the trainer's `view_embeddings`, or None when the
+        trainer has its own branch for the kind."""
+        view = self._view_kinds().get(kind)
+        if view is None:
+            return None
+        return self.trainer.view_embeddings(view, self._view_data(view, queries))
 
     def check(self, kind: str) -> str:
         """The modality of a query kind, or a QueryError naming the kinds this run takes."""
@@ -126,11 +146,15 @@ class RunQueries:
         self.check("text")
         if not texts or not all(t.strip() for t in texts):
             raise QueryError("an empty sentence: type some words")
-        return self.trainer.text_embeddings(list(texts))
+        by_view = self._by_view("text", list(texts))
+        return by_view if by_view is not None else self.trainer.text_embeddings(list(texts))
 
     def images(self, files: Sequence[Path]) -> np.ndarray:
         """`[len(files), d]` embeddings of picture files (the run's image stage, then its image branch)."""
         self.check("image")
+        by_view = self._by_view("image", files)
+        if by_view is not None:
+            return by_view
         if self.trainer.trunk_live:  # a fine-tuned trunk: the run's own, not the stage's weights
             root = self._extractors("image")[0][0]
             frames = [self._load(root, "image", f) for f in files]
@@ -150,6 +174,9 @@ class RunQueries:
         from models.common.items import Items
 
         view = self.check("audio")
+        by_view = self._by_view("audio", files)
+        if by_view is not None:
+            return by_view
         items = Items(_ids(len(files)), {view: self._view_data(view, files)})
         return self.trainer.audio_embeddings(items, np.arange(len(files)))
 
@@ -179,35 +206,38 @@ class RunQueries:
                 self._chains[view].append((cls(cls.Config(**step.params), exe), step.attrs))
         return self._chains[view]
 
-    def _load(self, root: Any, role: str, file: Path) -> Any:
-        """The root extractor's input from a query file; a file it cannot decode is a QueryError."""
+    def _load(self, root: Any, role: str, query: Any) -> Any:
+        """The root extractor's input from a query file (or, for a stage that reads text, a sentence); a file it
+        cannot decode is a QueryError."""
         from .datasets import Clip
 
+        if getattr(root, "reads", "media") == "text":
+            return root.load(Clip("q", {}, text=(str(query),)), None)
         try:
-            return root.load(Clip(Path(file).name, {role: Path(file).resolve()}), None)
+            return root.load(Clip(Path(query).name, {role: Path(query).resolve()}), None)
         except Exception as e:  # whatever a decoder raises on a file that is not media: the query's fault
-            raise QueryError(f"{Path(file).name}: not a readable {role} file ({e})") from None
+            raise QueryError(f"{Path(query).name}: not a readable {role} file ({e})") from None
 
-    def _view_data(self, view: str, files: Sequence[Path]) -> Any:
-        """The files' rows through the view's whole chain (each extractor on all of them at once, as a shard), in
-        the view's form, read by the training layer's reader."""
+    def _view_data(self, view: str, queries: Sequence[Any]) -> Any:
+        """The queries' rows (files, or sentences for a text stage) through the view's whole chain (each extractor
+        on all of them at once, as a shard), in the view's form, read by the training layer's reader."""
         from .training.views import read_view
 
-        if not files:
+        if not queries:
             raise QueryError("no files to embed")
         chain = self._extractors(view)
         role = "image" if self.views[view].modality == "visual" else "audio"
-        xs: list[Any] = [self._load(chain[0][0], role, f) for f in files]
+        xs: list[Any] = [self._load(chain[0][0], role, q) for q in queries]
         upstream: dict[str, Any] | None = None
         for ex, attrs in chain:
             outs = ex.compute(xs, upstream)
-            for f, x, out in zip(files, xs, outs):
+            for q, x, out in zip(queries, xs, outs):
                 if len(out) == 0:
-                    raise QueryError(f"{Path(f).name}: {ex.no_rows_reason(x, upstream)}")
+                    raise QueryError(f"{Path(q).name}: {ex.no_rows_reason(x, upstream)}")
             xs, upstream = [np.asarray(o) for o in outs], attrs
         for ex, _ in chain:
             ex.release()
-        ids = _ids(len(files))
+        ids = _ids(len(queries))
         return read_view(self.views[view], MemoryRows(dict(zip(ids, xs)), chain[-1][1]), ids, [None] * len(ids))
 
 

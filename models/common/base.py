@@ -188,6 +188,17 @@ class EmbedsAudio(Protocol):
 
 
 @runtime_checkable
+class EmbedsViews(Protocol):
+    """Embeds each view's data on its own, the towers being its extract stages' (a zero-shot space): a query of
+    any modality the run reads goes through that view's extractor chain (a typed sentence through a text stage),
+    then here."""
+
+    def view_embeddings(self, view: str, data: Any) -> np.ndarray:
+        """`[n, d]` embeddings of one view's data in the view's form (`[n, D]` for a vector view)."""
+        ...
+
+
+@runtime_checkable
 class ActivationMaps(Protocol):
     """Draws where on an image a text lands: per-channel activation maps and the projection that weighs them."""
 

@@ -55,7 +55,11 @@ class ZeroShot(Trainer):
         return self
 
     def embed(self, items: Items) -> dict[str, np.ndarray]:
-        return {v.name: l2_normalize(items.data[v.name]) for v in self.sides}
+        return {v.name: self.view_embeddings(v.name, items.data[v.name]) for v in self.sides}
+
+    def view_embeddings(self, view: str, data: Any) -> np.ndarray:
+        """One view's rows alone, normalised: a query's (`pipeline embed`, `pipeline serve`), as `embed` does."""
+        return l2_normalize(data)
 
     def group_outputs(self) -> frozenset[str]:
         return frozenset(v.name for v in self.sides if v.per == "group")

@@ -181,6 +181,37 @@ def test_zero_shot_runs_and_tnn_ccca_on_clip_and_clap_from_the_cli(tmp_path, sha
     report = cli("report", "--config", str(cfg), "--out", str(tmp_path / "report.html"))
     page = (tmp_path / "report.html").read_text()
     assert report.returncode == 0 and "clip-zero-shot" in page and "clap-zero-shot" in page
+    _queries_go_through_the_towers_stages(cfg, runs, shapes_root, tmp_path)
+
+
+def _queries_go_through_the_towers_stages(cfg: Path, runs: dict, shapes_root: Path, tmp_path: Path) -> None:
+    """`pipeline embed` and `pipeline serve` on the zero-shot runs: a typed caption through `clip-text`'s chain, a
+    picture through `clip-frames`', a recording through `audio-48k` and `clap-audio`: the run's own stored rows."""
+    from fastapi.testclient import TestClient
+
+    from pipeline.config import load_config
+    from pipeline.serve import create_app
+
+    clips = [c for c in SHAPES_MANIFEST(shapes_root) if c.split == "test"]
+    (tmp_path / "q" / "images").mkdir(parents=True)
+    (tmp_path / "q" / "sounds").mkdir()
+    (tmp_path / "q" / "texts.txt").write_text("\n".join(c.text[0] for c in clips) + "\n")
+    for c in clips:
+        shutil.copy(c.media["image"], tmp_path / "q" / "images" / f"{c.clip_id}.png")
+        shutil.copy(c.media["audio"], tmp_path / "q" / "sounds" / f"{c.clip_id}.wav")
+    for stage, args in (("clip-zero-shot", ["--texts", "texts.txt", "--images", "images"]),
+                        ("clap-zero-shot", ["--texts", "texts.txt", "--sounds", "sounds"])):
+        out = tmp_path / "q" / stage
+        cli("embed", "--run", str(runs[stage]), *args, "--out", str(out), "--device", "cpu", cwd=tmp_path / "q")
+        for modality in {"clip-zero-shot": ("text", "image"), "clap-zero-shot": ("text", "sound")}[stage]:
+            new, own = open_store(out / modality), open_store(runs[stage] / "embeddings" / modality)
+            for i, c in enumerate(clips):  # texts by line, files by name
+                key = str(i + 1) if modality == "text" else f"{c.clip_id}.{'png' if modality == 'image' else 'wav'}"
+                assert max_diff(new[key][0], own[c.clip_id][0]) < 1e-5, (stage, modality, c.clip_id)
+    client = TestClient(create_app(load_config(cfg), run=runs["clip-zero-shot"]))
+    page = client.get(f"/runs/shapes/{runs['clip-zero-shot'].name}/search",
+                      params={"q": clips[0].text[0], "to": "image", "scope": "test", "k": 2})
+    assert page.status_code == 200 and "The right one is at rank" in page.text
 
 
 def test_the_encoders_run_only_where_a_stage_reads_them(tmp_path, tiny_synthetic_root):
