@@ -270,8 +270,6 @@ def device_table(tmp: Path, n: int, duration: float, device_name: str, batch: in
 def full_size_checkpoints(tmp: Path, names: list[str]) -> dict[str, Path]:
     """CLIP ViT-B/32 and CLAP (HTSAT, RoBERTa) at their published sizes, randomly initialised, saved with
     save_pretrained beside the pipeline's own small random model's processor (throughput only, not pretrained)."""
-    import tempfile as tf
-
     import torch
     import transformers
 
@@ -287,12 +285,10 @@ def full_size_checkpoints(tmp: Path, names: list[str]) -> dict[str, Path]:
         getattr(transformers, cls_name)(getattr(transformers, cfg_name)()).save_pretrained(path)
         ex = EXTRACTORS.get(STAGES[name]["implementation"])(EXTRACTORS.get(STAGES[name]["implementation"]).Config(
             weights="random:0"))
-        with tf.TemporaryDirectory() as d:
-            proc = ex.tiny_processor(Path(d))
-            if name == "clip":  # the published input: 224 x 224
-                proc.image_processor.size, proc.image_processor.crop_size = {"shortest_edge": 224}, \
-                    {"height": 224, "width": 224}
-            proc.save_pretrained(path)
+        proc = ex.tiny_processor()
+        if name == "clip":  # the published input: 224 x 224
+            proc.image_processor.size, proc.image_processor.crop_size = {"shortest_edge": 224}, {"height": 224, "width": 224}
+        proc.save_pretrained(path)
         out[name] = path
     return out
 

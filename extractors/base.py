@@ -39,7 +39,7 @@ class Extractor:
     allow_download: bool = True  # `status` and `gc` compute keys without fetching weights
 
     def __init__(self, config: Any, execution: "ExecutionParams | None" = None) -> None:
-        self.config = config if dataclasses.is_dataclass(config) else self.Config(**(config or {}))
+        self.config: Any = config if dataclasses.is_dataclass(config) else self.Config(**(config or {}))
         self.execution = execution
 
     @property
@@ -65,8 +65,9 @@ class Extractor:
         """Shape, dtype and rate of the output, given the upstream store's attrs."""
         raise NotImplementedError
 
-    def load(self, clip: "Clip", upstream: "FeatureStore | None") -> np.ndarray:
-        """One clip's input; raise pipeline.media.MediaError for a clip that cannot be used.
+    def load(self, clip: "Clip", upstream: "FeatureStore | None") -> Any:
+        """One clip's input (an array; a sentence for a stage that reads text); raise pipeline.media.MediaError for
+        a clip that cannot be used.
 
         The default serves every extractor that `consumes` an upstream store: that store's rows."""
         from pipeline.media import MediaError

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -22,7 +21,7 @@ from pipeline.config import ConfigError
 from pipeline.registry import register_extractor
 
 from .base import OutputSpec, split_rows
-from .hf import DEFAULTS, EncoderConfig, TextTower, TransformersEncoder, byte_vocab, write_tokenizer_files
+from .hf import DEFAULTS, EncoderConfig, TextTower, TransformersEncoder, byte_vocab
 
 TINY = {"text_width": 32, "text_layers": 2, "heads": 2, "patch_width": 16, "projection_dim": 64, "max_positions": 80}
 LAION_RATE, LAION_SECONDS = 48000, 10  # ClapFeatureExtractor's defaults, LAION's checkpoints' own
@@ -68,13 +67,12 @@ class _Clap:
                               projection_dim=t["projection_dim"]),
             projection_dim=t["projection_dim"])
 
-    def tiny_processor(self, directory: Path) -> Any:
+    def tiny_processor(self) -> Any:
         from transformers import ClapFeatureExtractor, ClapProcessor, RobertaTokenizer
 
         vocab = byte_vocab(ROBERTA_SPECIAL)
         vocab["<mask>"] = len(vocab)
-        files = write_tokenizer_files(vocab, directory)
-        return ClapProcessor(ClapFeatureExtractor(truncation="rand_trunc"), RobertaTokenizer(*map(str, files)))
+        return ClapProcessor(ClapFeatureExtractor(truncation="rand_trunc"), RobertaTokenizer(vocab=vocab, merges=[]))
 
 
 @register_extractor

@@ -8,7 +8,6 @@ frame extractors. `clip_text` embeds each item's caption or transcript (docs/ext
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -17,7 +16,7 @@ from pipeline.registry import register_extractor
 
 from ._frames import decode_frames
 from .base import OutputSpec, split_rows
-from .hf import DEFAULTS, EncoderConfig, TextTower, TransformersEncoder, byte_vocab, write_tokenizer_files
+from .hf import DEFAULTS, EncoderConfig, TextTower, TransformersEncoder, byte_vocab
 
 TINY = {"image_size": 64, "patch_size": 16, "width": 64, "layers": 2, "heads": 2, "projection_dim": 64}
 
@@ -62,13 +61,12 @@ class _Clip:
                                num_attention_heads=t["heads"]),
             projection_dim=t["projection_dim"])
 
-    def tiny_processor(self, directory: Path) -> Any:
+    def tiny_processor(self) -> Any:
         from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
 
-        files = write_tokenizer_files(byte_vocab(["<|startoftext|>", "<|endoftext|>"], "</w>"), directory)
         side = TINY["image_size"]
         return CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
-                             CLIPTokenizer(*map(str, files)))
+                             CLIPTokenizer(vocab=byte_vocab(["<|startoftext|>", "<|endoftext|>"], "</w>"), merges=[]))
 
 
 @register_extractor

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Sequence
@@ -122,14 +121,6 @@ def byte_vocab(special: Sequence[str], word_end: str | None = None) -> dict[str,
     return {t: i for i, t in enumerate(tokens)}
 
 
-def write_tokenizer_files(vocab: dict[str, int], directory: Path) -> tuple[Path, Path]:
-    """vocab.json and an empty merges.txt (what GPT-2-style BPE tokenizers read) in `directory`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
-    return directory / "vocab.json", directory / "merges.txt"
-
-
 class TransformersEncoder(Extractor):
     """One tower of a transformers model: subclasses say which family (`arch`), how to build its small random
     model (`tiny`), which output dims it has, and what `compute` feeds it."""
@@ -167,8 +158,8 @@ class TransformersEncoder(Extractor):
         """The small config `random:SEED` builds (a transformers config object)."""
         raise NotImplementedError
 
-    def tiny_processor(self, directory: Path) -> Any:
-        """The processor of the small random model (tokenizer files written to `directory`)."""
+    def tiny_processor(self) -> Any:
+        """The processor of the small random model (a byte-level tokenizer, the family's default preprocessing)."""
         raise NotImplementedError
 
     @functools.cached_property
@@ -183,9 +174,7 @@ class TransformersEncoder(Extractor):
         what = f"{self.arch} weights '{self.weights.spec}'"
         if self.weights.is_random:
             torch.manual_seed(self.weights.seed)
-            model = cls(self.tiny_config())
-            with tempfile.TemporaryDirectory(prefix="avpipeline-tok-") as tmp:
-                processor = self.tiny_processor(Path(tmp))
+            model, processor = cls(self.tiny_config()), self.tiny_processor()
         else:
             path = self.weights.paths["model"]
             try:
@@ -231,7 +220,7 @@ class TextTower(TransformersEncoder):
         """Tokens a text keeps (the rest is cut, as the model was trained): its position table's length."""
         raise NotImplementedError
 
-    def load(self, clip: Any, upstream: Any = None) -> str:
+    def load(self, clip: Any, upstream: Any = None) -> Any:
         from pipeline.datasets import DatasetError
 
         if not clip.text or not clip.text[0].strip():

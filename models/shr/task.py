@@ -47,8 +47,8 @@ class MatrixSection(Section):
                 pictures.append(f"<h3>{e(r['dataset'])} / {e(name)}</h3>" + chart(Path(r["plot"])))
         heads = "".join(f"<th>{d.replace('2', '&rarr;')}</th>" for d in MATRIX_ORDER)
         return ("<h2>Image, sound and text: retrieval between every two</h2><p>Median rank of the right answer "
-                "(chance in brackets) and R@10, query &rarr; target, on the test split. Text &harr; sound is never "
-                "trained: it comes through the images.</p><table><tr><th>dataset</th><th>stage</th><th>features</th>"
+                "(chance in brackets) and R@10, query &rarr; target, on the test split. See, Hear, and Read never "
+                "trains text &harr; sound: it comes through the images.</p><table><tr><th>dataset</th><th>stage</th><th>features</th>"
                 + heads + "<th>items / images</th><th></th></tr>" + "".join(body) + "</table>" + "".join(pictures))
 
 

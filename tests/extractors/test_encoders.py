@@ -4,7 +4,6 @@ TNN-C-CCA on CLIP + CLAP features; where weights are looked for, and what a user
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -18,19 +17,17 @@ from pipeline.runner import run
 
 from ..conftest import SHAPES, TINY, cli, write_config
 
-log = logging.getLogger(__name__)
-
 WINDOW_S = 0.5  # CLAP windows of the test checkpoint: a spoken caption (~1-2 s) makes 2-4 rows
 
 
-def _tokenizer_files(directory: Path, clip: bool) -> list[str]:
-    from extractors.hf import byte_vocab, write_tokenizer_files
+def _byte_vocab(clip: bool) -> dict[str, int]:
+    from extractors.hf import byte_vocab
 
-    vocab = byte_vocab(["<|startoftext|>", "<|endoftext|>"], "</w>") if clip else \
-        {**byte_vocab(["<s>", "<pad>", "</s>", "<unk>"])}
-    if not clip:
-        vocab["<mask>"] = len(vocab)
-    return [str(p) for p in write_tokenizer_files(vocab, directory / "tok")]
+    if clip:
+        return byte_vocab(["<|startoftext|>", "<|endoftext|>"], "</w>")
+    vocab = byte_vocab(["<s>", "<pad>", "</s>", "<unk>"])
+    vocab["<mask>"] = len(vocab)
+    return vocab
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +58,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         projection_dim=24))
     clip.save_pretrained(root / "clip")
     CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48}),
-                  CLIPTokenizer(*_tokenizer_files(root / "clip-src", True))).save_pretrained(root / "clip")
+                  CLIPTokenizer(vocab=_byte_vocab(True), merges=[])).save_pretrained(root / "clip")
     clap = ClapModel(ClapConfig(
         text_config=dict(vocab_size=261, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
                          max_position_embeddings=130, projection_dim=24, bos_token_id=0, pad_token_id=1,
@@ -71,7 +68,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         projection_dim=24))
     clap.save_pretrained(root / "clap")
     ClapProcessor(ClapFeatureExtractor(truncation="rand_trunc", max_length_s=1),
-                  RobertaTokenizer(*_tokenizer_files(root / "clap-src", False))).save_pretrained(root / "clap")
+                  RobertaTokenizer(vocab=_byte_vocab(False), merges=[])).save_pretrained(root / "clap")
     return {"clip": root / "clip", "clap": root / "clap"}
 
 
@@ -128,8 +125,10 @@ def test_each_stage_equals_the_library_forward_on_the_same_input(tmp_path, shape
             feats = clap_proc.feature_extractor(windows, sampling_rate=48000, return_tensors="pt")
             ref = clap.get_audio_features(**feats).pooler_output.numpy()
             diffs["clap-audio"] = max(diffs.get("clap-audio", 0), max_diff(items["clap-audio"][c.clip_id], ref))
-    log.warning("max abs difference to the library's forward, fp32: %s", diffs)
+    from extractors.hf import resolve_checkpoint
+
     print("max abs difference to the library's forward, fp32:", diffs)
+    print("checkpoint digests:", {a: resolve_checkpoint(str(checkpoints[a]), a).digest for a in ("clip", "clap")})
     assert set(diffs) == {"clip-frames", "clip-text", "clap-text", "clap-audio"}
     assert all(d < 1e-5 for d in diffs.values()), diffs
     # the same input: the stage decoded the very pixels PIL reads (PNG), and cut speech into several windows
