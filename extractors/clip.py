@@ -87,19 +87,29 @@ class ClipImage(_Clip, TransformersEncoder):
                            "random_weights": self.weights.is_random, "arch": "clip", "tower": "image",
                            "precision": self.config.precision})
 
-    def load(self, clip: Any, upstream: Any = None) -> np.ndarray:
-        """The clip's frames at `fps`, native size: uint8 [T, H, W, 3] (the processor resizes them in `compute`)."""
-        return decode_frames(self, clip, self.config.fps)
+    def load(self, clip: Any, upstream: Any = None) -> list[np.ndarray]:
+        """The clip's frames at `fps`, resized and cropped by the checkpoint's image processor in the decode thread
+        (so a long video holds crops, not whole frames): uint8 [3, S, S] each. Rescaling and normalising in
+        `compute` then give the processor's own pixels exactly (tested against the processor on whole frames)."""
+        import torch
 
-    def compute(self, inputs: Sequence[np.ndarray], upstream: dict[str, Any] | None = None) -> list[np.ndarray]:
+        frames = decode_frames(self, clip, self.config.fps)
+        if not len(frames):
+            return []
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+        crops = self.processor.image_processor(images=list(x), do_rescale=False, do_normalize=False,
+                                               return_tensors="pt")["pixel_values"]
+        return [c.to(torch.uint8).numpy() for c in crops]
+
+    def compute(self, inputs: Sequence[list[np.ndarray]], upstream: dict[str, Any] | None = None) -> list[np.ndarray]:
         import torch
 
         model, processor, device = self._runtime
-        frames = [torch.from_numpy(f).permute(2, 0, 1) for x in inputs for f in x]  # [3, H, W] views, any size
+        frames = [torch.from_numpy(f) for x in inputs for f in x]
         outs = [np.zeros((0, self.projection_dim()), np.float32)]
         for start in range(0, len(frames), self.batch_size):
-            pixels = processor.image_processor(images=frames[start:start + self.batch_size], return_tensors="pt",
-                                               device=device)["pixel_values"]
+            pixels = processor.image_processor(images=frames[start:start + self.batch_size], do_resize=False,
+                                               do_center_crop=False, return_tensors="pt", device=device)["pixel_values"]
             outs.append(self.forward(model.get_image_features, pixel_values=pixels))
         per_clip = split_rows(np.concatenate(outs), [len(x) for x in inputs])
         if self.config.pool == "mean":

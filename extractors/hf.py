@@ -163,6 +163,16 @@ class TransformersEncoder(Extractor):
         raise NotImplementedError
 
     @functools.cached_property
+    def processor(self) -> Any:
+        """The checkpoint's processor (image processor or feature extractor, and tokenizer): what `load` may use in
+        the decode threads, without the model."""
+        if self.weights.is_random:
+            return self.tiny_processor()
+        import transformers
+
+        return self._loading(lambda path: transformers.AutoProcessor.from_pretrained(path))
+
+    @functools.cached_property
     def _runtime(self) -> tuple[Any, Any, Any]:
         """(model on the device in eval mode, processor, device): one per worker process."""
         import torch
@@ -171,20 +181,23 @@ class TransformersEncoder(Extractor):
         announce_random(self.arch, self.weights)
         device = _torch.pick_device(self.execution.device if self.execution else "auto")
         cls = getattr(transformers, self.model_class)
-        what = f"{self.arch} weights '{self.weights.spec}'"
         if self.weights.is_random:
             torch.manual_seed(self.weights.seed)
-            model, processor = cls(self.tiny_config()), self.tiny_processor()
+            model = cls(self.tiny_config())
         else:
-            path = self.weights.paths["model"]
-            try:
-                model = cls.from_pretrained(path)
-                processor = transformers.AutoProcessor.from_pretrained(path)
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise WeightsError(f"{what}: cannot load {path} with transformers' {self.model_class} ({first}); "
-                                   "is it a complete save_pretrained directory of that model?") from None
-        return _torch.prepare_model(model, device, image=False), processor, device
+            model = self._loading(cls.from_pretrained)
+        return _torch.prepare_model(model, device, image=False), self.processor, device
+
+    def _loading(self, load: Any) -> Any:
+        """`load(checkpoint directory)`, a failure said as a WeightsError naming the directory and the class."""
+        path = self.weights.paths["model"]
+        try:
+            return load(path)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise WeightsError(f"{self.arch} weights '{self.weights.spec}': cannot load {path} with transformers' "
+                               f"{self.model_class} ({first}); is it a complete save_pretrained directory of that "
+                               "model?") from None
 
     def forward(self, fn: Any, **inputs: Any) -> Any:
         """`fn(**inputs).pooler_output` (the projected features) as float32 numpy, inputs moved to the device,

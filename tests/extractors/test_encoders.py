@@ -132,11 +132,22 @@ def test_each_stage_equals_the_library_forward_on_the_same_input(tmp_path, shape
     assert set(diffs) == {"clip-frames", "clip-text", "clap-text", "clap-audio"}
     assert all(d < 1e-5 for d in diffs.values()), diffs
     # the same input: the stage decoded the very pixels PIL reads (PNG), and cut speech into several windows
+    from extractors._frames import decode_frames
     from extractors.clip import ClipImage
 
     ex = ClipImage(ClipImage.Config(weights=str(checkpoints["clip"])))
-    assert np.array_equal(ex.load(clips[0])[0], np.asarray(Image.open(clips[0].media["image"]).convert("RGB")))
+    assert np.array_equal(decode_frames(ex, clips[0], 1.0)[0], np.asarray(Image.open(clips[0].media["image"]).convert("RGB")))
     assert max(len(items["clap-audio"][c.clip_id]) for c in clips) >= 2
+    # a picture that is not square, larger than the input: the stage resizes and crops it in its decode thread
+    from pipeline.datasets import Clip
+
+    wide = tmp_path / "wide.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (61, 150, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(wide)
+    (ours,) = ex.compute([ex.load(Clip("wide", {"image": wide}))])
+    with torch.inference_mode():
+        ref = clip.get_image_features(**clip_proc(images=pixels, return_tensors="pt")).pooler_output.numpy()
+    assert max_diff(ours, ref) < 1e-5
     attrs = items["clap-audio"].attrs
     assert attrs["frame_rate"] == 1 / WINDOW_S and attrs["random_weights"] is False and attrs["dims"] == [24]
 
