@@ -101,7 +101,7 @@ class ClipImage(_Clip, TransformersEncoder):
                                                return_tensors="pt")["pixel_values"]
         return [c.to(torch.uint8).numpy() for c in crops]
 
-    def compute(self, inputs: Sequence[list[np.ndarray]], upstream: dict[str, Any] | None = None) -> list[np.ndarray]:
+    def compute(self, inputs: Sequence[Any], upstream: dict[str, Any] | None = None) -> list[np.ndarray]:
         import torch
 
         model, processor, device = self._runtime
