@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 DOWNLOAD_PATTERNS = ["*.json", "*.txt", "*.safetensors"]  # config, tokenizer, processor, weights: no TF / Flax files
+DEFAULTS = {"clip": "openai/clip-vit-base-patch32", "clap": "laion/clap-htsat-unfused"}  # the stages' weights
 
 
 @dataclass
@@ -108,9 +109,6 @@ def _from_hub(repo: str, what: str, download: bool, dirs: Sequence[Path]) -> Pat
     return snap
 
 
-DEFAULTS = {"clip": "openai/clip-vit-base-patch32", "clap": "laion/clap-htsat-unfused"}
-
-
 def byte_vocab(special: Sequence[str], word_end: str | None = None) -> dict[str, int]:
     """A byte-level BPE vocabulary without merges: the special tokens, the 256 byte symbols (and each with
     `word_end` appended, CLIP's end-of-word mark): any text encodes, one token per byte."""
@@ -122,8 +120,8 @@ def byte_vocab(special: Sequence[str], word_end: str | None = None) -> dict[str,
 
 
 class TransformersEncoder(Extractor):
-    """One tower of a transformers model: subclasses say which family (`arch`), how to build its small random
-    model (`tiny`), which output dims it has, and what `compute` feeds it."""
+    """One tower of a transformers model: subclasses say which family (`arch`, `model_class`), how to build its
+    small random model (`tiny_config`, `tiny_processor`), and what `load` and `compute` feed it."""
 
     arch: ClassVar[str]  # "clip" or "clap": the model family, and its config's model_type
     model_class: ClassVar[str]  # the transformers class of the whole model (CLIPModel, ClapModel)
