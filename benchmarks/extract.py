@@ -214,8 +214,8 @@ def model_only(name: str, device: str, batch: int, seconds: float = 5.0) -> floa
             inputs = {"pixel_values": torch.randn(batch, 3, side, side, device=dev)}
             fn = net.get_image_features
         else:
-            rate, seconds = ex.audio_input
-            feats = proc.feature_extractor([np.zeros(int(rate * seconds), np.float32)] * batch, sampling_rate=rate,
+            rate, window = ex.audio_input
+            feats = proc.feature_extractor([np.zeros(int(rate * window), np.float32)] * batch, sampling_rate=rate,
                                            return_tensors="pt")
             inputs = {k: v.to(dev) for k, v in feats.items()}
             fn = net.get_audio_features

@@ -22,10 +22,12 @@ from pipeline.registry import register_extractor
 
 from .base import OutputSpec, split_rows
 from .hf import DEFAULTS, EncoderConfig, TextTower, TransformersEncoder, byte_vocab
+from .weights import WeightsError
 
 TINY = {"text_width": 32, "text_layers": 2, "heads": 2, "patch_width": 16, "projection_dim": 64, "max_positions": 80}
 LAION_RATE, LAION_SECONDS = 48000, 10  # ClapFeatureExtractor's defaults, LAION's checkpoints' own
 ROBERTA_SPECIAL = ["<s>", "<pad>", "</s>", "<unk>"]
+TEXT_TOKENS = 77  # LAION-CLAP's tokenizer call: max_length=77, truncation
 
 
 @dataclass
@@ -91,10 +93,16 @@ class ClapAudio(_Clap, TransformersEncoder):
         """(sample rate, input seconds) of the checkpoint's feature extractor, read from its preprocessor_config.json."""
         if self.weights.is_random:
             return LAION_RATE, float(LAION_SECONDS)
-        path = self.weights.paths["model"] / "preprocessor_config.json"
-        cfg = json.loads(path.read_text()) if path.is_file() else {}
-        cfg = cfg.get("feature_extractor", cfg)
-        return int(cfg.get("sampling_rate", LAION_RATE)), float(cfg.get("max_length_s", LAION_SECONDS))
+        # a hub checkpoint has preprocessor_config.json; transformers 5's save_pretrained writes processor_config.json
+        # with the feature extractor's settings under "feature_extractor"
+        for name in ("preprocessor_config.json", "processor_config.json"):
+            path = self.weights.paths["model"] / name
+            cfg = json.loads(path.read_text()) if path.is_file() else {}
+            cfg = cfg.get("feature_extractor", cfg)
+            if "sampling_rate" in cfg:
+                return int(cfg["sampling_rate"]), float(cfg.get("max_length_s", LAION_SECONDS))
+        raise WeightsError(f"clap weights '{self.config.weights}': no feature extractor settings (sampling_rate) in "
+                           f"{self.weights.paths['model']}'s preprocessor_config.json or processor_config.json")
 
     def window(self) -> float:
         """Seconds per window (per row)."""
@@ -127,6 +135,8 @@ class ClapAudio(_Clap, TransformersEncoder):
         return out
 
     def compute(self, inputs: Sequence[np.ndarray], upstream: dict[str, Any] | None = None) -> list[np.ndarray]:
+        import torch
+
         model, processor, _ = self._runtime
         pieces = [self.windows(np.asarray(x, np.float32).reshape(-1)) for x in inputs]
         flat = [w for p in pieces for w in p]
@@ -134,8 +144,10 @@ class ClapAudio(_Clap, TransformersEncoder):
         for start in range(0, len(flat), self.batch_size):
             feats = processor.feature_extractor(flat[start:start + self.batch_size], sampling_rate=self.audio_input[0],
                                                 return_tensors="pt")
+            # no window is longer than the input, so none takes the fused path: LAION's inference; the feature
+            # extractor's `fusion` mode would mark one window per batch at random (its training-time trick)
             outs.append(self.forward(model.get_audio_features, input_features=feats["input_features"],
-                                     is_longer=feats["is_longer"]))
+                                     is_longer=torch.zeros_like(feats["is_longer"])))
         return split_rows(np.concatenate(outs), [len(p) for p in pieces])
 
 
@@ -148,5 +160,6 @@ class ClapText(_Clap, TextTower):
     Config = ClapTextConfig
 
     def max_tokens(self) -> int:
-        # RoBERTa's position table starts after the padding index: two of its entries are never a token's
-        return int(self.model_config.get("text_config", {}).get("max_position_embeddings", 514)) - 2
+        # LAION-CLAP tokenizes with max_length 77, as CLIP; RoBERTa's position table (less the two entries before
+        # the padding index) bounds a smaller model
+        return min(TEXT_TOKENS, int(self.model_config.get("text_config", {}).get("max_position_embeddings", 514)) - 2)

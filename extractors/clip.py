@@ -112,10 +112,9 @@ class ClipImage(_Clip, TransformersEncoder):
                                                do_center_crop=False, return_tensors="pt", device=device)["pixel_values"]
             outs.append(self.forward(model.get_image_features, pixel_values=pixels))
         per_clip = split_rows(np.concatenate(outs), [len(x) for x in inputs])
-        if self.config.pool == "mean":
-            return [x.mean(axis=0, keepdims=True) for x in per_clip]
-        if self.config.pool == "max":
-            return [x.max(axis=0, keepdims=True) for x in per_clip]
+        if self.config.pool != "none":  # a clip without frames keeps no rows (it fails as such), not a NaN row
+            reduce = np.mean if self.config.pool == "mean" else np.max
+            return [reduce(x, axis=0, keepdims=True) if len(x) else x for x in per_clip]
         return per_clip
 
 

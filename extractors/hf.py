@@ -10,7 +10,9 @@ safetensors, the tokenizer's and the processor's files). `weights:` names one of
 - `random:SEED`: a small model of the same architecture (`TINY` sizes), randomly initialised, with a byte-level
   tokenizer; said loudly, for tests and the offline demo only.
 
-The store key holds the digest of every file of the checkpoint directory (`weights.ResolvedWeights`).
+The store key holds the digest of the checkpoint's files that make its numbers (`checkpoint_files`: config,
+processor, tokenizer, the weights transformers loads), so a download's metadata or another framework's weights
+added beside them change nothing; a directory that lacks one of them is refused before anything runs.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from typing import Any, ClassVar, Literal, Sequence
 
 from . import _torch
 from .base import Extractor
-from .weights import ResolvedWeights, WeightsError, _digest, _memo, announce_random, resolve_weights
+from .weights import ResolvedWeights, WeightsError, _memo, announce_random, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,8 @@ def resolve_checkpoint(spec: str, arch: str, download: bool = True, dirs: Sequen
     if spec.startswith("random:"):
         return resolve_weights(spec, arch, {})
     path = Path(os.path.expanduser(spec))
-    if path.exists() or not HUB_ID.fullmatch(spec):
+    # a path: it exists, it is no hub id, or its first folder exists here (a mistyped local path is never downloaded)
+    if path.exists() or not HUB_ID.fullmatch(spec) or Path(spec.split("/")[0]).exists():
         if not is_checkpoint(path):
             why = "does not exist" if not path.exists() else "has no config.json (not a save_pretrained directory)"
             raise WeightsError(f"{what}: {path} {why}; set `weights:` to a checkpoint directory, a hub id such as "
@@ -75,10 +78,37 @@ def resolve_checkpoint(spec: str, arch: str, download: bool = True, dirs: Sequen
     return _resolved(spec, "pretrained", _from_hub(spec, what, download, dirs))
 
 
+def checkpoint_files(path: Path) -> list[Path]:
+    """The files of a checkpoint directory that make its numbers, and so its digest: the top-level JSON and text
+    files (config, processor, tokenizer) and the weights transformers loads (safetensors, else PyTorch pickles).
+    Left out: dot-folders (`hf download`'s own metadata, rewritten on every download), other frameworks' weights,
+    READMEs: adding them to a shared cache snapshot changes no store key."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    weights = [p for p in files if p.suffix == ".safetensors"] or \
+        [p for p in files if p.name.startswith("pytorch_model") and p.suffix == ".bin"]
+    return [p for p in files if p.suffix in (".json", ".txt", ".model")] + weights
+
+
+def missing_files(path: Path) -> list[str]:
+    """What a checkpoint directory lacks to be loaded with its processor (a cache filled by a model-only load)."""
+    names = {p.name for p in checkpoint_files(path)}
+    needs = {"config.json": {"config.json"},
+             "weights (*.safetensors or pytorch_model*.bin)": {n for n in names if n.endswith((".safetensors", ".bin"))},
+             "a processor config": names & {"preprocessor_config.json", "processor_config.json"},
+             "tokenizer files": names & {"tokenizer.json", "vocab.json", "tokenizer_config.json"}}
+    return [what for what, found in needs.items() if not found]
+
+
 def _resolved(spec: str, kind: str, path: Path) -> ResolvedWeights:
     from pipeline.cache import hash_key
 
-    return ResolvedWeights(spec, kind, hash_key({"model": _digest(_memo(), path)}), {"model": path})
+    lacking = missing_files(path)
+    if lacking:
+        raise WeightsError(f"weights '{spec}': {path} lacks {', '.join(lacking)}; save the model and its processor "
+                           "there with save_pretrained (or `hf download ID --local-dir DIR`)")
+    memo = _memo()
+    digest = hash_key({"model": hash_key([(p.name, memo.digest(p)) for p in checkpoint_files(path)])})
+    return ResolvedWeights(spec, kind, digest, {"model": path})
 
 
 def _from_hub(repo: str, what: str, download: bool, dirs: Sequence[Path]) -> Path:
@@ -93,18 +123,29 @@ def _from_hub(repo: str, what: str, download: bool, dirs: Sequence[Path]) -> Pat
     advice = (f"download it where the hub is reachable (`hf download {repo} --local-dir DIR`), then set the stage's "
               f"`weights: DIR` or {home}; or use `weights: random:0` for a smoke run (not pretrained)")
     cache = str(hf_cache_dir())
+    why = "is not in"
     try:
-        return Path(snapshot_download(repo, allow_patterns=DOWNLOAD_PATTERNS, local_files_only=True, cache_dir=cache))
+        snap = Path(snapshot_download(repo, allow_patterns=DOWNLOAD_PATTERNS, local_files_only=True, cache_dir=cache))
+        lacking = missing_files(snap)
+        if not lacking:
+            return snap
+        why = f"is incomplete (no {', no '.join(lacking)}) in"  # e.g. a cache a model-only load filled
     except Exception:  # not in the cache (LocalEntryNotFoundError and kin)
-        if not download:
-            raise WeightsError(f"{what}: {repo} is not in {where}; {advice}") from None
+        pass
+    if not download:
+        raise WeightsError(f"{what}: {repo} {why} {where}; {advice}")
     log.info("downloading %s into %s", repo, hf_cache_dir())
     try:
         snap = Path(snapshot_download(repo, allow_patterns=DOWNLOAD_PATTERNS, cache_dir=cache))
         if not any(snap.glob("*.safetensors")):  # an older repo: PyTorch pickles only (loaded weights_only)
             snap = Path(snapshot_download(repo, allow_patterns=[*DOWNLOAD_PATTERNS, "pytorch_model*.bin"], cache_dir=cache))
+        if missing_files(snap):
+            raise WeightsError(f"{what}: the download of {repo} lacks {', '.join(missing_files(snap))}; is it a "
+                               "transformers checkpoint with its processor?")
+    except WeightsError:
+        raise
     except Exception as e:  # any network, HTTP or missing-repo failure ends in the same advice
-        raise WeightsError(f"{what}: {repo} is not in {where} and could not be downloaded "
+        raise WeightsError(f"{what}: {repo} {why} {where} and could not be downloaded "
                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {advice}") from None
     return snap
 

@@ -87,10 +87,13 @@ class MemoryRows:
 class RunQueries:
     """A completed run, loaded once, that embeds new queries of each kind it supports."""
 
-    def __init__(self, run_dir: Path, device: str = "cpu") -> None:
+    def __init__(self, run_dir: Path, device: str = "cpu", weights_dir: Path | None = None) -> None:
+        """`weights_dir`: the run's dataset's weights directory (`weights: ./DIR` in stages.yaml), where named weights
+        are looked for first, as the run's stages looked for them."""
         from .training.run import load_trainer
 
         self.run_dir = Path(run_dir)
+        self.weights_dir = weights_dir
         if not (self.run_dir / "params.yaml").is_file() or not (self.run_dir / "model.pt").is_file():
             raise QueryError(f"{self.run_dir} is not a completed train run (no params.yaml and model.pt); run "
                              "`pipeline run train` on its stage, or pick a run from `pipeline report`")
@@ -192,6 +195,8 @@ class RunQueries:
         """The view's extractors with the attrs of the stores they wrote, root first, built once (weights load on
         first use)."""
         if view not in self._chains:
+            from extractors.weights import WeightsError
+
             from .config import ExecutionParams
             from .registry import EXTRACTORS
 
@@ -199,11 +204,21 @@ class RunQueries:
             if not store.exists():
                 raise QueryError(f"the run's {view} features ({store}) are gone; run `pipeline run extract` on "
                                  f"dataset '{self.info['dataset']}' to recompute them")
-            exe = ExecutionParams(device=self.device)
+            exe = ExecutionParams(device=self.device, weights_dir=str(self.weights_dir) if self.weights_dir else None)
             self._chains[view] = []
             for step in extractor_chain(store):
                 cls = EXTRACTORS.get(step.implementation)
-                self._chains[view].append((cls(cls.Config(**step.params), exe), step.attrs))
+                ex = cls(cls.Config(**step.params), exe)
+                try:
+                    digest = ex.weights_digest()
+                except WeightsError as e:
+                    raise QueryError(f"the run's {view} features need weights that are not here: {e}") from None
+                if digest != step.attrs.get("weights"):  # another file, or a hub name that now means other weights
+                    raise QueryError(f"the run's {view} features were computed by {step.implementation} with weights "
+                                     f"'{step.params.get('weights')}' of digest {step.attrs.get('weights')}, which now "
+                                     f"resolve to {digest}: a query would be embedded unlike the run's items; put "
+                                     "those weights back (or recompute the features and retrain)")
+                self._chains[view].append((ex, step.attrs))
         return self._chains[view]
 
     def _load(self, root: Any, role: str, query: Any) -> Any:

@@ -111,7 +111,9 @@ class Server:
                     raise ServeError(409, f"run {run_dir.name} saved no final model (model.pt): an evaluate "
                                           "stage's table, or a run that did not finish; search its trained runs")
                 try:
-                    self._models[run_dir] = RunQueries(run_dir, device=self.device)
+                    spec = self.config.datasets.get(run_dir.parent.name)  # runs/<dataset>/<stage>-<key>
+                    self._models[run_dir] = RunQueries(run_dir, device=self.device,
+                                                       weights_dir=spec.weights_dir if spec else None)
                 except QueryError as e:
                     raise ServeError(409, str(e)) from None
                 while len(self._models) > LOADED_RUNS:

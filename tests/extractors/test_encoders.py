@@ -81,11 +81,11 @@ def encoder_stages(clip: str, clap: str, window_s: float | None = WINDOW_S) -> d
         "clap-audio": {"group": "extract-encoders", "implementation": "clap", "upstream": ["audio-48k"],
                        "params": {"weights": clap, "window_s": window_s}},
         "clap-text": {"group": "extract-encoders", "implementation": "clap_text", "params": {"weights": clap}},
-        "clip-zero-shot": {"group": "train", "implementation": "zero-shot-image-text",
+        "clip-zero-shot": {"group": "encoders", "implementation": "zero-shot-image-text",
                            "upstream": ["clip-frames", "clip-text"]},
-        "clap-zero-shot": {"group": "train", "implementation": "zero-shot-sound-text",
+        "clap-zero-shot": {"group": "encoders", "implementation": "zero-shot-sound-text",
                            "upstream": ["clap-audio", "clap-text"]},
-        "tnn-ccca-clip-clap": {"group": "train", "implementation": "tnn_ccca", "upstream": ["clap-audio", "clip-frames"],
+        "tnn-ccca-clip-clap": {"group": "encoders", "implementation": "tnn_ccca", "upstream": ["clap-audio", "clip-frames"],
                                "params": {"epochs": 2, "hidden": 8, "out_dim": 4, "n_components": 2}},
     }
 
@@ -99,9 +99,10 @@ def test_each_stage_equals_the_library_forward_on_the_same_input(tmp_path, shape
     from PIL import Image
     from transformers import AutoProcessor, ClapModel, CLIPModel
 
+    mine = {a: shutil.copytree(checkpoints[a], tmp_path / "ckpt" / a) for a in ("clip", "clap")}  # altered below
     cfg = write_config(tmp_path / "stages.yaml", tmp_path / "cache",
                        {"shapes": {"adapter": "spoken_shapes", "root": str(shapes_root), "params": SHAPES}},
-                       encoder_stages(str(checkpoints["clip"]), str(checkpoints["clap"])))
+                       encoder_stages(str(mine["clip"]), str(mine["clap"])))
     run("extract-encoders", config=cfg)
     items = {s: open_store(dataset="shapes", stage=s, config=cfg) for s in
              ("clip-frames", "clip-text", "audio-48k", "clap-audio", "clap-text")}
@@ -148,6 +149,25 @@ def test_each_stage_equals_the_library_forward_on_the_same_input(tmp_path, shape
     with torch.inference_mode():
         ref = clip.get_image_features(**clip_proc(images=pixels, return_tensors="pt")).pooler_output.numpy()
     assert max_diff(ours, ref) < 1e-5
+    # a long transcript is cut at 77 tokens, as LAION-CLAP tokenizes (its RoBERTa table would take 128 here)
+    from extractors.clap import ClapText
+
+    long = "a red circle beside a blue square " * 8
+    (ours,) = ClapText(ClapText.Config(weights=str(mine["clap"]))).compute([long])
+    with torch.inference_mode():
+        enc = clap_proc.tokenizer([long], truncation=True, max_length=77, return_tensors="pt")
+        ref = clap.get_text_features(**enc).pooler_output.numpy()
+    assert enc["input_ids"].shape[1] == 77 and max_diff(ours, ref) < 1e-5
+
+    # a query meets the run's own weights, or is refused: the checkpoint altered after the run, `pipeline embed` says so
+    from pipeline.query import QueryError, RunQueries
+
+    (report,) = [r for r in run("encoders", stage="clip-zero-shot", config=cfg) if hasattr(r, "run_dir")]
+    assert RunQueries(report.run_dir).embed("text", [clips[0].text[0]]).shape == (1, 24)
+    config = json.loads((mine["clip"] / "config.json").read_text())
+    (mine["clip"] / "config.json").write_text(json.dumps({**config, "logit_scale_init_value": 1.0}))
+    with pytest.raises(QueryError, match="now resolve to"):
+        RunQueries(report.run_dir).embed("text", [clips[0].text[0]])
     attrs = items["clap-audio"].attrs
     assert attrs["frame_rate"] == 1 / WINDOW_S and attrs["random_weights"] is False and attrs["dims"] == [24]
 
@@ -165,7 +185,7 @@ def test_zero_shot_runs_and_tnn_ccca_on_clip_and_clap_from_the_cli(tmp_path, sha
                         "tiny": {"adapter": "synthetic", "root": str(tiny_synthetic_root), "params": TINY,
                                  "weights": "random:0"}},
                        encoder_stages("openai/clip-vit-base-patch32", "laion/clap-htsat-unfused", None))
-    out = cli("run", "train", "--dataset", "shapes", "--config", str(cfg), "--no-progress")
+    out = cli("run", "encoders", "--dataset", "shapes", "--config", str(cfg), "--no-progress")
     text = out.stdout + out.stderr
     assert "clip-zero-shot: trained" in text and "clap-zero-shot: trained" in text
     assert "image->text R@1/5/10" in text and "sound->text medr" in text
@@ -180,7 +200,7 @@ def test_zero_shot_runs_and_tnn_ccca_on_clip_and_clap_from_the_cli(tmp_path, sha
     m = json.loads((runs["clap-zero-shot"] / "metrics.json").read_text())
     assert set(m["matrix"]) == {"sound2text", "text2sound"}
 
-    out = cli("run", "train", "--stage", "tnn-ccca-clip-clap", "--dataset", "tiny", "--config", str(cfg), "--no-progress")
+    out = cli("run", "encoders", "--stage", "tnn-ccca-clip-clap", "--dataset", "tiny", "--config", str(cfg), "--no-progress")
     assert "MAP audio->visual" in out.stdout
     run_dir = next((tmp_path / "cache" / "runs" / "tiny").glob("tnn-ccca-clip-clap-*"))
     import yaml
@@ -239,7 +259,7 @@ def test_the_encoders_run_only_where_a_stage_reads_them(tmp_path, tiny_synthetic
     assert plan.stages["clip-frames"].reason == "group 'extract-encoders' (`pipeline run extract-encoders`)"
     assert "no item of dataset 'tiny' has a caption" in plan.why_not["clip-text"]
     assert "does not apply" in plan.stages["clip-zero-shot"].reason
-    plan = make_plan(cfg, make_adapter(cfg, "tiny"), "train", "tnn-ccca-clip-clap")
+    plan = make_plan(cfg, make_adapter(cfg, "tiny"), "encoders", "tnn-ccca-clip-clap")
     assert plan.selected == ["audio-48k", "clip-frames", "clap-audio", "tnn-ccca-clip-clap"]
 
 
@@ -339,3 +359,81 @@ def test_bf16_runs_the_same_towers_close_to_fp32(checkpoints):
     bf16 = ClipText(ClipText.Config(weights=str(checkpoints["clip"]), precision="bf16")).embed_texts(texts)
     assert fp32.dtype == bf16.dtype == np.float32 and fp32.shape == bf16.shape == (2, 24)
     assert 0 < max_diff(fp32, bf16) < 0.1 * float(np.abs(fp32).max())  # bf16 ran (it differs), and is close
+
+
+def test_clap_reads_its_checkpoints_rate_and_input_length(checkpoints):
+    from extractors.clap import ClapAudio
+
+    ex = ClapAudio(ClapAudio.Config(weights=str(checkpoints["clap"])))  # window_s null: the checkpoint's input
+    assert ex.audio_input == (48000, 1.0) and ex.window() == 1.0  # transformers 5 writes processor_config.json
+    assert ex.output_spec({"sample_rate": 48000}).frame_rate == 1.0
+
+
+def test_a_fused_clap_gives_the_same_row_in_any_batch(tmp_path):
+    """A fused checkpoint: transformers' feature extractor would send one window per batch down the fusion path at
+    random; every window here is within the input, so none goes there and a row is the same in any batch."""
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizer
+
+    from extractors.clap import ClapAudio
+    from pipeline.config import ExecutionParams
+
+    torch.manual_seed(2)
+    ClapModel(ClapConfig(
+        text_config=dict(vocab_size=261, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=1,
+                         projection_dim=8),
+        audio_config=dict(depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1], patch_embeds_hidden_size=8,
+                          hidden_size=64, projection_dim=8, enable_fusion=True),
+        projection_dim=8)).save_pretrained(tmp_path / "fused")
+    ClapProcessor(ClapFeatureExtractor(truncation="fusion", max_length_s=1),
+                  RobertaTokenizer(vocab=_byte_vocab(False), merges=[])).save_pretrained(tmp_path / "fused")
+    waves = [np.random.default_rng(i).standard_normal(48000).astype(np.float32) * 0.1 for i in range(3)]
+    rows = []
+    for batch in (1, 3, 3):
+        ex = ClapAudio(ClapAudio.Config(weights=str(tmp_path / "fused")), ExecutionParams(device="cpu", batch_size=batch))
+        rows.append(np.concatenate(ex.compute(waves, {"sample_rate": 48000})))
+    assert rows[0].shape == (3, 8)
+    assert max_diff(rows[0], rows[1]) < 1e-5 and max_diff(rows[1], rows[2]) < 1e-5
+
+
+def test_a_checkpoints_key_is_its_numbers_files_and_an_incomplete_one_is_named(tmp_path, checkpoints, monkeypatch):
+    from extractors.hf import resolve_checkpoint
+    from extractors.weights import WeightsError
+
+    ckpt = shutil.copytree(checkpoints["clip"], tmp_path / "clip")
+    digest = resolve_checkpoint(str(ckpt), "clip").digest
+    (ckpt / ".cache" / "huggingface").mkdir(parents=True)
+    (ckpt / ".cache" / "huggingface" / "model.safetensors.metadata").write_text("downloaded at 1796675030.1")
+    (ckpt / "tf_model.h5").write_bytes(b"another framework's weights")
+    (ckpt / "README.md").write_text("# a model card")
+    assert resolve_checkpoint(str(ckpt), "clip").digest == digest  # none of these makes a number
+    weights = ckpt / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert resolve_checkpoint(str(ckpt), "clip").digest != digest  # one bit of the weights does
+
+    (ckpt / "processor_config.json").unlink()
+    with pytest.raises(WeightsError, match="lacks a processor config"):
+        resolve_checkpoint(str(ckpt), "clip")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for name in ("config.json", "model.safetensors"):  # what a model-only from_pretrained leaves in the cache
+        shutil.copy(checkpoints["clip"] / name, partial / name)
+    _hub_cache(tmp_path / "hub", "openai/clip-vit-base-patch32", partial)
+    with pytest.raises(WeightsError, match="is incomplete .no a processor config, no tokenizer files. in"):
+        resolve_checkpoint("openai/clip-vit-base-patch32", "clip", download=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(WeightsError, match="does not exist"):  # a mistyped local path is never taken for a hub id
+        resolve_checkpoint("models/clip-b32", "clip", download=True)
+
+
+def test_a_clip_without_frames_keeps_no_pooled_row(checkpoints):
+    from extractors.clip import ClipImage
+
+    ex = ClipImage(ClipImage.Config(weights=str(checkpoints["clip"]), pool="max"))
+    frame = np.zeros((3, 48, 48), np.uint8)
+    empty, one = ex.compute([[], [frame]])
+    assert empty.shape == (0, 24) and one.shape == (1, 24) and np.isfinite(one).all()
