@@ -97,11 +97,12 @@ def table_rows(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """A plain-text MAP table with chance level beside each row."""
-    head = f"{'stage':<14} {'method':<12} {'MAP audio->visual':>18} {'MAP visual->audio':>18} {'chance':>7} {'folds':>5}"
+    w = max([14, *(len(r["stage"]) for r in rows)])  # the stage column fits its longest name
+    head = f"{'stage':<{w}} {'method':<12} {'MAP audio->visual':>18} {'MAP visual->audio':>18} {'chance':>7} {'folds':>5}"
     lines = [head, "-" * len(head)]
     for r in rows:
         cells = [f"{r[d][0]:.3f} ± {r[d][1]:.3f}" for d in DIRECTIONS]
-        lines.append(f"{r['stage']:<14} {r['implementation']:<12} {cells[0]:>18} {cells[1]:>18} "
+        lines.append(f"{r['stage']:<{w}} {r['implementation']:<12} {cells[0]:>18} {cells[1]:>18} "
                      f"{r['chance']:>7.3f} {r['folds']:>5}")
     return "\n".join(lines)
 

@@ -85,8 +85,12 @@ def encoder_stages(clip: str, clap: str, window_s: float | None = WINDOW_S) -> d
                            "upstream": ["clip-frames", "clip-text"]},
         "clap-zero-shot": {"group": "encoders", "implementation": "zero-shot-sound-text",
                            "upstream": ["clap-audio", "clap-text"]},
+        "cca-clip-clap": {"group": "encoders", "implementation": "cca", "upstream": ["clap-audio", "clip-frames"],
+                          "params": {"n_components": 2}},
         "tnn-ccca-clip-clap": {"group": "encoders", "implementation": "tnn_ccca", "upstream": ["clap-audio", "clip-frames"],
                                "params": {"epochs": 2, "hidden": 8, "out_dim": 4, "n_components": 2}},
+        "evaluate-clip-clap": {"group": "encoders", "implementation": "retrieval",
+                               "upstream": ["cca-clip-clap", "tnn-ccca-clip-clap"], "params": {"ks": [1, 5]}},
     }
 
 
@@ -191,6 +195,7 @@ def test_zero_shot_runs_and_tnn_ccca_on_clip_and_clap_from_the_cli(tmp_path, sha
     assert "image->text R@1/5/10" in text and "sound->text medr" in text
     assert "RANDOM" in text and "random weights" in text.lower()
     assert "tnn-ccca-clip-clap (it trains on class-labelled clips" in text  # skipped here, said why
+    assert "evaluate-clip-clap" in text.split("skipped")[-1]
     runs = {p.name.rsplit("-", 1)[0]: p for p in (tmp_path / "cache" / "runs" / "shapes").iterdir()}
     m = json.loads((runs["clip-zero-shot"] / "metrics.json").read_text())
     assert {"image2text", "text2image"} <= set(m) and m["n_images"] == 2
@@ -200,8 +205,9 @@ def test_zero_shot_runs_and_tnn_ccca_on_clip_and_clap_from_the_cli(tmp_path, sha
     m = json.loads((runs["clap-zero-shot"] / "metrics.json").read_text())
     assert set(m["matrix"]) == {"sound2text", "text2sound"}
 
-    out = cli("run", "encoders", "--stage", "tnn-ccca-clip-clap", "--dataset", "tiny", "--config", str(cfg), "--no-progress")
-    assert "MAP audio->visual" in out.stdout
+    out = cli("run", "encoders", "--stage", "evaluate-clip-clap", "--dataset", "tiny", "--config", str(cfg), "--no-progress")
+    table = out.stdout[out.stdout.index("MAP audio->visual  MAP visual->audio"):]
+    assert "cca-clip-clap " in table and "tnn-ccca-clip-clap " in table  # one table of both, stage names whole
     run_dir = next((tmp_path / "cache" / "runs" / "tiny").glob("tnn-ccca-clip-clap-*"))
     import yaml
 

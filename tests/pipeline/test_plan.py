@@ -24,7 +24,8 @@ from tests.conftest import cli
 
 REPO = Path(__file__).resolve().parents[2]
 CCA_FAMILY = ["audio", "vggish", "inception_v3"]
-ENCODERS_ON_VIDEO = ["audio-48k", "clip-frames", "clap-audio", "cca-clip-clap", "cluster-cca-clip-clap", "tnn-ccca-clip-clap"]  # a method that applies: listed
+ENCODERS_ON_VIDEO = ["audio-48k", "clip-frames", "clap-audio", "cca-clip-clap", "cluster-cca-clip-clap", "tnn-ccca-clip-clap",
+                     "evaluate-clip-clap"]  # a method that applies: listed
 
 
 def _repo_config(tmp_path: Path, extra_stages: dict | None = None, **datasets: dict) -> Path:
