@@ -164,15 +164,10 @@ def make_plan(cfg: PipelineConfig, adapter: "DatasetAdapter", group: str | None 
         source = reads_from_dataset(impl)
         bad = [u for u in spec.upstream if u in why_not]
         roles = getattr(impl, "roles", ())
-        if source == "text":
-            if manifest is not None and not any(c.text for c in manifest.clips):
-                why_not[n] = f"it reads the items' text, and no item of dataset '{dataset}' has a caption or transcript"
-            else:
-                reads[n] = list(spec.upstream)
-                available[n] = impl(impl.Config(**cfg.params_for(n, dataset))).modality
-            continue
-        if source is not None and source != adapter.kind:
+        if source not in (None, "text", adapter.kind):  # text: any dataset whose items have some
             why_not[n] = f"it reads {source}, and dataset '{dataset}' holds {adapter.kind}"
+        elif source == "text" and manifest is not None and not any(c.text for c in manifest.clips):
+            why_not[n] = f"it reads the items' text, and no item of dataset '{dataset}' has a caption or transcript"
         elif source == "media" and roles and manifest is not None and \
                 not any(r in c.media for c in manifest.clips for r in roles):
             why_not[n] = f"it decodes {' or '.join(roles)}, and no item of dataset '{dataset}' has any"
