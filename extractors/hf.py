@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal, Sequence
 
 from . import _torch
 from .base import Extractor
-from .weights import ResolvedWeights, WeightsError, _memo, announce_random, resolve_weights
+from .weights import ResolvedWeights, WeightsError, announce_random, path_digest, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,7 @@ def _resolved(spec: str, kind: str, path: Path) -> ResolvedWeights:
     if lacking:
         raise WeightsError(f"weights '{spec}': {path} lacks {', '.join(lacking)}; save the model and its processor "
                            "there with save_pretrained (or `hf download ID --local-dir DIR`)")
-    memo = _memo()
-    digest = hash_key({"model": hash_key([(p.name, memo.digest(p)) for p in checkpoint_files(path)])})
-    return ResolvedWeights(spec, kind, digest, {"model": path})
+    return ResolvedWeights(spec, kind, hash_key({"model": path_digest(path, checkpoint_files(path))}), {"model": path})
 
 
 def _from_hub(repo: str, what: str, download: bool, dirs: Sequence[Path]) -> Path:

@@ -136,9 +136,9 @@ class VGGish(Extractor):
         if self.config.backend == "tfhub":
             handle = Path(self.config.hub_handle).expanduser()
             if handle.is_dir():  # a local SavedModel: its content is part of the key
-                from .weights import _digest, _memo
+                from .weights import path_digest
 
-                return ResolvedWeights(self.config.hub_handle, "file", hash_key(["tfhub", _digest(_memo(), handle)]),
+                return ResolvedWeights(self.config.hub_handle, "file", hash_key(["tfhub", path_digest(handle)]),
                                        {"model": handle})
             if "://" not in self.config.hub_handle:
                 raise WeightsError(f"vggish hub_handle '{self.config.hub_handle}': not a URL and no SavedModel "

@@ -127,13 +127,17 @@ def resolve_weights(spec: str, arch: str,
                                "pass the path of a weights file")
         paths = {"model": path.absolute()}
     memo = _memo()
-    digest = hash_key({role: _digest(memo, p) for role, p in sorted(paths.items())})
+    digest = hash_key({role: path_digest(p, memo=memo) for role, p in sorted(paths.items())})
     return ResolvedWeights(spec, "pretrained" if spec in pretrained else "file", digest, paths)
 
 
-def _digest(memo: DigestMemo, path: Path) -> str:
-    if path.is_dir():  # a SavedModel directory: every file in it
-        return hash_key(sorted((str(p.relative_to(path)), memo.digest(p)) for p in path.rglob("*") if p.is_file()))
+def path_digest(path: Path, files: Sequence[Path] | None = None, memo: DigestMemo | None = None) -> str:
+    """The content digest of a weights file, or of a directory: of `files` in it (default: every file, as a
+    SavedModel's), each named by its path inside."""
+    memo = memo or _memo()
+    if path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file()] if files is None else files
+        return hash_key(sorted((str(p.relative_to(path)), memo.digest(p)) for p in files))
     return memo.digest(path)
 
 
