@@ -119,9 +119,7 @@ class ClapAudio(_Clap, TransformersEncoder):
             raise ConfigError(f"clap: window_s {self.window()} is longer than the checkpoint's input "
                               f"({self.audio_input[1]} s), which would crop each window at random; use at most that")
         return OutputSpec("audio_embedding", (self.projection_dim(),), "float32", 1.0 / self.window(),
-                          {"weights": self.config.weights, "random_weights": self.weights.is_random, "arch": "clap",
-                           "tower": "audio", "precision": self.config.precision, "window_s": self.window(),
-                           "sample_rate": rate})
+                          {**self.spec_extra("audio"), "window_s": self.window(), "sample_rate": rate})
 
     def windows(self, waveform: np.ndarray) -> list[np.ndarray]:
         """The waveform cut into `window_s` pieces: every whole window, and the tail when it is at least half a
@@ -138,17 +136,15 @@ class ClapAudio(_Clap, TransformersEncoder):
         import torch
 
         model, processor, _ = self._runtime
-        pieces = [self.windows(np.asarray(x, np.float32).reshape(-1)) for x in inputs]
-        flat = [w for p in pieces for w in p]
-        outs = [np.zeros((0, self.projection_dim()), np.float32)]
-        for start in range(0, len(flat), self.batch_size):
-            feats = processor.feature_extractor(flat[start:start + self.batch_size], sampling_rate=self.audio_input[0],
-                                                return_tensors="pt")
+        def mels(batch: list[np.ndarray]) -> dict[str, Any]:
+            feats = processor.feature_extractor(batch, sampling_rate=self.audio_input[0], return_tensors="pt")
             # no window is longer than the input, so none takes the fused path: LAION's inference; the feature
             # extractor's `fusion` mode would mark one window per batch at random (its training-time trick)
-            outs.append(self.forward(model.get_audio_features, input_features=feats["input_features"],
-                                     is_longer=torch.zeros_like(feats["is_longer"])))
-        return split_rows(np.concatenate(outs), [len(p) for p in pieces])
+            return {"input_features": feats["input_features"], "is_longer": torch.zeros_like(feats["is_longer"])}
+
+        pieces = [self.windows(np.asarray(x, np.float32).reshape(-1)) for x in inputs]
+        flat = [w for p in pieces for w in p]
+        return split_rows(self.batched(flat, model.get_audio_features, mels), [len(p) for p in pieces])
 
 
 @register_extractor

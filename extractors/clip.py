@@ -83,9 +83,7 @@ class ClipImage(_Clip, TransformersEncoder):
     def output_spec(self, upstream: dict[str, Any] | None = None) -> OutputSpec:
         pooled = self.config.pool != "none"
         return OutputSpec("visual", (self.projection_dim(),), "float32", None if pooled else float(self.config.fps),
-                          {"fps": self.config.fps, "pool": self.config.pool, "weights": self.config.weights,
-                           "random_weights": self.weights.is_random, "arch": "clip", "tower": "image",
-                           "precision": self.config.precision})
+                          {**self.spec_extra("image"), "fps": self.config.fps, "pool": self.config.pool})
 
     def load(self, clip: Any, upstream: Any = None) -> list[np.ndarray]:
         """The clip's frames at `fps`, resized and cropped by the checkpoint's image processor in the decode thread
@@ -105,13 +103,12 @@ class ClipImage(_Clip, TransformersEncoder):
         import torch
 
         model, processor, device = self._runtime
+        def pixels(batch: list[Any]) -> dict[str, Any]:  # the crops of `load`, rescaled and normalised
+            return {"pixel_values": processor.image_processor(images=batch, do_resize=False, do_center_crop=False,
+                                                              return_tensors="pt", device=device)["pixel_values"]}
+
         frames = [torch.from_numpy(f) for x in inputs for f in x]
-        outs = [np.zeros((0, self.projection_dim()), np.float32)]
-        for start in range(0, len(frames), self.batch_size):
-            pixels = processor.image_processor(images=frames[start:start + self.batch_size], do_resize=False,
-                                               do_center_crop=False, return_tensors="pt", device=device)["pixel_values"]
-            outs.append(self.forward(model.get_image_features, pixel_values=pixels))
-        per_clip = split_rows(np.concatenate(outs), [len(x) for x in inputs])
+        per_clip = split_rows(self.batched(frames, model.get_image_features, pixels), [len(x) for x in inputs])
         if self.config.pool != "none":  # a clip without frames keeps no rows (it fails as such), not a NaN row
             reduce = np.mean if self.config.pool == "mean" else np.max
             return [reduce(x, axis=0, keepdims=True) if len(x) else x for x in per_clip]

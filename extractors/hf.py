@@ -137,15 +137,10 @@ def _from_hub(repo: str, what: str, download: bool, dirs: Sequence[Path]) -> Pat
         snap = Path(snapshot_download(repo, allow_patterns=DOWNLOAD_PATTERNS, cache_dir=cache))
         if not any(snap.glob("*.safetensors")):  # an older repo: PyTorch pickles only (loaded weights_only)
             snap = Path(snapshot_download(repo, allow_patterns=[*DOWNLOAD_PATTERNS, "pytorch_model*.bin"], cache_dir=cache))
-        if missing_files(snap):
-            raise WeightsError(f"{what}: the download of {repo} lacks {', '.join(missing_files(snap))}; is it a "
-                               "transformers checkpoint with its processor?")
-    except WeightsError:
-        raise
     except Exception as e:  # any network, HTTP or missing-repo failure ends in the same advice
         raise WeightsError(f"{what}: {repo} {why} {where} and could not be downloaded "
                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {advice}") from None
-    return snap
+    return snap  # `_resolved` refuses it, naming what it lacks, when it is no complete checkpoint
 
 
 def byte_vocab(special: Sequence[str], word_end: str | None = None) -> dict[str, int]:
@@ -236,15 +231,25 @@ class TransformersEncoder(Extractor):
                                f"{self.model_class} ({first}); is it a complete save_pretrained directory of that "
                                "model?") from None
 
-    def forward(self, fn: Any, **inputs: Any) -> Any:
-        """`fn(**inputs).pooler_output` (the projected features) as float32 numpy, inputs moved to the device,
-        under the stage's precision."""
+    def batched(self, items: Sequence[Any], fn: Any, inputs: Any) -> Any:
+        """`fn(**inputs(batch)).pooler_output` (the projected features) of `items`, `batch_size` at a time, as one
+        float32 array `[len(items), projection_dim]`: the inputs moved to the device, under the stage's precision."""
+        import numpy as np
         import torch
 
         _, _, device = self._runtime
-        with torch.inference_mode(), _torch.autocast(device, self.config.precision):
-            out = fn(**{k: v.to(device, non_blocking=True) for k, v in inputs.items()})
-        return out.pooler_output.float().cpu().numpy()
+        outs = [np.zeros((0, self.projection_dim()), np.float32)]
+        for start in range(0, len(items), self.batch_size):
+            batch = inputs(items[start:start + self.batch_size])
+            with torch.inference_mode(), _torch.autocast(device, self.config.precision):
+                out = fn(**{k: v.to(device, non_blocking=True) for k, v in batch.items()})
+            outs.append(out.pooler_output.float().cpu().numpy())
+        return np.concatenate(outs)
+
+    def spec_extra(self, tower: str) -> dict[str, Any]:
+        """What every store of a tower records: its weights (and whether they are random), family, tower, precision."""
+        return {"weights": self.config.weights, "random_weights": self.weights.is_random, "arch": self.arch,
+                "tower": tower, "precision": self.config.precision}
 
     @property
     def batch_size(self) -> int:
@@ -263,8 +268,7 @@ class TextTower(TransformersEncoder):
         from .base import OutputSpec
 
         return OutputSpec("text_embedding", (self.projection_dim(),), "float32", None,
-                          {"weights": self.config.weights, "random_weights": self.weights.is_random, "arch": self.arch,
-                           "tower": "text", "precision": self.config.precision, "max_tokens": self.max_tokens()})
+                          {**self.spec_extra("text"), "max_tokens": self.max_tokens()})
 
     def max_tokens(self) -> int:
         """Tokens a text keeps (the rest is cut, as the model was trained): its position table's length."""
@@ -283,13 +287,11 @@ class TextTower(TransformersEncoder):
     def embed_texts(self, texts: list[str]) -> Any:
         """`[len(texts), projection_dim]` float32: tokenized in batches (padded to the longest, cut at
         `max_tokens`), through the text tower and its projection."""
-        import numpy as np
-
         model, processor, _ = self._runtime
-        outs = []
-        for start in range(0, len(texts), self.batch_size):
-            enc = processor.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
-                                      max_length=self.max_tokens(), return_tensors="pt")
-            outs.append(self.forward(model.get_text_features, input_ids=enc["input_ids"],
-                                     attention_mask=enc["attention_mask"]))
-        return np.concatenate(outs) if outs else np.zeros((0, self.projection_dim()), np.float32)
+
+        def tokens(batch: list[str]) -> dict[str, Any]:
+            enc = processor.tokenizer(batch, padding=True, truncation=True, max_length=self.max_tokens(),
+                                      return_tensors="pt")
+            return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+        return self.batched(texts, model.get_text_features, tokens)
