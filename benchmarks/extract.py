@@ -283,9 +283,8 @@ def full_size_checkpoints(tmp: Path, names: list[str]) -> dict[str, Path]:
         torch.manual_seed(0)
         path = tmp / f"{name}-full"
         getattr(transformers, cls_name)(getattr(transformers, cfg_name)()).save_pretrained(path)
-        ex = EXTRACTORS.get(STAGES[name]["implementation"])(EXTRACTORS.get(STAGES[name]["implementation"]).Config(
-            weights="random:0"))
-        proc = ex.tiny_processor()
+        cls = EXTRACTORS.get(STAGES[name]["implementation"])
+        proc = cls(cls.Config(weights="random:0")).tiny_processor()
         if name == "clip":  # the published input: 224 x 224
             proc.image_processor.size, proc.image_processor.crop_size = {"shortest_edge": 224}, {"height": 224, "width": 224}
         proc.save_pretrained(path)
@@ -324,9 +323,8 @@ def main() -> None:
         STAGES[name]["params"]["precision"] = args.precision
     names = args.extractors.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="bench-extract-"))
-    smoke = args.smoke
     try:
-        if "device" in only and not smoke:  # the smoke run keeps the pipeline's own small random:0 models
+        if "device" in only and not args.smoke:  # the smoke run keeps the pipeline's own small random:0 models
             for name, path in full_size_checkpoints(tmp, args.device_extractors.split(",")).items():
                 STAGES[name]["params"]["weights"] = str(path)
         if "backends" in only:
